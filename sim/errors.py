@@ -1,12 +1,21 @@
 """User-facing errors: one line on stderr, exit status 2, no traceback."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 
 class UserError(Exception):
     """Bad input from the user; the message names the problem."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors, so cli_entry prints them as one line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
 
 
 def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
