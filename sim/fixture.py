@@ -42,3 +42,21 @@ def frozen_pattern_model(seed: int = 0) -> Model:
     b2 = np.zeros(CHANNELS, np.float32)
     meta = default_meta(kind="fixture", origin=f"sim.fixture.frozen_pattern_model(seed={seed})")
     return Model({"w1": w1, "b1": b1, "w2": w2, "b2": b2}, meta)
+
+
+def main() -> int:
+    """Write the blob fixture model (weights/fixture_blob.npz): a model for first runs and demos
+    before trained ones exist."""
+    import sys
+    from pathlib import Path
+
+    from .weights import save
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "weights" / "fixture_blob.npz"
+    save(out, blob_model())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

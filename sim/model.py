@@ -101,4 +101,4 @@ def alive_mask(alpha: np.ndarray) -> np.ndarray:
     for dy in range(3):
         for dx in range(3):
             m = np.maximum(m, p[..., dy:dy + h, dx:dx + w])
-    return m > ALIVE_THRESHOLD
+    return m.astype(np.float64) > ALIVE_THRESHOLD   # the engines compare in float64 too

@@ -6,9 +6,10 @@ loop and the SimPy swarm draw the very same numbers and can be compared bit for
 bit. The functions are numba-compiled and called as they are from Python, so
 both sides run one compiled arithmetic.
 
-Mix: SplitMix64's finaliser applied in a chain,
-    h = mix(mix(mix(mix(seed + G) ^ stream + G) ^ cell + G) ^ counter + G)
-with G the golden-ratio increment; uniform = top 53 bits / 2**53 in [0, 1).
+Mix: SplitMix64's finaliser `mix` applied in a chain (uint64, wrapping),
+    h = mix(seed + G)
+    h = mix((h ^ stream) + G);  h = mix((h ^ cell) + G);  h = mix((h ^ counter) + G)
+with G the golden-ratio increment; uniform = (h >> 11) / 2**53 in [0, 1).
 """
 from __future__ import annotations
 

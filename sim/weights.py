@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import UserError
 from .model import ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES
 
@@ -121,17 +121,5 @@ def save(path: str | os.PathLike, model: Model) -> Path:
     p = Path(path)
     params = validate_params(model.params, str(p))
     meta = validate_meta(dict(default_meta(), **model.meta), str(p))
-    payload = json.dumps(meta)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(payload), **params)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    payload = np.array(json.dumps(meta))
+    return atomic_write(p, lambda f: np.savez(f, meta=payload, **params))

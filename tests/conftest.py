@@ -1,0 +1,40 @@
+"""Shared fixtures: the synthetic blob model (sim.fixture) as engine Params."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.fixture import blob_model
+from sim.reference import Params
+
+
+@pytest.fixture(scope="session")
+def blob():
+    """The blob fixture Model (grows a bounded blob in which some cells die)."""
+    return blob_model()
+
+
+@pytest.fixture(scope="session")
+def blob_params(blob):
+    """Params of the blob model, rotation 0."""
+    return Params.from_model(blob)
+
+
+@pytest.fixture
+def post_rule_case():
+    """(state, params, expected) of a hand-built step at fire rate 1 where every fired cell's
+    new alpha is its channel 4: C (2,2) alpha .5 -> 0; P (2,3) keeps ch7 = .3 with alpha 0;
+    D (2,4) alpha 0 -> .7 but D is not pre-alive. P survives only through D's updated alpha
+    (post uses ALL cells' new alphas) while D itself and C are zeroed."""
+    w1 = np.zeros((48, 128), np.float32)
+    w2 = np.zeros((128, 16), np.float32)
+    w1[4, 0], w1[4, 1], w1[3, 2], w1[3, 3] = 1, -1, 1, -1
+    w2[0, 3], w2[1, 3], w2[2, 3], w2[3, 3] = 1, -1, -1, 1          # d alpha = ch4 - alpha
+    params = {"w1": w1, "b1": np.zeros(128, np.float32), "w2": w2, "b2": np.zeros(16, np.float32)}
+    x = np.zeros((5, 7, 16), np.float32)
+    x[2, 2, 3] = 0.5
+    x[2, 3, 7] = 0.3
+    x[2, 4, 4] = 0.7
+    expect = np.zeros_like(x)
+    expect[2, 3, 7] = 0.3
+    return x, params, expect
