@@ -525,6 +525,7 @@ def _lockstep_tick(state, inbox, tent, tinbox, nbr, back, seed, step, fire_rate,
     p = np.empty(PERCEPTION, np.float32)
     dx = np.empty(CHANNELS, np.float32)
     fill_inbox(state, nbr, back, inbox)                     # phase 0
+    fired = 0
     for c in range(n):                                      # phase A
         m = alive_value(state[c, ALPHA])
         for s in range(8):
@@ -532,6 +533,7 @@ def _lockstep_tick(state, inbox, tent, tinbox, nbr, back, seed, step, fire_rate,
                 m = True
         pre[c] = m
         if rng.uniform(seed, rng.FIRE, c, step) < fire_rate:
+            fired += 1
             for s in range(8):
                 i = _OFFS[s, 0] + 1
                 j = _OFFS[s, 1] + 1
@@ -557,6 +559,7 @@ def _lockstep_tick(state, inbox, tent, tinbox, nbr, back, seed, step, fire_rate,
         else:
             for ch in range(CHANNELS):
                 state[c, ch] = 0.0
+    return fired
 
 
 class LockstepSwarm:
@@ -574,11 +577,12 @@ class LockstepSwarm:
         self.tent = np.zeros_like(self.state)
         self.pre = np.zeros(n, np.bool_)
         self.nbr, self.back = neighbour_table(self.height, self.width)
+        self.cell_updates = 0   # fired cells, each of which ran its network
 
     def run(self, steps: int) -> np.ndarray:
         w1, b1, w2, b2, kxy = self.params.astuple()
         for _ in range(int(steps)):
-            _lockstep_tick(self.state, self.inbox, self.tent, self.tinbox, self.nbr, self.back,
+            self.cell_updates += _lockstep_tick(self.state, self.inbox, self.tent, self.tinbox, self.nbr, self.back,
                            self.seed, self.step_count, self.fire_rate, w1, b1, w2, b2, kxy, self.pre)
             self.step_count += 1
         return self.grid

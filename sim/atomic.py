@@ -21,6 +21,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
     The new file gets the mode a plain open() would give (mkstemp's 0600 is not
     what a user expects of a model or a picture)."""
     p = Path(path)
+    if p.exists() and not p.is_file():   # never rename over a device, FIFO or folder
+        raise IsADirectoryError(f"{p}: not a regular file") if p.is_dir() else OSError(f"{p}: not a regular file")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
