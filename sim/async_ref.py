@@ -412,6 +412,14 @@ def fill_inbox(state, nbr, back, inbox):
                     inbox[c, s, ch] = 0.0
 
 
+def mask_cells(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Flat cell indices of a (H, W) boolean mask; any other shape is an error."""
+    m = np.asarray(mask, bool)
+    if m.shape != (height, width):
+        raise ValueError(f"damage mask has shape {m.shape}, the grid is {(height, width)}")
+    return np.flatnonzero(m.ravel())
+
+
 class AsyncSwarm:
     """Event-driven asynchronous swarm on an H x W grid (numba reference)."""
 
@@ -474,6 +482,8 @@ class AsyncSwarm:
     def run(self, until: float) -> np.ndarray:
         """Advance to time `until` (events with time < until); returns the (H, W, 16) state."""
         w1, b1, w2, b2, kxy = self.params.astuple()
+        if until <= self.now:     # nothing to run; time never goes back
+            return self.grid
         while True:
             self.now = _run(float(until), self.seed, self.cfg, self.state, self.inbox, self.nbr,
                             self.back, w1, b1, w2, b2, kxy, self.ht, self.hs, self.hp, self.meta,
@@ -494,7 +504,7 @@ class AsyncSwarm:
 
     def damage(self, mask: np.ndarray) -> None:
         """Replace the cells where mask (H, W) is true by fresh ones: state and inbox zero."""
-        idx = np.flatnonzero(np.asarray(mask, bool).ravel())
+        idx = mask_cells(mask, self.height, self.width)
         self.state[idx] = 0.0
         self.inbox[idx] = 0.0
 
@@ -592,4 +602,4 @@ class LockstepSwarm:
         return self.state.reshape(self.height, self.width, CHANNELS)
 
     def damage(self, mask: np.ndarray) -> None:
-        self.state[np.flatnonzero(np.asarray(mask, bool).ravel())] = 0.0
+        self.state[mask_cells(mask, self.height, self.width)] = 0.0

@@ -34,8 +34,7 @@ LATENCY = 3     # message latency, counter = message index of the sender
 LOSS = 4        # message loss, counter = message index of the sender
 FAIL = 5        # time to next failure, counter = failure index of the cell
 REPAIR = 6      # time to repair, counter = failure index of the cell
-JITTER = 7      # clock jitter / drift draws
-INIT = 8        # initial phase of a cell's clock
+INIT = 8        # a cell's clock: phase (counter 0) and drift (counter 1)
 
 
 @nb.njit(nb.uint64(nb.uint64), cache=True, inline="always")

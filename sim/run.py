@@ -6,7 +6,9 @@ generator, so a run is a pure function of its arguments):
   lockstep  message-passing cells ticking together (`async_ref.LockstepSwarm`),
             equal to `sync` bit for bit for the same seed and fire rate;
   async     event-driven cells with their own clocks, message latency and loss,
-            failures and restarts (`async_ref.AsyncSwarm`); one step = one time unit.
+            failures and restarts (`async_ref.AsyncSwarm`); one step = one time unit;
+  simpy     the same asynchronous swarm with every cell a SimPy process
+            (`swarm.SimPySwarm`), equal to `async` bit for bit.
 
 The loop lives in `simulate()` so tests and benchmarks call it without the CLI;
 `main()` only parses, validates (one-line errors, exit 2) and writes files.
@@ -34,13 +36,15 @@ from .damage import Damage, parse_damage
 from .errors import ArgParser, UserError, cli_entry
 from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, seed_state
 from .reference import Params, SyncGrid
+from .swarm import SimPySwarm
 from .weights import Model
 
 PROG = "python -m sim.run"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "weights" / "lizard_regenerating.npz"
 DEFAULT_TARGET = "lizard"
-ENGINES = ("sync", "lockstep", "async")
+ENGINES = ("sync", "lockstep", "async", "simpy")
+EVENT_ENGINES = ("async", "simpy")   # own clocks and messages: take the AsyncConfig options
 DEFAULT_ENGINE = "async"
 LATENCY_KINDS = {"const": LAT_CONSTANT, "uniform": LAT_UNIFORM, "exp": LAT_EXPONENTIAL}
 HISTORY_POINTS = 50      # history sampled about every steps/50 steps
@@ -126,12 +130,21 @@ class _AsyncEngine:
         return {"swarm": self.swarm.metrics()}
 
 
+class _SimPyEngine(_AsyncEngine):
+    """Every cell a SimPy process; equals the async engine bit for bit."""
+
+    def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig):
+        self.swarm = SimPySwarm(state, params, seed, config)
+
+
 def _make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_rate: float,
                  config: AsyncConfig):
     if engine == "sync":
         return _SyncEngine(state, params, seed, fire_rate)
     if engine == "lockstep":
         return _LockstepEngine(state, params, seed, fire_rate)
+    if engine == "simpy":
+        return _SimPyEngine(state, params, seed, config)
     return _AsyncEngine(state, params, seed, config)
 
 
@@ -253,7 +266,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     if not 0.0 <= fire_rate <= 1.0:
         raise RunError(f"fire rate must be within [0, 1], got {fire_rate}")
     config = async_config or AsyncConfig()
-    if engine == "async":
+    if engine in EVENT_ENGINES:
         try:
             config.validate()
         except ValueError as e:
@@ -322,7 +335,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
         "cell_updates_per_second": updates / engine_seconds if engine_seconds > 0 else None,
         "damage": damage_log,
     }
-    if engine == "async":
+    if engine in EVENT_ENGINES:
         metrics["async_config"] = {
             "mean_interval": config.mean_interval, "latency_dist": _latency_name(config.latency_kind),
             "latency": config.latency, "latency_high": config.latency_high, "msg_loss": config.loss,
@@ -351,6 +364,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                     help="sync: the paper's synchronous grid; lockstep: message-passing cells ticking "
                          "together (equals sync); async: own clocks, latency, loss, failures "
+                         "(numba event loop); simpy: the same swarm as SimPy processes (equals async) "
                          "(default: %(default)s)")
     ap.add_argument("--model", help=f"weights .npz (default: {_show(DEFAULT_MODEL)}; "
                                     "nca-convert makes one from a published model)")
@@ -402,12 +416,12 @@ def _flag(dest: str) -> str:
 def _check_args(a: argparse.Namespace) -> None:
     """Engine applicability and numeric ranges: one-line errors before anything runs."""
     for dest in ASYNC_ONLY:
-        if getattr(a, dest) is not None and a.engine != "async":
-            raise UserError(f"{_flag(dest)} applies to --engine async only, not --engine {a.engine} "
+        if getattr(a, dest) is not None and a.engine not in EVENT_ENGINES:
+            raise UserError(f"{_flag(dest)} applies to --engine async|simpy only, not --engine {a.engine} "
                             f"(its cells exchange no messages and have no clocks)")
     for dest in GRID_ONLY:
-        if getattr(a, dest) is not None and a.engine == "async":
-            raise UserError(f"{_flag(dest)} applies to --engine sync|lockstep only; the async engine's "
+        if getattr(a, dest) is not None and a.engine in EVENT_ENGINES:
+            raise UserError(f"{_flag(dest)} applies to --engine sync|lockstep only; the {a.engine} engine's "
                             f"update rate is set by --mean-interval")
 
     def need(ok: bool, msg: str) -> None:

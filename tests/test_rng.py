@@ -98,7 +98,7 @@ def test_distinct_inputs_give_distinct_values():
     vals = [rng.uniform(*v) for v in variants]
     assert all(v != v0 for v in vals)
     assert len(set(vals)) == len(vals)
-    streams = [rng.FIRE, rng.WAKE, rng.LATENCY, rng.LOSS, rng.FAIL, rng.REPAIR, rng.JITTER, rng.INIT]
+    streams = [rng.FIRE, rng.WAKE, rng.LATENCY, rng.LOSS, rng.FAIL, rng.REPAIR, rng.INIT]
     assert len(set(streams)) == len(streams)
     # every stream gives a different sequence for the same cell and counters
     seqs = {s: rng.uniform_array(1, s, 0, np.arange(64)) for s in streams}

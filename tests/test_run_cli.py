@@ -97,6 +97,19 @@ def test_sync_and_lockstep_give_bit_identical_states(model_file, tmp_path, capsy
     assert a.tobytes() == b.tobytes()
 
 
+def test_simpy_and_async_give_bit_identical_states(model_file, tmp_path, capsys):
+    files = {}
+    for engine in ("async", "simpy"):
+        files[engine] = tmp_path / f"{engine}.npy"
+        rc, _, err = _run(capsys, "--engine", engine, "--model", model_file, "--size", N, "--steps", 40,
+                          "--seed", 5, "--latency", 0.3, "--msg-loss", 0.1, "--mtbf", 60, "--mttr", 4,
+                          "--damage", "circle:12,12,4@20", "--save-state", files[engine])
+        assert rc == 0, err
+    a, b = np.load(files["async"]), np.load(files["simpy"])
+    assert (a[..., 3] > 0.1).sum() > 50
+    assert a.tobytes() == b.tobytes()
+
+
 def test_async_run_is_deterministic_and_independent_of_sampling(model_file, tmp_path, capsys):
     cfg = AsyncConfig(latency=0.3, loss=0.2, mtbf=40.0, mttr=2.0)
     a = R.simulate(blob_model(), engine="async", steps=40, size=N, seed=7, async_config=cfg)
@@ -244,8 +257,8 @@ BAD_ARGS = [
     (["--msg-loss", "-0.1"], ["--msg-loss"]),
     (["--msg-loss", "nan"], ["--msg-loss", "finite"]),
     (["--latency", "-1"], ["--latency", ">= 0"]),
-    (["--engine", "sync", "--latency", "0.5"], ["--latency", "async only"]),
-    (["--engine", "lockstep", "--msg-loss", "0.1"], ["--msg-loss", "async only"]),
+    (["--engine", "sync", "--latency", "0.5"], ["--latency", "async|simpy only"]),
+    (["--engine", "lockstep", "--msg-loss", "0.1"], ["--msg-loss", "async|simpy only"]),
     (["--fire-rate", "0.5"], ["--fire-rate", "sync|lockstep"]),
     (["--engine", "sync", "--fire-rate", "2"], ["--fire-rate", "[0, 1]"]),
     (["--latency-dist", "uniform"], ["--latency-high"]),
@@ -255,7 +268,7 @@ BAD_ARGS = [
     (["--mttr", "2"], ["--mtbf"]),
     (["--mtbf", "10", "--mttr", "0"], ["--mttr", "> 0"]),
     (["--mean-interval", "0"], ["--mean-interval"]),
-    (["--engine", "simpy"], ["invalid choice"]),
+    (["--engine", "gpu"], ["invalid choice"]),
     (["--frobnicate"], ["unrecognized"]),
 ]
 
