@@ -1,0 +1,500 @@
+"""Backpropagation through time for the Growing-NCA model, without a framework.
+
+Why hand-written: on a 2-core CPU the frameworks run the update network on
+every cell of the grid, while at most the live cells matter and only half of
+those fire. Here the dense layers run as float32 BLAS GEMMs on the gathered
+rows of the cells that are alive before the step AND fired ("rows"), and
+everything else (alive max-pool, index build, perception gather, update
+scatter, transposed stencil) is a numba kernel, parallel over batch*rows.
+See shared/research/bptt_feasibility.md for the measurements behind this.
+
+Model semantics are those of sim.reference (DESIGN.md "The model"):
+    p[16k+c] = [x, Kx*x, Ky*x] (zero padding, cross-correlation)
+    dx = relu(p @ W1 + b1) @ W2 + b2
+    pre = maxpool3x3(alpha) > 0.1;  x' = x + dx * fire
+    post = maxpool3x3(alpha') > 0.1;  x = x' * (pre & post)
+
+Rollout memory: per step we keep only the row indices, the compact perception
+rows P (with a ones column, so b1 folds into the W1 GEMM), the hidden rows h
+(after ReLU) and the keep mask (pre & post). The states themselves are not
+needed in the backward pass (P already holds what the dense layers read, and
+the stencil is linear), so they are not stored: memory is ~0.7 kB per row,
+i.e. a few hundred MB for a batch-8, 72x72, 95-step rollout.
+
+Backward: masks (fire, alive) are held constant, as in the paper's TF code
+(their gradient is zero almost everywhere). Dead cells have no rows, so they
+cost nothing in either pass.
+
+Everything is dtype-generic (float32 for training, float64 for the gradient
+check).
+"""
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numba as nb
+import numpy as np
+
+from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
+
+ROW = PERCEPTION + 1            # perception row plus the ones column (bias of layer 1)
+
+
+# ------------------------------------------------------------------------------ numba kernels
+
+def _alive(x, out, tmp):
+    """out[b,y,x] = max over the zero-padded 3x3 neighbourhood of alpha > threshold
+    (separable: a row pass into tmp, then a column pass)."""
+    B, H, W, _ = x.shape
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            m = x[b, y, xx, ALPHA] > ALIVE_THRESHOLD
+            if xx > 0 and x[b, y, xx - 1, ALPHA] > ALIVE_THRESHOLD:
+                m = True
+            if xx + 1 < W and x[b, y, xx + 1, ALPHA] > ALIVE_THRESHOLD:
+                m = True
+            tmp[b, y, xx] = m
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            out[b, y, xx] = (tmp[b, y, xx] or (y > 0 and tmp[b, y - 1, xx])
+                             or (y + 1 < H and tmp[b, y + 1, xx]))
+
+
+def _index(pre, fire, counts):
+    """Flat cell indices (b*H + y)*W + x of the cells that are pre-alive and fired,
+    in increasing order (count per grid row in parallel, prefix sum, fill)."""
+    B, H, W = pre.shape
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        n = 0
+        for xx in range(W):
+            if pre[b, y, xx] and fire[b, y, xx]:
+                n += 1
+        counts[r] = n
+    offs = np.empty(B * H + 1, np.int64)
+    total = 0
+    for r in range(B * H):
+        offs[r] = total
+        total += counts[r]
+    offs[B * H] = total
+    idx = np.empty(total, np.int64)
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        k = offs[r]
+        for xx in range(W):
+            if pre[b, y, xx] and fire[b, y, xx]:
+                idx[k] = r * W + xx
+                k += 1
+    return idx
+
+
+def _gather_perception(x, idx, kxy, P):
+    """P[r] = [x, Kx*x, Ky*x, 1] of cell idx[r] (zero padding, cross-correlation)."""
+    B, H, W, C = x.shape
+    for r in nb.prange(idx.shape[0]):
+        q = idx[r]
+        xx = q % W
+        y = (q // W) % H
+        b = q // (W * H)
+        for c in range(C):
+            P[r, c] = x[b, y, xx, c]
+            P[r, C + c] = 0.0
+            P[r, 2 * C + c] = 0.0
+        for i in range(3):
+            yy = y + i - 1
+            if yy < 0 or yy >= H:
+                continue
+            for j in range(3):
+                xj = xx + j - 1
+                if xj < 0 or xj >= W:
+                    continue
+                kx = kxy[0, i, j]
+                ky = kxy[1, i, j]
+                for c in range(C):
+                    v = x[b, yy, xj, c]
+                    P[r, C + c] += kx * v
+                    P[r, 2 * C + c] += ky * v
+        P[r, 3 * C] = 1.0
+
+
+def _relu(h):
+    for r in nb.prange(h.shape[0]):
+        for j in range(h.shape[1]):
+            if not h[r, j] > 0.0:
+                h[r, j] = 0.0
+
+
+def _apply_update(x, idx, dx, b2, pre, keep, tmp):
+    """In place: x += dx + b2 on the rows' cells, then keep = pre & post and x *= keep."""
+    B, H, W, C = x.shape
+    for r in nb.prange(idx.shape[0]):
+        q = idx[r]
+        xx = q % W
+        y = (q // W) % H
+        b = q // (W * H)
+        for c in range(C):
+            x[b, y, xx, c] += dx[r, c] + b2[c]
+    for r in nb.prange(B * H):             # post-alive: row pass into tmp ...
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            m = x[b, y, xx, ALPHA] > ALIVE_THRESHOLD
+            if xx > 0 and x[b, y, xx - 1, ALPHA] > ALIVE_THRESHOLD:
+                m = True
+            if xx + 1 < W and x[b, y, xx + 1, ALPHA] > ALIVE_THRESHOLD:
+                m = True
+            tmp[b, y, xx] = m
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            k = pre[b, y, xx] and (tmp[b, y, xx] or (y > 0 and tmp[b, y - 1, xx])
+                                   or (y + 1 < H and tmp[b, y + 1, xx]))   # ... column pass
+            keep[b, y, xx] = k
+            if not k:
+                for c in range(C):
+                    x[b, y, xx, c] = 0.0
+
+
+def _mask_only(x, keep):
+    """In place: x *= keep (used when the masks are given, e.g. the gradient check)."""
+    B, H, W, C = x.shape
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            if not keep[b, y, xx]:
+                for c in range(C):
+                    x[b, y, xx, c] = 0.0
+
+
+def _add_rows(x, idx, dx, b2):
+    B, H, W, C = x.shape
+    for r in nb.prange(idx.shape[0]):
+        q = idx[r]
+        xx = q % W
+        y = (q // W) % H
+        b = q // (W * H)
+        for c in range(C):
+            x[b, y, xx, c] += dx[r, c] + b2[c]
+
+
+def _bwd_mask_gather(g, keep, idx, gdx):
+    """In place g *= keep (gradient w.r.t. x' of x = x' * keep); gdx[r] = g at row r's cell."""
+    B, H, W, C = g.shape
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            if not keep[b, y, xx]:
+                for c in range(C):
+                    g[b, y, xx, c] = 0.0
+    for r in nb.prange(idx.shape[0]):
+        q = idx[r]
+        xx = q % W
+        y = (q // W) % H
+        b = q // (W * H)
+        for c in range(C):
+            gdx[r, c] = g[b, y, xx, c]
+
+
+def _relu_bwd(gh, h):
+    """h <- gh where h > 0 else 0 (overwrites the stored activations: no longer needed)."""
+    for r in nb.prange(h.shape[0]):
+        for j in range(h.shape[1]):
+            h[r, j] = gh[r, j] if h[r, j] > 0.0 else 0.0
+
+
+def _stencil_transpose(g, idx, gp, kxy, rowmap):
+    """g += d(perception)/dx^T gp: identity part to the cell itself, gradient parts
+    scattered to the 3x3 neighbours with the kernel taps (zero padding: taps that
+    fell outside the grid read nothing, so they send nothing back). Written as a
+    gather over the receiving cells, so the threads never write the same cell."""
+    B, H, W, C = g.shape
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            rowmap[b, y, xx] = -1
+    for r in nb.prange(idx.shape[0]):
+        q = idx[r]
+        xx = q % W
+        y = (q // W) % H
+        b = q // (W * H)
+        rowmap[b, y, xx] = r
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            for i in range(3):
+                py = y - (i - 1)          # cell p reads q = p + (i-1, j-1) with tap k[i, j]
+                if py < 0 or py >= H:
+                    continue
+                for j in range(3):
+                    px = xx - (j - 1)
+                    if px < 0 or px >= W:
+                        continue
+                    rp = rowmap[b, py, px]
+                    if rp < 0:
+                        continue
+                    kx = kxy[0, i, j]
+                    ky = kxy[1, i, j]
+                    for c in range(C):
+                        g[b, y, xx, c] += kx * gp[rp, C + c] + ky * gp[rp, 2 * C + c]
+            rq = rowmap[b, y, xx]
+            if rq >= 0:
+                for c in range(C):
+                    g[b, y, xx, c] += gp[rq, c]
+
+
+def _variant(f, suffix: str, parallel: bool):
+    """A separately cached compilation of f (numba's disk cache is keyed by name)."""
+    g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + suffix)
+    g.__qualname__ = f.__qualname__ + suffix
+    return nb.njit(cache=True, parallel=parallel)(g)
+
+
+# Every kernel compiled twice: waking the worker threads costs more than a small
+# grid's work (the gradient check runs ~10^5 tiny rollouts).
+_KERNELS = (_alive, _index, _gather_perception, _relu, _apply_update, _mask_only, _add_rows,
+            _bwd_mask_gather, _relu_bwd, _stencil_transpose)
+_SERIAL = types.SimpleNamespace(**{f.__name__: _variant(f, "_serial", False) for f in _KERNELS})
+_PARALLEL = types.SimpleNamespace(**{f.__name__: _variant(f, "_parallel", True) for f in _KERNELS})
+PARALLEL_MIN_CELLS = 16384
+
+
+def _kernels(cells: int) -> types.SimpleNamespace:
+    """The serial kernels for small grids, the threaded ones for training-sized batches."""
+    return _PARALLEL if cells >= PARALLEL_MIN_CELLS else _SERIAL
+
+
+# ------------------------------------------------------------------------------ rollout
+
+@dataclass
+class Workspace:
+    """The P and h arenas (all steps' rows back to back), reused across iterations:
+    growing them is rare, and reusing them avoids page-faulting a few hundred MB
+    per iteration."""
+    dtype: np.dtype = np.dtype(np.float32)
+    P: np.ndarray = field(default_factory=lambda: np.empty((0, ROW), np.float32))
+    h: np.ndarray = field(default_factory=lambda: np.empty((0, HIDDEN), np.float32))
+
+    def ensure(self, rows: int) -> None:
+        """Make room for `rows` rows, keeping the contents (grows by 1.5x)."""
+        if rows <= self.P.shape[0] and self.P.dtype == self.dtype:
+            return
+        cap = max(rows, int(self.P.shape[0] * 1.5), 4096)
+        P = np.empty((cap, ROW), self.dtype)
+        h = np.empty((cap, HIDDEN), self.dtype)
+        if self.P.dtype == self.dtype and self.P.shape[0]:
+            n = self.P.shape[0]
+            P[:n] = self.P
+            h[:n] = self.h
+        self.P, self.h = P, h
+
+
+@dataclass
+class Rollout:
+    """What the backward pass needs from a forward rollout (and its final state)."""
+    x: np.ndarray                 # final state (B, H, W, 16)
+    offsets: list[int]            # rows of step t are arena rows offsets[t]:offsets[t+1]
+    idx: list[np.ndarray]         # flat cell index of each row, per step
+    keep: np.ndarray              # (N, B, H, W) bool: pre & post of each step
+    pre: np.ndarray               # (N, B, H, W) bool: pre-alive of each step
+    kxy: np.ndarray               # (2, 3, 3) gradient kernels used
+    ws: Workspace
+
+    @property
+    def steps(self) -> int:
+        return len(self.idx)
+
+    @property
+    def rows(self) -> int:
+        """Total dense-layer rows (live and fired cells) over the rollout."""
+        return self.offsets[-1]
+
+
+def cast_params(params: dict[str, np.ndarray], dtype=np.float32) -> dict[str, np.ndarray]:
+    """Contiguous copies of the four tensors in `dtype`, plus 'w1aug' = [W1; b1]."""
+    p = {k: np.ascontiguousarray(params[k], dtype) for k in PARAM_SHAPES}
+    p["w1aug"] = np.ascontiguousarray(np.vstack([p["w1"], p["b1"][None]]))
+    return p
+
+
+def _fire_fn(fire, shape: tuple[int, int, int]) -> Callable[[int], np.ndarray]:
+    if isinstance(fire, np.random.Generator):
+        g = fire
+        return lambda t: g.random(shape, dtype=np.float32) <= FIRE_RATE
+    if callable(fire):
+        return fire
+    arr = np.asarray(fire, np.bool_)
+    return lambda t: arr[t]
+
+
+def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
+            kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
+            masks: tuple[np.ndarray, np.ndarray] | None = None) -> Rollout:
+    """Run `steps` CA steps from x0 (B, H, W, 16), keeping what backward needs.
+
+    fire: (N, B, H, W) bool array, a callable t -> (B, H, W) bool, or a numpy
+    Generator (u <= 0.5 per cell, the paper's test). masks: optional fixed
+    (pre, keep) arrays of shape (N, B, H, W) to use instead of the alive rule
+    (the gradient check holds them constant so finite differences cannot flip
+    them). x0 is not modified.
+    """
+    dtype = np.dtype(dtype)
+    x = np.array(x0, dtype=dtype, copy=True, order="C")
+    if x.ndim != 4 or x.shape[-1] != CHANNELS:
+        raise ValueError(f"state must be (B, H, W, {CHANNELS}), got {x.shape}")
+    B, H, W, _ = x.shape
+    p = cast_params(params, dtype)
+    k = np.ascontiguousarray(kxy, dtype)
+    ws = ws if ws is not None else Workspace(dtype)
+    if ws.dtype != dtype:
+        ws.dtype = dtype
+    firef = _fire_fn(fire, (B, H, W))
+    K = _kernels(B * H * W)
+    keep = np.empty((steps, B, H, W), np.bool_)
+    pre = np.empty((steps, B, H, W), np.bool_)
+    tmp = np.empty((B, H, W), np.bool_)
+    counts = np.empty(B * H, np.int64)
+    offsets = [0]
+    idxs: list[np.ndarray] = []
+    dxbuf = np.empty((0, CHANNELS), dtype)
+    for t in range(steps):
+        if masks is None:
+            K._alive(x, pre[t], tmp)
+        else:
+            pre[t] = masks[0][t]
+        idx = K._index(pre[t], np.ascontiguousarray(firef(t), np.bool_), counts)
+        n = idx.shape[0]
+        o = offsets[-1]
+        ws.ensure(o + n)
+        P = ws.P[o:o + n]
+        h = ws.h[o:o + n]
+        K._gather_perception(x, idx, k, P)
+        np.matmul(P, p["w1aug"], out=h)
+        K._relu(h)
+        if dxbuf.shape[0] < n:
+            dxbuf = np.empty((max(n, 2 * dxbuf.shape[0]), CHANNELS), dtype)
+        dx = dxbuf[:n]
+        np.matmul(h, p["w2"], out=dx)
+        if masks is None:
+            K._apply_update(x, idx, dx, p["b2"], pre[t], keep[t], tmp)
+        else:
+            keep[t] = masks[1][t]
+            K._add_rows(x, idx, dx, p["b2"])
+            K._mask_only(x, keep[t])
+        idxs.append(idx)
+        offsets.append(o + n)
+    return Rollout(x, offsets, idxs, keep, pre, k, ws)
+
+
+def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray) -> dict[str, np.ndarray]:
+    """Gradients of the four tensors given dL/dx_N. Consumes the rollout (the stored
+    activations h are overwritten with their gradients)."""
+    dtype = ro.ws.dtype
+    p = cast_params(params, dtype)
+    w1t = np.ascontiguousarray(p["w1"].T)        # (128, 48)
+    w2t = np.ascontiguousarray(p["w2"].T)        # (16, 128)
+    g = np.array(grad_x, dtype=dtype, copy=True, order="C")
+    B, H, W, C = g.shape
+    rowmap = np.empty((B, H, W), np.int64)
+    K = _kernels(B * H * W)
+    gw2 = np.zeros((HIDDEN, CHANNELS), dtype)
+    gb2 = np.zeros(CHANNELS, dtype)
+    nmax = max((ro.offsets[t + 1] - ro.offsets[t] for t in range(ro.steps)), default=0)
+    gdx_buf = np.empty((nmax, C), dtype)
+    gh_buf = np.empty((nmax, HIDDEN), dtype)
+    gp_buf = np.empty((nmax, PERCEPTION), dtype)
+    tmp16 = np.empty((HIDDEN, CHANNELS), dtype)
+    for t in range(ro.steps - 1, -1, -1):
+        o, o2 = ro.offsets[t], ro.offsets[t + 1]
+        n = o2 - o
+        idx = ro.idx[t]
+        gdx = gdx_buf[:n]
+        K._bwd_mask_gather(g, ro.keep[t], idx, gdx)
+        if n == 0:
+            continue
+        h = ro.ws.h[o:o2]
+        np.matmul(h.T, gdx, out=tmp16)
+        gw2 += tmp16
+        gb2 += gdx.sum(axis=0)
+        gh = gh_buf[:n]
+        np.matmul(gdx, w2t, out=gh)
+        K._relu_bwd(gh, h)                          # h now holds dL/d(pre-activation)
+        gp = gp_buf[:n]
+        np.matmul(h, w1t, out=gp)
+        K._stencil_transpose(g, idx, gp, ro.kxy, rowmap)
+    R = ro.rows
+    gw1aug = ro.ws.P[:R].T @ ro.ws.h[:R] if R else np.zeros((ROW, HIDDEN), dtype)
+    return {"w1": np.ascontiguousarray(gw1aug[:PERCEPTION]), "b1": gw1aug[PERCEPTION].copy(),
+            "w2": gw2, "b2": gb2}
+
+
+# ------------------------------------------------------------------------------ loss
+
+def loss_per_sample(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The paper's loss: mean over H, W and RGBA of (x[..., :4] - target)^2, per sample."""
+    d = x[..., :4].astype(np.float64) - target[..., :4]
+    return np.mean(d * d, axis=(-3, -2, -1))
+
+
+def loss_grad(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """dL/dx of the batch-mean loss (zero in the hidden channels)."""
+    B, H, W, C = x.shape
+    g = np.zeros_like(x)
+    g[..., :4] = (2.0 / (B * H * W * 4)) * (x[..., :4] - target[..., :4].astype(x.dtype))
+    return g
+
+
+def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndarray], steps: int,
+                   fire, kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
+                   masks: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+    """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used)."""
+    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks)
+    losses = loss_per_sample(ro.x, target)
+    grads = backward(ro, params, loss_grad(ro.x, target))
+    return losses, ro.x, grads, ro.rows
+
+
+# ------------------------------------------------------------------------------ optimiser
+
+def normalize_grads(grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The paper's per-tensor normalisation g / (||g||_2 + 1e-8): the step size no
+    longer depends on the (widely varying) BPTT gradient magnitude."""
+    return {k: (g / (np.sqrt(np.sum(g.astype(np.float64) ** 2)) + 1e-8)).astype(g.dtype)
+            for k, g in grads.items()}
+
+
+class Adam:
+    """Adam as in Keras (b1 .9, b2 .999, eps 1e-7 added to sqrt(v), bias correction
+    folded into the step size), the paper's optimiser. State is plain arrays so it
+    can be checkpointed."""
+
+    def __init__(self, params: dict[str, np.ndarray], beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-7):
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.t = 0
+        self.m = {k: np.zeros_like(v, np.float32) for k, v in params.items() if k in PARAM_SHAPES}
+        self.v = {k: np.zeros_like(v, np.float32) for k, v in params.items() if k in PARAM_SHAPES}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        """Update params in place."""
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        lr_t = lr * np.sqrt(1.0 - b2 ** self.t) / (1.0 - b1 ** self.t)
+        for k in self.m:
+            g = grads[k].astype(np.float32)
+            self.m[k] = (b1 * self.m[k] + (1.0 - b1) * g).astype(np.float32)
+            self.v[k] = (b2 * self.v[k] + (1.0 - b2) * g * g).astype(np.float32)
+            params[k] -= (lr_t * self.m[k] / (np.sqrt(self.v[k]) + self.eps)).astype(params[k].dtype)
