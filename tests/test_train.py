@@ -3,7 +3,6 @@ forward semantics, that it learns, exact resume, and one-line CLI errors."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
