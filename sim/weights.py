@@ -122,4 +122,4 @@ def save(path: str | os.PathLike, model: Model) -> Path:
     params = validate_params(model.params, str(p))
     meta = validate_meta(dict(default_meta(), **model.meta), str(p))
     payload = np.array(json.dumps(meta))
-    return atomic_write(p, lambda f: np.savez(f, meta=payload, **params))
+    return atomic_write(p, lambda f: np.savez_compressed(f, meta=payload, **params))
