@@ -242,7 +242,7 @@ def test_write_failure_midway_leaves_previous_file(previous, monkeypatch):
         f.write(b"PK\x03\x04 half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(W.np, "savez", broken_savez)
+    monkeypatch.setattr(W.np, "savez_compressed", broken_savez)
     with pytest.raises(OSError, match="No space left"):
         W.save(p, W.Model(random_params(9)))
     assert p.read_bytes() == before
@@ -256,7 +256,7 @@ def test_interrupted_save_leaves_previous_file(previous, monkeypatch):
         f.write(b"PK")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(W.np, "savez", interrupted)
+    monkeypatch.setattr(W.np, "savez_compressed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         W.save(p, W.Model(random_params(9)))
     assert p.read_bytes() == before
