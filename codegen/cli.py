@@ -1,19 +1,143 @@
-"""nca-codegen: emit fixed-point C firmware for one cell (not yet available)."""
+"""nca-codegen: quantise a model and emit the fixed-point C firmware of one cell.
+
+    nca-codegen --model M.npz --target host|cortex-m0|avr|arduino --out DIR [--build] [--report]
+
+DIR receives the generated model (generated/nca_model.h, .c), a copy of the
+hand-written core and of the target's port, and a Makefile (`make` builds it);
+for "arduino" a sketch folder DIR/nca_cell/. --build runs make. --report builds,
+runs the firmware on its emulator and prints the target's ROM, RAM, stack and
+cycles per cell update as the toolchain and the emulator measure them, plus the
+quantisation's choices and errors; --dequantized writes the int8 weights back
+as a float .npz (sim.weights) to run them through the float engines. Bad input (an unreadable or unquantisable
+model, an unknown target, a missing toolchain, an output folder that cannot be
+written) is one line on stderr and exit status 2.
+"""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
-from sim.errors import cli_entry
-from sim.pending import pending_command
+from sim.errors import ArgParser, UserError, cli_entry
+from sim.weights import load, save
 
-main = cli_entry(pending_command(
-    "nca-codegen",
-    "Quantise a model and emit the C firmware of one cell (host, cortex-m0, avr, arduino).",
-    [(["--model"], dict(help="weights .npz")),
-     (["--target"], dict(choices=["host", "cortex-m0", "avr", "arduino"], default="host")),
-     (["--out"], dict(help="output folder")),
-     (["--build"], dict(action="store_true", help="build after generating")),
-     (["--report"], dict(action="store_true", help="print ROM/RAM/stack/cycles per target"))]))
+from . import emit, formats, targets
+from .quantize import quantize
+
+PROG = "nca-codegen"
+
+
+def _parser() -> ArgParser:
+    ap = ArgParser(prog=PROG, description="Quantise a model and emit the fixed-point C firmware of one "
+                   "cell (host, cortex-m0, avr, arduino).")
+    ap.add_argument("--model", required=True, help="weights .npz (sim.weights format)")
+    ap.add_argument("--target", required=True, choices=emit.TARGETS, help="what to generate for")
+    ap.add_argument("--out", required=True, help="output folder (created if missing)")
+    ap.add_argument("--build", action="store_true", help="build after generating (make)")
+    ap.add_argument("--report", action="store_true",
+                    help="build, run on the emulator and print ROM/RAM/stack/cycles and the quantisation")
+    ap.add_argument("--dequantized", metavar="NPZ",
+                    help="also write the quantised weights back as a float model (for the float engines)")
+    ap.add_argument("--per-tensor", action="store_true",
+                    help="one weight scale per tensor instead of per output channel (for comparison)")
+    return ap
+
+
+def check_output_folder(path: str) -> Path:
+    """The output folder, created if missing; a UserError if it cannot be written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {p}: exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".nca-probe-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--out {p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
+def _row(cells: Sequence[str]) -> str:
+    widths = (12, 10, 10, 10, 8, 8, 12, 14)
+    return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def report_lines(target: str, b: targets.Build) -> list[str]:
+    """The per-target table: ROM (weights, code), RAM, stack, cycles (measured)."""
+    import numpy as np
+
+    head = _row(("target", "ROM code", "ROM wts", "ROM total", "RAM", "stack", "cycles", "budget"))
+    if target in ("cortex-m0", "avr"):
+        m = targets.measure(b)
+        rng = np.random.default_rng(0)
+        st = rng.integers(-128, 128, (8, 16)).astype(np.int8)
+        ib = rng.integers(-128, 128, (8, 8, 16)).astype(np.int8)
+        st[:, formats.ALPHA] = 32
+        ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
+        notes = []
+        if target == "cortex-m0":
+            r = targets.run_cells(b, st, ib)
+            instr = float(np.mean(r.ticks)) / 1.024
+            tr = targets.m0_trace_update(b, st[0], ib[0], formats.rotation_q14(30.0))
+            cycles = f"{tr['cycles']:,}"
+            notes.append(f"cortex-m0: {instr:,.0f} instructions per update (QEMU -icount shift=6, SysTick); "
+                         f"{tr['cycles']:,} cycles estimated from QEMU's instruction trace with Cortex-M0 "
+                         f"timings ({tr['instructions']:,} instructions in that trace, rotation on)")
+        else:
+            r = targets.run_cells(b, st, ib)
+            cycles = f"{int(r.cycles.max()):,}"
+            notes.append(f"avr: exact cycles from simavr (max of {len(r.cycles)} updates, "
+                         f"mean {float(r.cycles.mean()):,.0f})")
+        bud = targets.BUDGETS[target]
+        budget = "/".join(f"{k}<={v:,}" for k, v in bud.items())
+        lines = [head, _row((target, f"{m['rom_code']:,}", f"{m['rom_weights']:,}", f"{m['rom_total']:,}",
+                             f"{ram}", f"{m['stack_static']}", cycles, budget))]
+        lines.append(f"RAM = nca_cell_t {m['cell_struct']} (state 16, gradients 32, accumulators 32, "
+                     f"8 neighbour states 128) + rotation {m['rotation']} + .data/.bss {m['ram_static']} "
+                     f"+ worst stack {m['stack_static']} (-fstack-usage frames {m['stack_frames']}, "
+                     f"assembly kernel pushes {m['kernel_stack']})")
+        return lines + notes
+    if target == "host":
+        return [f"host: built {b.library} and {b.artefact} (a reference build; budgets apply to the boards)"]
+    return [f"arduino: sketch folder {b.root / 'nca_cell'} (core compiled for the ATmega328P as a check)"]
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    model = load(a.model)
+    out = check_output_folder(a.out)
+    if a.build or a.report:
+        targets.check_toolchain(a.target, run=a.report and a.target in ("cortex-m0", "avr"))
+    q = quantize(model, per_channel=not a.per_tensor)
+    written = emit.write_project(q, a.target, out)
+    if a.dequantized:
+        try:
+            save(a.dequantized, q.dequantize())
+        except OSError as e:
+            raise UserError(f"--dequantized {a.dequantized}: cannot write ({e.strerror or e})") from None
+    print(f"{PROG}: wrote {len(written)} files to {out} (model hash {q.model_hash:08x}, "
+          f"formats: grad_shift {q.fmt.grad_shift}, hidden_shift {q.fmt.hidden_shift}, "
+          f"bias_shift {q.fmt.bias_shift}, acc_shift {q.fmt.acc_shift})")
+    if a.build or a.report:
+        root = out
+        targets.make(root, a.target)
+        print(f"{PROG}: built {a.target} in {root / 'build' / a.target}")
+    if a.report:
+        b = targets.Build(a.target, out)
+        print(formats.describe())
+        errs = q.report["weight_rel_rmse"]
+        print(f"quantisation ({q.report['scheme']}): relative RMS weight error " +
+              ", ".join(f"{k} {v:.2%}" for k, v in errs.items()))
+        for line in report_lines(a.target, b):
+            print(line)
+    return 0
+
+
+_main.prog = PROG   # type: ignore[attr-defined]
+main = cli_entry(_main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,17 +121,34 @@ _REGISTRY: dict[str, BackendFactory] = {
 }
 
 
+# Modules that register more backends when imported ("fixed", "firmware": codegen.backends);
+# imported on first need, so that asking for those names works without importing them first.
+_PLUGINS = ("codegen.backends",)
+
+
+def _load_plugins() -> None:
+    import importlib
+    for mod in _PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
 def register_backend(name: str, factory: BackendFactory) -> None:
     """Make `make_backend(name, ...)` build backends with factory(model, angle)."""
     _REGISTRY[name] = factory
 
 
 def backend_names() -> tuple[str, ...]:
+    _load_plugins()
     return tuple(sorted(_REGISTRY))
 
 
 def make_backend(name: str, model: ModelLike, angle: float | None = None) -> CellBackend:
     """Build the backend called `name` for a model (Model or Params) at a rotation angle."""
+    if name not in _REGISTRY:
+        _load_plugins()
     try:
         factory = _REGISTRY[name]
     except KeyError:

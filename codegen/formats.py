@@ -1,0 +1,204 @@
+"""The fixed-point formats of the cell firmware: the one definition.
+
+Every integer format, constant and layout of the firmware lives here; the
+quantiser (codegen/quantize.py), the golden model (codegen/golden.py), the C
+emitter (codegen/emit.py: the generated nca_model.h takes its constants from
+`header_constants`) and the tests import it. The C core
+(firmware/core/nca_cell.c) implements exactly this arithmetic.
+
+Why these formats (measured, see README "Fixed point" and nca_reference.md 4.2):
+- State: int8 Q2.5 (value q/32, range -4 .. 3.97). The paper's lizard survives
+  a linear int8 state with step 1/32 and range +-4; int16 would double the
+  128-byte neighbour buffer and break the 256-byte RAM budget. A message between
+  cells is the 16 state bytes.
+- Perception: the Sobel kernels are the integer taps (1, 2, 1) with the /8 folded
+  into the scale, so a gradient is an exact int16 sum G (|G| <= 1,024;
+  real value G/256); it is rounded right by a per-model GRAD_SHIFT (chosen by
+  the quantiser for the least rounding + clipping error) and saturated to int8,
+  so that every first-layer product is int8 x int8 (one MULS on AVR).
+- Rotation: cos and sin in Q14, applied to the exact sums: G' = (c Gx - s Gy + 2^13) >> 14.
+- Weights: int8 in [-127, 127] with a per-output-channel scale. The scale of
+  hidden unit j (times 2^HIDDEN_SHIFT) is folded into row j of W2 before W2 is
+  quantised (ReLU is positively homogeneous), so the hidden requantisation is a
+  pure shift: no per-unit multiplier table in ROM, no multiply per hidden unit.
+- Accumulators: first layer exact (|a| <= 48*127*128 < 2^23: int32 on ARM and
+  the host, __int24 on AVR). Second layer: each group of 4 hidden units gives an
+  exact partial sum t (|t| < 2^17) that is shifted right by ACC_SHIFT (floor;
+  the quantiser adds the floors' mean, GROUPS*(1-2^-R)/2, to the output bias,
+  which saves an add per output in the innermost loop) into an int16
+  accumulator; the quantiser picks ACC_SHIFT so that no input can overflow it
+  (worst-case bound, checked). int16 rather than int32 keeps the 16
+  accumulators at 32 bytes, which is what fits 256 bytes of RAM.
+- Output requantisation: TFLite-Micro's (multiplier, shift) convention at Q15
+  width - real = M * 2^(shift-15), M in [2^14, 2^15) - with single rounding
+  (TFLite's TFLITE_SINGLE_ROUNDING / CMSIS-NN): dx = (acc*M + 2^(T-1)) >> T,
+  T = 15 - shift. acc*M < 2^30 fits int32 on every target. M keeps 10
+  significant bits (relative error < 0.05%) so that T fits in its 5 low bits:
+  16 bytes of ROM that the Cortex-M0 budget needed.
+- Alive threshold: alpha > 0.1 is q > ALIVE_Q = 3 (q/32 > 0.1 <=> q >= 4).
+Rounding elsewhere is "add half, shift right" (round half up); right shifts of
+negative numbers are arithmetic (numpy and GCC on every target).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.model import (
+    ALIVE_THRESHOLD,
+    ALPHA,
+    CHANNELS,
+    HIDDEN,
+    NEIGHBOUR_OFFSETS,
+    PERCEPTION,
+    SOBEL_X,
+    SOBEL_Y,
+)
+
+FORMAT_VERSION = 1
+
+# ---------------------------------------------------------------- state
+STATE_BITS = 8
+STATE_FRAC = 5                       # Q2.5
+STATE_SCALE = 1.0 / (1 << STATE_FRAC)
+STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
+ALIVE_Q = math.floor(ALIVE_THRESHOLD * (1 << STATE_FRAC) + 1e-9)   # alive iff q > ALIVE_Q
+if not (ALIVE_Q * STATE_SCALE <= ALIVE_THRESHOLD < (ALIVE_Q + 1) * STATE_SCALE):
+    raise AssertionError("alive threshold does not fall between two state steps")
+if ALIVE_Q + 1 == ALIVE_THRESHOLD * (1 << STATE_FRAC):
+    raise AssertionError("alive threshold is a state step: '>' would differ from the float rule")
+
+# ---------------------------------------------------------------- perception
+SOBEL_DIV = 8
+SOBEL_X_INT = np.rint(SOBEL_X * SOBEL_DIV).astype(np.int64)
+SOBEL_Y_INT = np.rint(SOBEL_Y * SOBEL_DIV).astype(np.int64)
+if not (np.array_equal(SOBEL_X_INT / SOBEL_DIV, SOBEL_X) and np.array_equal(SOBEL_Y_INT / SOBEL_DIV, SOBEL_Y)):
+    raise AssertionError("Sobel kernels are not integer taps / 8")
+# taps per inbox slot (model.NEIGHBOUR_OFFSETS order); the centre tap is 0
+SOBEL_X_SLOTS = np.array([SOBEL_X_INT[dy + 1, dx + 1] for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+SOBEL_Y_SLOTS = np.array([SOBEL_Y_INT[dy + 1, dx + 1] for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
+if SOBEL_X_INT[1, 1] or SOBEL_Y_INT[1, 1]:
+    raise AssertionError("Sobel centre tap is not zero")
+GRAD_SUM_SCALE = STATE_SCALE / SOBEL_DIV     # real gradient = G * GRAD_SUM_SCALE (1/256)
+GRAD_SHIFTS = (0, 1, 2, 3, 4)                # candidates; input unit 2^S/256
+ROT_FRAC = 14                                # cos/sin in Q14
+
+
+def rotation_q14(angle_deg: float) -> tuple[int, int]:
+    """(cos, sin) of the perception rotation in Q14, as the firmware takes them."""
+    th = math.radians(angle_deg)
+    one = 1 << ROT_FRAC
+    return round(math.cos(th) * one), round(math.sin(th) * one)
+
+
+def angle_of_kernels(kxy: np.ndarray) -> float:
+    """The rotation angle (degrees) of `model.gradient_kernels(angle)` output
+    (Kx = c Sx - s Sy: its [1, 2] tap is c/4, its [2, 1] tap is -s/4)."""
+    k = np.asarray(kxy, np.float64)
+    return math.degrees(math.atan2(-4.0 * k[0, 2, 1], 4.0 * k[0, 1, 2]))
+
+
+# ---------------------------------------------------------------- network
+GROUP = 4                                    # hidden units streamed together
+GROUPS = HIDDEN // GROUP
+HIDDEN_MAX = 255                             # h in 0..255 (uint8)
+WEIGHT_MAX = 127                             # symmetric int8 weights
+BIAS1_MAX = 127                              # b1 int8, in units of 2^BIAS_SHIFT hidden steps
+ACC1_LIMIT = 1 << 23                         # |first-layer sum| bound (fits __int24)
+ACC_BITS = 16                                # second-layer accumulator
+ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+ACC_SHIFTS = range(1, 16)
+MULT_FRAC = 15                               # output multiplier Q15 in [2^14, 2^15)
+MULT_LOW_BITS = 5                            # ... with its 5 low bits zero: they hold T in the genome
+OUT_SHIFT_MIN, OUT_SHIFT_MAX = 1, 30         # T: total right shift of the output requantisation
+if PERCEPTION * WEIGHT_MAX * (-STATE_MIN) >= ACC1_LIMIT:
+    raise AssertionError("first-layer accumulator bound")
+PARTIAL_LIMIT = GROUP * WEIGHT_MAX * HIDDEN_MAX    # |t| of one group, < 2^17
+
+# ---------------------------------------------------------------- genome layout (ROM)
+# For each group g of 4 hidden units j = 4g..4g+3:
+#   W1[i][j] for i = 0..47 (48 x 4 int8, unit-minor),
+#   b1[j]    (4 int8),
+#   W2[j][m] for m = 0..15 (16 x 4 int8, unit-minor)
+# then out_bias[16] int16 and out_mt[16] uint16 = M | T (M a multiple of 2^MULT_LOW_BITS).
+GROUP_W1 = PERCEPTION * GROUP
+GROUP_BYTES = GROUP_W1 + GROUP + CHANNELS * GROUP          # 260
+GENOME_BYTES = GROUPS * GROUP_BYTES + CHANNELS * (2 + 2)   # 8,384
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """The per-model constants (compile-time in the firmware)."""
+    grad_shift: int        # S: gradient input = sat8(round(G / 2^S))
+    hidden_shift: int      # K: h = clamp(round(a / 2^K) + (b1 << B), 0, 255)
+    bias_shift: int        # B
+    acc_shift: int         # R: acc += floor(t / 2^R)
+
+    def check(self) -> ModelFormat:
+        if self.grad_shift not in GRAD_SHIFTS:
+            raise ValueError(f"grad_shift {self.grad_shift} not in {GRAD_SHIFTS}")
+        if not 0 <= self.hidden_shift <= 22:
+            raise ValueError(f"hidden_shift {self.hidden_shift} out of 0..22")
+        if not 0 <= self.bias_shift <= 7:
+            raise ValueError(f"bias_shift {self.bias_shift} out of 0..7")
+        if self.acc_shift not in ACC_SHIFTS:
+            raise ValueError(f"acc_shift {self.acc_shift} out of 1..15")
+        return self
+
+
+def quantize_state(x: np.ndarray) -> np.ndarray:
+    """Float states -> int8 Q2.5 (round half to even, saturate): how a float
+    state enters the fixed-point world; exact for states the firmware produced."""
+    q = np.rint(np.asarray(x, np.float64) * (1 << STATE_FRAC))
+    return np.clip(q, STATE_MIN, STATE_MAX).astype(np.int8)
+
+
+def dequantize_state(q: np.ndarray) -> np.ndarray:
+    """int8 Q2.5 -> float32 (exact)."""
+    return (np.asarray(q, np.float32) * np.float32(STATE_SCALE)).astype(np.float32)
+
+
+def multiplier_q15(real: float) -> tuple[int, int]:
+    """TFLite-style (multiplier, shift) of a positive real at Q15:
+    real ~= M * 2^(shift - 15), M in [2^14, 2^15) a multiple of 2^MULT_LOW_BITS (10
+    significant bits, relative error < 2^-11). Returns (M, T) with T = 15 - shift
+    the total right shift the firmware applies."""
+    if not (real > 0 and math.isfinite(real)):
+        raise ValueError(f"multiplier must be positive and finite, got {real}")
+    frac, exp = math.frexp(real)            # real = frac * 2^exp, frac in [0.5, 1)
+    step = 1 << MULT_LOW_BITS
+    m = round(frac * (1 << MULT_FRAC) / step) * step
+    if m == 1 << MULT_FRAC:
+        m //= 2
+        exp += 1
+    return m, MULT_FRAC - exp
+
+
+def header_constants(fmt: ModelFormat) -> dict[str, int]:
+    """The #defines of the generated nca_model.h (format constants + the model's)."""
+    return {
+        "NCA_FORMAT_VERSION": FORMAT_VERSION,
+        "NCA_STATE_FRAC": STATE_FRAC,
+        "NCA_ALIVE_Q": ALIVE_Q,
+        "NCA_ALPHA_CHANNEL": ALPHA,
+        "NCA_HIDDEN": HIDDEN,
+        "NCA_PERCEPTION": PERCEPTION,
+        "NCA_GROUPS": GROUPS,
+        "NCA_GROUP_BYTES": GROUP_BYTES,
+        "NCA_GROUP_W1": GROUP_W1,
+        "NCA_GENOME_BYTES": GENOME_BYTES,
+        "NCA_ROT_FRAC": ROT_FRAC,
+        "NCA_GRAD_SHIFT": fmt.grad_shift,
+        "NCA_HIDDEN_SHIFT": fmt.hidden_shift,
+        "NCA_BIAS_SHIFT": fmt.bias_shift,
+        "NCA_ACC_SHIFT": fmt.acc_shift,
+    }
+
+
+def describe() -> str:
+    """One paragraph for --report and the README."""
+    return (f"state int8 Q{STATE_BITS - STATE_FRAC - 1}.{STATE_FRAC} (step 1/{1 << STATE_FRAC}, "
+            f"range +-{(1 << (STATE_BITS - 1 - STATE_FRAC))}), alive q > {ALIVE_Q}; weights int8 per-channel; "
+            f"hidden uint8 by shift; int16 output accumulators; Q15 multiplier+shift output requantisation")

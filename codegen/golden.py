@@ -1,0 +1,247 @@
+"""The golden model: the firmware's exact integer arithmetic in numba.
+
+The C core (firmware/core/nca_cell.c) and its assembly kernels must equal this
+bit for bit on every input; the "fixed" swarm backend runs it. The steps and
+their formats are specified in codegen/formats.py. All arithmetic is int64 here;
+the formats' bounds guarantee that the firmware's narrower registers (int32,
+AVR __int24, int16 accumulators) never overflow, so the results are equal.
+
+Arrays of a quantised model (`QModel.arrays()`):
+  w1 int8 (48, 128)  b1 int8 (128,)  w2 int8 (128, 16)  b2 int16 (16,)
+  mult int16 (16,) (a multiple of 32)   tsh uint8 (16,)  consts int64 [grad_shift, hidden_shift, bias_shift, acc_shift]
+A rotation is int64 [on, cos_q14, sin_q14] (on = 0: none).
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from sim import rng
+from sim.model import ALPHA, CHANNELS, HIDDEN, NEIGHBOUR_OFFSETS, PERCEPTION
+
+from . import formats as F
+
+_OFFS = np.array(NEIGHBOUR_OFFSETS, np.int64)
+_SX = F.SOBEL_X_SLOTS.copy()
+_SY = F.SOBEL_Y_SLOTS.copy()
+_ALIVE_Q = F.ALIVE_Q
+_GROUP = F.GROUP
+_HMAX = F.HIDDEN_MAX
+_ROT_HALF = 1 << (F.ROT_FRAC - 1)
+_ROT_FRAC = F.ROT_FRAC
+_Q_ONE = float(1 << F.STATE_FRAC)
+_Q_STEP = np.float32(F.STATE_SCALE)
+DORMANT, ZEROED, UPDATED = 0, 1, 2
+NO_ROTATION = np.zeros(3, np.int64)
+
+
+def rotation_array(angle_deg: float | None) -> np.ndarray:
+    """int64 [on, cos_q14, sin_q14] for the kernels below (None or 0 degrees: off,
+    which equals a rotation by 0 exactly)."""
+    if angle_deg is None or angle_deg == 0:
+        return NO_ROTATION.copy()
+    c, s = F.rotation_q14(angle_deg)
+    return np.array([1, c, s], np.int64)
+
+
+@nb.njit(cache=True, inline="always")
+def _rshift(v, n):
+    """Round half up, then arithmetic shift right by n >= 0."""
+    return (v + ((np.int64(1) << n) >> 1)) >> n
+
+
+@nb.njit(cache=True, inline="always")
+def _sat8(v):
+    return -128 if v < -128 else (min(v, 127))
+
+
+@nb.njit(cache=True)
+def perceive(x, nbs, rot, grad_shift, p):
+    """p[0..47] (int64) = [x, gx, gy] of own state x (16) and neighbour states nbs (8, 16)."""
+    for c in range(CHANNELS):
+        gx = np.int64(0)
+        gy = np.int64(0)
+        for s in range(8):
+            v = np.int64(nbs[s, c])
+            gx += _SX[s] * v
+            gy += _SY[s] * v
+        if rot[0] != 0:
+            rx = rot[1] * gx - rot[2] * gy
+            ry = rot[2] * gx + rot[1] * gy
+            gx = (rx + _ROT_HALF) >> _ROT_FRAC
+            gy = (ry + _ROT_HALF) >> _ROT_FRAC
+        p[c] = np.int64(x[c])
+        p[CHANNELS + c] = _sat8(_rshift(gx, grad_shift))
+        p[2 * CHANNELS + c] = _sat8(_rshift(gy, grad_shift))
+
+
+@nb.njit(cache=True)
+def dense(p, w1, b1, w2, b2, consts, acc, h):
+    """acc[16] (int64) = the int16 output accumulators after all 32 groups; h[128] gets
+    the hidden values (for inspection)."""
+    ks = consts[1]
+    bs = consts[2]
+    rs = consts[3]
+    for m in range(CHANNELS):
+        acc[m] = np.int64(b2[m])
+    for g in range(HIDDEN // _GROUP):
+        for u in range(_GROUP):
+            j = g * _GROUP + u
+            a = np.int64(0)
+            for i in range(PERCEPTION):
+                a += np.int64(w1[i, j]) * p[i]
+            v = _rshift(a, ks) + (np.int64(b1[j]) << bs)
+            h[j] = 0 if v < 0 else (min(v, _HMAX))
+        for m in range(CHANNELS):
+            t = np.int64(0)
+            for u in range(_GROUP):
+                j = g * _GROUP + u
+                t += np.int64(w2[j, m]) * h[j]
+            acc[m] += t >> rs          # floor (formats: the mean rounding is in b2)
+
+
+@nb.njit(cache=True)
+def apply_delta(x, acc, mult, tsh, out):
+    """out[m] = sat8(x[m] + (acc[m]*M[m] + 2^(T-1)) >> T)."""
+    for m in range(CHANNELS):
+        t = np.int64(tsh[m])
+        dx = (acc[m] * np.int64(mult[m]) + (np.int64(1) << (t - 1))) >> t
+        out[m] = _sat8(np.int64(x[m]) + dx)
+
+
+@nb.njit(cache=True)
+def tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out):
+    """out (int8, 16) = x + dx of a cell with own state x and neighbour states nbs
+    (8, 16), no alive rule (lockstep phase A, and the core of an update)."""
+    p = np.empty(PERCEPTION, np.int64)
+    acc = np.empty(CHANNELS, np.int64)
+    h = np.empty(HIDDEN, np.int64)
+    perceive(x, nbs, rot, consts[0], p)
+    dense(p, w1, b1, w2, b2, consts, acc, h)
+    apply_delta(x, acc, mult, tsh, out)
+
+
+@nb.njit(cache=True)
+def update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot):
+    """One wake-up (sim.async_ref.cell_wakeup's rules on int8 states), x updated
+    in place. Returns 0 dormant, 1 zeroed, 2 updated."""
+    nbr = False
+    for s in range(8):
+        if nbs[s, ALPHA] > _ALIVE_Q:
+            nbr = True
+    if nbr or x[ALPHA] > _ALIVE_Q:
+        out = np.empty(CHANNELS, np.int8)
+        tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out)
+        keep = nbr or out[ALPHA] > _ALIVE_Q
+        for c in range(CHANNELS):
+            x[c] = out[c] if keep else 0
+        return UPDATED
+    r = DORMANT
+    for c in range(CHANNELS):
+        if x[c] != 0:
+            r = ZEROED
+        x[c] = 0
+    return r
+
+
+@nb.njit(cache=True)
+def update_batch(xs, nbss, w1, b1, w2, b2, mult, tsh, consts, rot, codes):
+    """update() on n independent cells: xs (n, 16) int8 in place, nbss (n, 8, 16)."""
+    for k in range(xs.shape[0]):
+        codes[k] = update(xs[k], nbss[k], w1, b1, w2, b2, mult, tsh, consts, rot)
+
+
+@nb.njit(cache=True)
+def tentative_batch(xs, nbss, w1, b1, w2, b2, mult, tsh, consts, rot, outs):
+    for k in range(xs.shape[0]):
+        tentative(xs[k], nbss[k], w1, b1, w2, b2, mult, tsh, consts, rot, outs[k])
+
+
+# ---------------------------------------------------------------- whole grid (synchronous)
+@nb.njit(cache=True)
+def _alive_grid(x, out):
+    h, w = x.shape[0], x.shape[1]
+    for y in range(h):
+        for xx in range(w):
+            m = False
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    yy = y + dy
+                    xj = xx + dx
+                    if 0 <= yy < h and 0 <= xj < w and x[yy, xj, ALPHA] > _ALIVE_Q:
+                        m = True
+            out[y, xx] = m
+
+
+@nb.njit(cache=True)
+def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
+    """One synchronous step of an (H, W, 16) int8 grid (sim.reference.SyncGrid's
+    semantics: pre-alive, fire mask u(seed, FIRE, y*W+x, step) < rate, x + dx,
+    post-alive on the new alphas, zero padding). Returns the new grid."""
+    h, w = x.shape[0], x.shape[1]
+    pre = np.empty((h, w), np.bool_)
+    post = np.empty((h, w), np.bool_)
+    _alive_grid(x, pre)
+    out = x.copy()
+    nbs = np.zeros((8, CHANNELS), np.int8)
+    for y in range(h):
+        for xx in range(w):
+            if not rng.uniform(seed, rng.FIRE, y * w + xx, step) < fire_rate:
+                continue
+            for s in range(8):
+                yy = y + _OFFS[s, 0]
+                xj = xx + _OFFS[s, 1]
+                for c in range(CHANNELS):
+                    nbs[s, c] = x[yy, xj, c] if (0 <= yy < h and 0 <= xj < w) else 0
+            tentative(x[y, xx], nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out[y, xx])
+    _alive_grid(out, post)
+    for y in range(h):
+        for xx in range(w):
+            if not (pre[y, xx] and post[y, xx]):
+                for c in range(CHANNELS):
+                    out[y, xx, c] = 0
+    return out
+
+
+# ---------------------------------------------------------------- per-cell on float swarm arrays
+@nb.njit(cache=True)
+def _gather(c, state, inbox, x, nbs):
+    for ch in range(CHANNELS):
+        v = np.rint(np.float64(state[c, ch]) * _Q_ONE)
+        x[ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
+        for s in range(8):
+            v = np.rint(np.float64(inbox[c, s, ch]) * _Q_ONE)
+            nbs[s, ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
+
+
+@nb.njit(cache=True)
+def wakeup_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot):
+    """update() of cell c of a swarm's float32 arrays (state (N, 16), inbox (N, 8, 16)),
+    whose values are Q2.5 states (formats.quantize_state rounds any other)."""
+    x = np.empty(CHANNELS, np.int8)
+    nbs = np.empty((8, CHANNELS), np.int8)
+    _gather(c, state, inbox, x, nbs)
+    r = update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot)
+    if r != DORMANT:
+        for ch in range(CHANNELS):
+            state[c, ch] = np.float32(x[ch]) * _Q_STEP
+    return r
+
+
+@nb.njit(cache=True)
+def tentative_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, out):
+    """out[c] = state[c] + dx (no alive rule), on the swarm's float32 arrays."""
+    x = np.empty(CHANNELS, np.int8)
+    nbs = np.empty((8, CHANNELS), np.int8)
+    y = np.empty(CHANNELS, np.int8)
+    _gather(c, state, inbox, x, nbs)
+    tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, y)
+    for ch in range(CHANNELS):
+        out[c, ch] = np.float32(y[ch]) * _Q_STEP
+
+
+def rgb(state: np.ndarray) -> np.ndarray:
+    """LED colour of int8 states (..., 16) -> uint8 (..., 3): clamp(q, 0, 32) * 255 / 32,
+    rounded half up (firmware nca_cell_rgb)."""
+    q = np.clip(np.asarray(state, np.int64)[..., :3], 0, 1 << F.STATE_FRAC)
+    return ((q * 255 + (1 << (F.STATE_FRAC - 1))) >> F.STATE_FRAC).astype(np.uint8)

@@ -1,0 +1,359 @@
+"""Build the firmware for a target, run it on cell inputs, and measure it.
+
+One request/answer protocol (firmware/ports/common/harness.h) reaches every
+build: the host harness on stdin/stdout, the Cortex-M0 build under
+`qemu-system-arm -M microbit` (UART on stdio, exit by semihosting) and the AVR
+build under simavr through firmware/tools/simavr_bridge.c. Measurements come
+from the toolchains and emulators themselves:
+
+- ROM: `size -A` of the core's objects (cell core, kernel, genome) as built,
+  plus any libgcc routine they call; RAM: sizeof(nca_cell_t) (own state,
+  gradients, accumulators and the 8 neighbour states), the rotation, the core's
+  .data/.bss, and the worst stack of nca_cell_update: statically from
+  `-fstack-usage` plus the assembly kernel's pushes, and dynamically by painting
+  the stack in the harness (the larger is reported).
+- Cycles: AVR exact, simavr's cycle counter between GPIOR0 marks. Cortex-M0:
+  instructions exact (QEMU -icount shift=6 with SysTick: 1.024 ticks per
+  instruction) and cycles from QEMU's instruction trace of one update with the
+  Cortex-M0 timings (embedded_feasibility.md 4): QEMU has no cycle model.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import UserError
+
+from . import emit
+from .quantize import QModel
+
+APT_PACKAGES = "gcc-arm-none-eabi qemu-system-arm gcc-avr avr-libc simavr libsimavr-dev"
+APT_COMMAND = f"apt-get install -y --no-install-recommends {APT_PACKAGES}"
+TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
+    # target: (executable, Debian package)
+    "host": (("gcc", "gcc"), ("make", "make")),
+    "cortex-m0": (("arm-none-eabi-gcc", "gcc-arm-none-eabi"), ("make", "make")),
+    "avr": (("avr-gcc", "gcc-avr"), ("gcc", "gcc"), ("make", "make")),
+    "arduino": (("avr-gcc", "gcc-avr"), ("make", "make")),
+}
+RUN_TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
+    "cortex-m0": (("qemu-system-arm", "qemu-system-arm"),),
+    "avr": (),
+}
+SIMAVR_HEADER = Path("/usr/include/simavr/sim_avr.h")
+# Budgets of DESIGN.md / the issue, asserted by the tests and printed by --report.
+BUDGETS = {
+    "cortex-m0": {"rom": 9000, "ram": 256, "cycles": 50000},
+    "avr": {"ram": 256, "cycles": 120000},
+}
+CELL_STRUCT_BYTES = 16 + 32 + 32 + 128     # nca_cell_t (checked against the host build)
+ROTATION_BYTES = 4
+
+
+class ToolchainError(UserError):
+    """A tool a target needs is missing; the message has the install command."""
+
+
+class BuildError(UserError):
+    """The firmware did not build (the compiler's first error is in the message)."""
+
+
+def missing_tools(target: str, run: bool = False) -> list[tuple[str, str]]:
+    """(executable, package) pairs that are not installed for building (and running) target."""
+    need = list(TOOLS[target]) + (list(RUN_TOOLS.get(target, ())) if run else [])
+    out = [(exe, pkg) for exe, pkg in need if shutil.which(exe) is None]
+    if target == "avr" and not SIMAVR_HEADER.exists():
+        out.append(("simavr headers", "libsimavr-dev"))
+    if target == "avr" and not Path("/usr/lib/avr/include/avr/io.h").exists() and shutil.which("avr-gcc"):
+        out.append(("avr-libc headers", "avr-libc"))
+    return out
+
+
+def check_toolchain(target: str, run: bool = False) -> None:
+    """Raise ToolchainError naming the exact apt command if a tool is missing."""
+    miss = missing_tools(target, run)
+    if miss:
+        pkgs = " ".join(sorted({p for _, p in miss}))
+        raise ToolchainError(f"target {target} needs {', '.join(e for e, _ in miss)}; install with: "
+                             f"apt-get install -y --no-install-recommends {pkgs}")
+
+
+# ---------------------------------------------------------------- build
+@dataclass
+class Build:
+    """A built firmware folder."""
+    target: str
+    root: Path
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / "build" / self.target
+
+    @property
+    def artefact(self) -> Path:
+        return {"host": self.build_dir / "nca_host", "cortex-m0": self.build_dir / "nca_m0.elf",
+                "avr": self.build_dir / "nca_avr.elf", "arduino": self.build_dir / "nca_cell.o"}[self.target]
+
+    @property
+    def library(self) -> Path:
+        return self.build_dir / "libnca.so"
+
+
+def make(root: Path, target: str, jobs: int = 1) -> None:
+    """Run make in a folder that emit.write_project laid out."""
+    check_toolchain(target)
+    r = subprocess.run(["make", "-s", f"-j{jobs}", "-C", str(root), f"TARGET={target}"],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        lines = [ln for ln in (r.stderr + r.stdout).splitlines() if "error" in ln.lower()]
+        first = lines[0].strip() if lines else (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BuildError(f"firmware build for {target} failed in {root}: {first}")
+
+
+def build(q: QModel, target: str, root: Path | None = None) -> Build:
+    """Generate the project for `target` into root (a new temporary folder if None) and build it."""
+    check_toolchain(target)
+    root = Path(tempfile.mkdtemp(prefix=f"nca-{target}-")) if root is None else Path(root)
+    emit.write_project(q, target, root)
+    make(root, target)
+    return Build(target, root)
+
+
+# ---------------------------------------------------------------- the harness protocol
+def encode(states: np.ndarray, inboxes: np.ndarray, rot: tuple[int, int] | None = None,
+           cmd: bytes = b"U") -> bytes:
+    """Requests for n cells: states (n, 16) int8, inboxes (n, 8, 16) int8; rot = (cos, sin) Q14."""
+    states = np.asarray(states, np.int8).reshape(-1, 16)
+    inboxes = np.asarray(inboxes, np.int8).reshape(-1, 128)
+    head = cmd + (bytes([1]) + struct.pack("<hh", *rot) if rot is not None else bytes([0, 0, 0, 0, 0]))
+    return b"".join(head + s.tobytes() + i.tobytes() for s, i in zip(states, inboxes))
+
+
+def decode(buf: bytes, n: int, cmd: bytes = b"U") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes (n,), states (n, 16) int8, ticks (n,)) from n answers."""
+    size = (1 if cmd == b"U" else 0) + 16 + 4
+    if len(buf) < n * size:
+        raise RuntimeError(f"harness answered {len(buf)} bytes, expected {n * size}")
+    a = np.frombuffer(buf[:n * size], np.uint8).reshape(n, size)
+    off = 1 if cmd == b"U" else 0
+    codes = a[:, 0].astype(np.int64) if off else np.full(n, -1, np.int64)
+    states = a[:, off:off + 16].view(np.int8).copy()
+    ticks = a[:, off + 16:].copy().view("<u4").ravel().astype(np.int64)
+    return codes, states, ticks
+
+
+def harness_command(b: Build, icount: bool = True) -> list[str]:
+    if b.target == "host":
+        return [str(b.artefact)]
+    if b.target == "cortex-m0":
+        return (["qemu-system-arm", "-M", "microbit", "-display", "none", "-monitor", "none",
+                 "-serial", "stdio", "-semihosting-config", "enable=on,target=native"]
+                + (["-icount", "shift=6"] if icount else []) + ["-kernel", str(b.artefact)])
+    if b.target == "avr":
+        return [str(b.build_dir / "simavr_bridge"), str(b.artefact)]
+    raise ValueError(f"target {b.target} has no harness to run")
+
+
+@dataclass
+class RunResult:
+    codes: np.ndarray
+    states: np.ndarray
+    ticks: np.ndarray
+    cycles: np.ndarray          # AVR: exact cycles per call (else empty)
+    stderr: str = ""
+
+
+def run_cells(b: Build, states: np.ndarray, inboxes: np.ndarray, rot: tuple[int, int] | None = None,
+              cmd: bytes = b"U", timeout: float = 300.0) -> RunResult:
+    """Run n cells through the built harness (one request each, then 'Q')."""
+    check_toolchain(b.target, run=True)
+    n = len(states)
+    req = encode(states, inboxes, rot, cmd) + b"Q"
+    r = subprocess.run(harness_command(b), input=req, capture_output=True, timeout=timeout, check=False)
+    err = r.stderr.decode(errors="replace")
+    if r.returncode != 0:
+        raise RuntimeError(f"{b.target} harness exited with {r.returncode}: {err[-500:]}")
+    codes, out, ticks = decode(r.stdout, n, cmd)
+    cycles = np.array([int(m) for m in re.findall(r"^cycles (\d+)$", err, re.MULTILINE)], np.int64)
+    return RunResult(codes, out, ticks, cycles, err)
+
+
+def identify(b: Build, timeout: float = 60.0) -> tuple[int, int]:
+    """(harness version, model hash) the build reports."""
+    r = subprocess.run(harness_command(b), input=b"IQ", capture_output=True, timeout=timeout, check=False)
+    if len(r.stdout) < 8 or r.stdout[:3] != b"NCA":
+        raise RuntimeError(f"{b.target} harness did not identify itself: {r.stdout[:16]!r}")
+    return r.stdout[3], struct.unpack("<I", r.stdout[4:8])[0]
+
+
+# ---------------------------------------------------------------- Cortex-M0 cycles from a QEMU trace
+_M0_LOADSTORE = re.compile(r"^(ldr|str)")
+_M0_BRANCH_COND = re.compile(r"^b(eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le)(\.n|\.w)?$")
+
+
+def _disassemble(elf: Path, objdump: str = "arm-none-eabi-objdump") -> dict[int, tuple[str, str, int]]:
+    """address -> (mnemonic, operands, size in bytes)."""
+    out = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(elf)], capture_output=True,
+                         text=True, check=True).stdout
+    table = {}
+    rows = []
+    for ln in out.splitlines():
+        m = re.match(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$", ln)
+        if m:
+            rows.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    for k, (addr, mn, ops) in enumerate(rows):
+        size = rows[k + 1][0] - addr if k + 1 < len(rows) else 2
+        table[addr] = (mn, ops.split(";")[0].split("@")[0].strip(), size if size in (2, 4) else 2)
+    return table
+
+
+def m0_cycles(mnemonic: str, operands: str, taken: bool) -> int:
+    """Cortex-M0 cycles of one instruction (zero wait states, single-cycle multiplier)."""
+    mn = mnemonic.lower().split(".")[0]
+    regs = len(re.findall(r"r\d+|lr|pc|sp|ip|fp|sl|sb", operands.split("{", 1)[1])) if "{" in operands else 0
+    if "{" in operands and "-" in operands:    # a register range r4-r7
+        lo, hi = re.findall(r"r(\d+)-r(\d+)", operands)[0]
+        regs += int(hi) - int(lo) - 1
+    if mn in ("push", "stmia", "stm", "ldm", "ldmia"):
+        return 1 + regs
+    if mn == "pop":
+        return 1 + regs + (3 if "pc" in operands else 0)
+    if _M0_LOADSTORE.match(mn):
+        return 2
+    if mn == "bl":
+        return 4
+    if mn in ("bx", "blx"):
+        return 3
+    if mn == "b":
+        return 3
+    if _M0_BRANCH_COND.match(mnemonic.lower()):
+        return 3 if taken else 1
+    if mn in ("add", "mov") and operands.split(",")[0].strip() == "pc":
+        return 3
+    if mn in ("wfi", "wfe", "bkpt", "svc"):
+        return 1
+    return 1
+
+
+def m0_trace_update(b: Build, state: np.ndarray, inbox: np.ndarray, rot: tuple[int, int] | None = None,
+                    timeout: float = 120.0) -> dict[str, int]:
+    """Instructions and estimated cycles of one nca_cell_update, from QEMU's
+    per-instruction trace (-singlestep -d exec,nochain)."""
+    table = _disassemble(b.artefact)
+    syms = subprocess.run(["arm-none-eabi-nm", str(b.artefact)], capture_output=True, text=True,
+                          check=True).stdout
+    entry = next(int(ln.split()[0], 16) for ln in syms.splitlines() if ln.endswith(" nca_cell_update"))
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "trace.log"
+        cmd = harness_command(b, icount=False)
+        cmd[1:1] = ["-singlestep", "-d", "exec,nochain", "-D", str(log)]
+        subprocess.run(cmd, input=encode(state[None], inbox[None], rot) + b"Q", capture_output=True,
+                       timeout=timeout, check=True)
+        pcs = [int(m, 16) for m in re.findall(r"^Trace \d+: \S+ \[[0-9a-f]+/([0-9a-f]+)/", log.read_text(), re.MULTILINE)]
+    start = pcs.index(entry)
+    ret = pcs[start - 1] + table[pcs[start - 1]][2]      # the instruction after the bl
+    end = pcs.index(ret, start)
+    cycles = 0
+    for k in range(start, end):
+        pc = pcs[k]
+        mn, ops, size = table[pc]
+        cycles += m0_cycles(mn, ops, pcs[k + 1] != pc + size)
+    return {"instructions": end - start, "cycles": cycles}
+
+
+# ---------------------------------------------------------------- sizes and stack
+def _size_sections(tool: str, obj: Path) -> dict[str, int]:
+    out = subprocess.run([tool, "-A", str(obj)], capture_output=True, text=True, check=True).stdout
+    sec = {}
+    for ln in out.splitlines():
+        parts = ln.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            sec[parts[0]] = sec.get(parts[0], 0) + int(parts[1])
+    return sec
+
+
+def _stack_usage(build_dir: Path) -> dict[str, int]:
+    """function -> bytes from the -fstack-usage (.su) files of the core."""
+    out: dict[str, int] = {}
+    for su in build_dir.rglob("*.su"):
+        for ln in su.read_text().splitlines():
+            parts = ln.split("\t")
+            if len(parts) >= 2:
+                out[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    return out
+
+
+def _asm_pushes(src: Path, target: str) -> int:
+    """Bytes an assembly kernel pushes on entry (counted from its source)."""
+    text = src.read_text()
+    if target == "cortex-m0":     # each distinct push on the update path counted once
+        lists = {m.group(1).replace(" ", "") for m in re.finditer(r"^\s*push\s*\{([^}]*)\}", text, re.MULTILINE)}
+        regs = 0
+        for lst in lists - {"r4,lr"}:           # push {r4, lr}: nca_cell_rgb, not on the path
+            for part in lst.split(","):
+                r = re.findall(r"r(\d+)", part)
+                regs += int(r[1]) - int(r[0]) + 1 if "-" in part and len(r) == 2 else 1
+        return 4 * regs
+    return len(re.findall(r"^\s*push\s+r\d+", text, re.MULTILINE))
+
+
+def measure(b: Build) -> dict[str, Any]:
+    """ROM, RAM and stack of the cell core of a cortex-m0 or avr build."""
+    if b.target == "cortex-m0":
+        size_tool, kernel, ret = "arm-none-eabi-size", "nca_step_m0", 0
+        objs = ["nca_cell.o", "nca_step_m0.o", "nca_model.o"]
+        kernel_src = b.root / "ports" / "cortex-m0" / "nca_step_m0.S"
+    elif b.target == "avr":
+        size_tool, kernel, ret = "avr-size", "nca_dense_avr", 2
+        objs = ["nca_cell.o", "nca_dense_avr.o", "nca_model.o"]
+        kernel_src = b.root / "ports" / "avr" / "nca_dense_avr.S"
+    else:
+        raise ValueError("measure() is for cortex-m0 and avr builds")
+    rom_code = rom_weights = ram_static = 0
+    for name in objs:
+        sec = _size_sections(size_tool, b.build_dir / name)
+        text = sum(v for k, v in sec.items() if k.startswith((".text", ".rodata", ".progmem")))
+        ram_static += sum(v for k, v in sec.items() if k.startswith((".data", ".bss")))
+        if name == "nca_model.o":
+            rom_weights += text + sum(v for k, v in sec.items() if k.startswith(".data"))
+        else:
+            rom_code += text + sum(v for k, v in sec.items() if k.startswith(".data"))
+    su = _stack_usage(b.build_dir)
+    frames = {k: v for k, v in su.items()
+              if k in ("nca_cell_update", "nca_cell_tentative", "perceive", "apply", "alive")}
+    kernel_stack = _asm_pushes(kernel_src, b.target)
+    # call chain: caller -> nca_cell_update -> nca_cell_tentative -> one of perceive, the
+    # kernel, apply (the M0 kernel replaces all of it); every call pushes a return address on
+    # AVR (2 bytes; on ARM it is in the pushed lr)
+    leaf = max(kernel_stack, frames.get("perceive", 0), frames.get("apply", 0))
+    stack = ret + frames.get("nca_cell_update", 0) + (ret + frames.get("nca_cell_tentative", 0)
+                                                     if b.target == "avr" else 0) + ret + leaf
+    return {"rom_code": rom_code, "rom_weights": rom_weights, "rom_total": rom_code + rom_weights,
+            "ram_static": ram_static, "cell_struct": CELL_STRUCT_BYTES, "rotation": ROTATION_BYTES,
+            "stack_static": stack, "stack_frames": frames, "kernel_stack": kernel_stack,
+            "kernel": kernel}
+
+
+@dataclass
+class TargetReport:
+    target: str
+    rom_code: int
+    rom_weights: int
+    ram: int
+    stack: int
+    cycles: float
+    cycles_max: float
+    instructions: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rom(self) -> int:
+        return self.rom_code + self.rom_weights

@@ -1,0 +1,57 @@
+/* ATmega328P (Arduino Uno) port of the UART test harness, 16 MHz, 115200 baud.
+ * Cycle marks: writing 1 then 2 to GPIOR0 lets the simavr bridge
+ * (firmware/tools/simavr_bridge.c) print the exact cycle count between them;
+ * 'Q' stops the CPU (cli + sleep), which ends the simulation. */
+#include <stdint.h>
+#include <avr/io.h>
+#include <avr/interrupt.h>
+#include <avr/sleep.h>
+#include "harness.h"
+
+void port_init(void)
+{
+    UCSR0A = _BV(U2X0);
+    UBRR0 = 16;                                /* 115200 baud at 16 MHz with U2X */
+    UCSR0B = _BV(RXEN0) | _BV(TXEN0);
+    UCSR0C = 3 << UCSZ00;                      /* 8N1 */
+}
+
+uint8_t port_getc(void)
+{
+    while (!(UCSR0A & _BV(RXC0))) {
+    }
+    return UDR0;
+}
+
+void port_putc(uint8_t c)
+{
+    while (!(UCSR0A & _BV(UDRE0))) {
+    }
+    UDR0 = c;
+}
+
+void port_mark_start(void)
+{
+    GPIOR0 = 1;
+}
+
+uint32_t port_mark_stop(void)
+{
+    GPIOR0 = 2;
+    return 0;                                  /* the bridge reports the cycles */
+}
+
+void port_exit(void)
+{
+    while (!(UCSR0A & _BV(TXC0))) {            /* let the last byte leave */
+    }
+    cli();
+    sleep_enable();
+    sleep_cpu();
+}
+
+int main(void)
+{
+    harness_run();
+    return 0;
+}

@@ -1,0 +1,178 @@
+"""The "fixed" (golden model) and "firmware" (generated C over ctypes) cell
+backends in the SimPy swarm: registered on demand, equal to each other and to
+the golden synchronous grid, rotatable; and the fixed-point swarm's fidelity to
+the float one (the trained regenerating lizard when it is there)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codegen import formats as F
+from codegen import golden as G
+from sim.backends import backend_names, make_backend
+from sim.damage import Damage
+from sim.fixture import blob_model
+from sim.model import ALPHA, seed_state
+from sim.reference import Params
+from sim.swarm import SimPySwarm
+
+REPO = Path(__file__).resolve().parent.parent
+LIZARD = REPO / "weights" / "lizard_regenerating.npz"
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
+                               reason="the firmware backend compiles the C with gcc and make")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    os.environ["NCA_CODEGEN_CACHE"] = str(tmp_path_factory.mktemp("nca-cache"))
+
+
+def test_backends_are_found_without_importing_codegen_first():
+    code = ("from sim.backends import make_backend, backend_names\n"
+            "from sim.fixture import blob_model\n"
+            "b = make_backend('fixed', blob_model())\n"
+            "print(type(b).__name__, 'firmware' in backend_names())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["FixedBackend", "True"]
+    assert {"float", "fixed", "firmware"} <= set(backend_names())
+
+
+def test_lockstep_swarm_on_the_fixed_backend_equals_the_golden_grid():
+    m = blob_model()
+    sw = SimPySwarm(seed_state(14, 14), make_backend("fixed", m), seed=5, mode="lockstep")
+    sw.run(25)
+    q = make_backend("fixed", m).q
+    x = F.quantize_state(seed_state(14, 14))
+    for k in range(25):
+        x = G.sync_step(x, 5, k, 0.5, *q.arrays(), G.NO_ROTATION)
+    np.testing.assert_array_equal(sw.grid, F.dequantize_state(x))
+    assert (x[..., ALPHA] > F.ALIVE_Q).sum() > 20
+
+
+@needs_gcc
+@pytest.mark.parametrize("mode", ["async", "lockstep"])
+def test_firmware_backend_equals_fixed_backend_in_the_swarm(mode):
+    """The same swarm (own clocks, messages with latency and loss in async mode) on the
+    golden model and on the C itself: bit for bit, every snapshot."""
+    from sim.async_ref import LAT_UNIFORM, AsyncConfig
+    m = blob_model()
+    cfg = AsyncConfig(latency_kind=LAT_UNIFORM, latency=0.0, latency_high=0.4, loss=0.1) if mode == "async" else None
+    a = SimPySwarm(seed_state(16, 16), make_backend("fixed", m), seed=3, config=cfg, mode=mode)
+    b = SimPySwarm(seed_state(16, 16), make_backend("firmware", m), seed=3, config=cfg, mode=mode)
+    hole = Damage("circle", (8.0, 8.0, 3.0), 15).mask(16, 16)
+    for t in (10, 20, 40):
+        a.run(t)
+        b.run(t)
+        np.testing.assert_array_equal(a.grid, b.grid)
+        if t == 20:
+            a.damage(hole)
+            b.damage(hole)
+    assert a.metrics()["cell_updates"] == b.metrics()["cell_updates"] > 1000
+
+
+@needs_gcc
+def test_rotation_through_set_params_in_both_backends():
+    m = blob_model()
+    grids = []
+    for name in ("fixed", "firmware"):
+        sw = SimPySwarm(seed_state(16, 16), make_backend(name, m), seed=2, mode="lockstep")
+        sw.schedule_params(6.0, Params.from_model(m).rotated(90.0))
+        sw.run(20)
+        grids.append(sw.grid.copy())
+    np.testing.assert_array_equal(grids[0], grids[1])
+    q = make_backend("fixed", m).q
+    x = F.quantize_state(seed_state(16, 16))
+    for k in range(20):
+        x = G.sync_step(x, 2, k, 0.5, *q.arrays(), G.rotation_array(90.0 if k >= 6 else None))
+    np.testing.assert_array_equal(grids[0], F.dequantize_state(x))
+
+
+def test_fixed_backend_starting_at_an_angle():
+    m = blob_model()
+    be = make_backend("fixed", m, 45.0)
+    np.testing.assert_array_equal(be.rot, G.rotation_array(45.0))
+    be2 = make_backend("fixed", Params.from_model(m, 45.0))
+    np.testing.assert_array_equal(be2.rot, G.rotation_array(45.0))
+
+
+def test_fixed_point_async_swarm_on_the_blob_stays_close_to_float():
+    """Fidelity on the fixture (until the trained lizard exists): the async swarm on the
+    fixed-point backend grows the same blob as on the float one."""
+    m = blob_model()
+    sf = SimPySwarm(seed_state(32, 32), make_backend("float", m), seed=1)
+    sq = SimPySwarm(seed_state(32, 32), make_backend("fixed", m), seed=1)
+    for t in (100, 200, 300):
+        sf.run(t)
+        sq.run(t)
+        err = float(np.mean(np.abs(sf.grid - sq.grid)))
+        assert err < 0.15, (t, err)
+    af = sf.grid[..., ALPHA] > 0.1
+    aq = sq.grid[..., ALPHA] > 0.1
+    assert abs(int(af.sum()) - int(aq.sum())) < 0.1 * af.sum()
+
+
+def _loss(state, target):
+    d = state[..., :4].astype(np.float64) - target
+    return float(np.mean(d * d))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LIZARD.exists(), reason=f"{LIZARD.name} is not trained yet (nca-train --kind "
+                                                f"regenerating writes it)")
+def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
+    """The trained regenerating lizard on the async swarm: the fixed-point backend's loss
+    at step 1,000 is at most 1.25x the float engine's (mean over 5 seeds), and after a
+    circle cut it regrows."""
+    from sim.targets import fit_target, load_target
+    from sim.weights import load
+    model = load(LIZARD)
+    target = fit_target(load_target("lizard"), 40, 40)
+    lf, lq = [], []
+    for seed in range(5):
+        for name, out in (("float", lf), ("fixed", lq)):
+            sw = SimPySwarm(seed_state(40, 40), make_backend(name, model), seed=seed)
+            sw.run(1000)
+            out.append(_loss(sw.grid, target))
+    assert np.mean(lq) <= 1.25 * np.mean(lf), (lf, lq)
+    sw = SimPySwarm(seed_state(40, 40), make_backend("fixed", model), seed=0)
+    sw.run(1000)
+    before = _loss(sw.grid, target)
+    sw.damage(Damage("circle", (20.0, 20.0, 8.0), 1000).mask(40, 40))
+    cut = _loss(sw.grid, target)
+    sw.run(1600)
+    after = _loss(sw.grid, target)
+    assert cut > before * 2 + 1e-3                      # the cut hurt
+    assert after < before + 0.25 * (cut - before), (before, cut, after)   # and healed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "weights" / "lizard_persistent.npz").exists(),
+                    reason="lizard_persistent.npz is not trained yet")
+def test_persistent_lizard_grows_in_fixed_point():
+    """A trained model (the persistent lizard): synchronous fixed point from the seed for
+    1,000 steps keeps the lizard (loss within 0.005 of a perfect picture, the same number
+    of living cells as the float run within 5%)."""
+    from codegen.backends import quantized
+    from sim.reference import SyncGrid
+    from sim.targets import fit_target, load_target
+    from sim.weights import load
+    model = load(REPO / "weights" / "lizard_persistent.npz")
+    target = fit_target(load_target("lizard"), 40, 40)
+    q = quantized(model)
+    for seed in range(3):
+        x = F.quantize_state(seed_state(40, 40))
+        for k in range(1000):
+            x = G.sync_step(x, seed, k, 0.5, *q.arrays(), G.NO_ROTATION)
+        g = SyncGrid(seed_state(40, 40), Params.from_model(model), seed)
+        g.run(1000)
+        xf = F.dequantize_state(x)
+        assert _loss(xf, target) < 0.005
+        na, nf = int((x[..., ALPHA] > F.ALIVE_Q).sum()), int((g.state[..., ALPHA] > 0.1).sum())
+        assert abs(na - nf) <= 0.05 * nf

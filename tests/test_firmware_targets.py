@@ -1,0 +1,158 @@
+"""The firmware on emulated boards: the Cortex-M0 build under QEMU (-M microbit)
+and the AVR build under simavr equal the golden model bit for bit, and meet the
+budgets (ROM, RAM with the neighbour states and the worst stack, cycles per cell
+update) as the toolchains and emulators measure them. Skipped where the tools
+are missing (.ci/run installs them)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from test_firmware_host import adversarial_cells, golden_update
+
+from codegen import emit
+from codegen import formats as F
+from codegen import golden as G
+from codegen import targets as T
+from codegen.quantize import quantize
+from sim.fixture import blob_model
+
+
+def needs(target: str):
+    miss = T.missing_tools(target, run=True)
+    return pytest.mark.skipif(bool(miss), reason=f"{target} needs {', '.join(e for e, _ in miss)} "
+                                                 f"({T.APT_COMMAND})")
+
+
+@pytest.fixture(scope="module")
+def q():
+    return quantize(blob_model())
+
+
+def inputs_200(seed: int):
+    """200 cells: random, small, and the adversarial extremes (all dead, all max, ...)."""
+    xs, nbs = adversarial_cells(120, seed=seed)
+    pick = np.r_[0:120, len(xs) - 80:len(xs)]
+    return xs[pick], nbs[pick]
+
+
+def check_bit_exact(q, b: T.Build, seed: int, angle=None) -> T.RunResult:
+    xs, nbs = inputs_200(seed)
+    assert len(xs) >= 200
+    r = T.run_cells(b, xs, nbs, None if angle is None else F.rotation_q14(angle))
+    gc, go = golden_update(q, xs, nbs, angle)
+    np.testing.assert_array_equal(r.codes, gc)
+    np.testing.assert_array_equal(r.states, go)
+    rt = T.run_cells(b, xs[:50], nbs[:50], None if angle is None else F.rotation_q14(angle), cmd=b"T")
+    gt = np.zeros_like(xs[:50])
+    G.tentative_batch(xs[:50], nbs[:50], *q.arrays(), G.rotation_array(angle), gt)
+    np.testing.assert_array_equal(rt.states, gt)
+    return r
+
+
+def check_rgb_and_identity(q, b: T.Build) -> None:
+    xs, _ = inputs_200(5)
+    req = b"".join(b"C" + x.tobytes() for x in xs[:40]) + b"Q"
+    out = subprocess.run(T.harness_command(b), input=req, capture_output=True, timeout=120, check=False).stdout
+    np.testing.assert_array_equal(np.frombuffer(out[:120], np.uint8).reshape(40, 3), G.rgb(xs[:40]))
+    assert T.identify(b) == (1, q.model_hash)
+
+
+# ---------------------------------------------------------------- Cortex-M0
+@pytest.fixture(scope="module")
+def m0(q, tmp_path_factory):
+    return T.build(q, "cortex-m0", tmp_path_factory.mktemp("m0"))
+
+
+@needs("cortex-m0")
+@pytest.mark.parametrize("angle", [None, 60.0])
+def test_cortex_m0_equals_golden_on_200_cells(q, m0, angle):
+    check_bit_exact(q, m0, seed=21, angle=angle)
+
+
+@needs("cortex-m0")
+def test_cortex_m0_led_colour_and_model_hash(q, m0):
+    check_rgb_and_identity(q, m0)
+
+
+@needs("cortex-m0")
+def test_cortex_m0_budgets(q, m0):
+    m = T.measure(m0)
+    ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
+    assert m["rom_weights"] == F.GENOME_BYTES
+    assert m["rom_total"] <= T.BUDGETS["cortex-m0"]["rom"], m
+    assert ram <= T.BUDGETS["cortex-m0"]["ram"], m
+    assert m["stack_static"] >= 24                  # push {r4-r7, lr} + push {lr}
+    # cycles: QEMU's instruction trace with the M0 timings, worst of several inputs
+    xs, nbs = inputs_200(3)
+    cyc = []
+    for k in (0, 1, 150, 199):
+        for rot in (None, F.rotation_q14(33.0)):
+            r = T.m0_trace_update(m0, xs[k], nbs[k], rot)
+            cyc.append(r["cycles"])
+    assert max(cyc) <= T.BUDGETS["cortex-m0"]["cycles"], cyc
+    # the exact instruction count from -icount agrees with the trace
+    run = T.run_cells(m0, xs[:1], nbs[:1])
+    assert run.ticks[0] / 1.024 == pytest.approx(T.m0_trace_update(m0, xs[0], nbs[0])["instructions"], rel=0.01)
+
+
+@needs("cortex-m0")
+def test_cortex_m0_portable_c_core_is_bit_exact_too(q, tmp_path):
+    """KERNEL=c: the portable C99 core alone on the M0 (the reference the assembly replaces)."""
+    emit.write_project(q, "cortex-m0", tmp_path)
+    subprocess.run(["make", "-s", "-C", str(tmp_path), "TARGET=cortex-m0", "KERNEL=c"], check=True,
+                   capture_output=True)
+    b = T.Build("cortex-m0", tmp_path)
+    xs, nbs = inputs_200(8)
+    r = T.run_cells(b, xs[:60], nbs[:60], F.rotation_q14(-75.0))
+    gc, go = golden_update(q, xs[:60], nbs[:60], -75.0)
+    np.testing.assert_array_equal(r.states, go)
+    np.testing.assert_array_equal(r.codes, gc)
+
+
+# ---------------------------------------------------------------- AVR
+@pytest.fixture(scope="module")
+def avr(q, tmp_path_factory):
+    return T.build(q, "avr", tmp_path_factory.mktemp("avr"))
+
+
+@needs("avr")
+@pytest.mark.parametrize("angle", [None, 150.0])
+def test_avr_equals_golden_on_200_cells(q, avr, angle):
+    check_bit_exact(q, avr, seed=31, angle=angle)
+
+
+@needs("avr")
+def test_avr_led_colour_and_model_hash(q, avr):
+    check_rgb_and_identity(q, avr)
+
+
+@needs("avr")
+def test_avr_budgets(q, avr):
+    m = T.measure(avr)
+    ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
+    assert ram <= T.BUDGETS["avr"]["ram"], m
+    xs, nbs = inputs_200(4)
+    r = T.run_cells(avr, xs, nbs, F.rotation_q14(10.0))
+    computed = r.codes == G.UPDATED
+    assert computed.sum() > 100
+    assert len(r.cycles) == len(xs)
+    assert r.cycles[computed].max() <= T.BUDGETS["avr"]["cycles"], r.cycles.max()
+    # the weights live in flash (PROGMEM), not in the 2 KB of RAM
+    out = subprocess.run(["avr-size", "-A", str(avr.artefact)], capture_output=True, text=True, check=False).stdout
+    data = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith((".data", ".bss")))
+    assert data < 512
+
+
+# ---------------------------------------------------------------- Arduino sketch
+@pytest.mark.skipif(shutil.which("avr-gcc") is None, reason="needs avr-gcc")
+def test_arduino_sketch_folder_builds(q, tmp_path):
+    emit.write_project(q, "arduino", tmp_path)
+    sketch = tmp_path / "nca_cell"
+    assert {p.name for p in sketch.iterdir()} >= {"nca_cell.ino", "nca_cell.c", "nca_cell.h", "nca_model.c",
+                                                  "nca_model.h", "nca_rom.h"}
+    T.make(tmp_path, "arduino")
+    assert (tmp_path / "build" / "arduino" / "nca_cell.o").is_file()
+    assert "nca_cell_update(&cell, NULL)" in (sketch / "nca_cell.ino").read_text()
