@@ -26,6 +26,7 @@ from sim.weights import Model, default_meta
 
 from . import formats as F
 from . import golden as G
+from .qat import recorded_shifts
 from .quantize import QModel, quantize
 
 
@@ -33,12 +34,14 @@ def _model_of(model: ModelLike) -> Model:
     if isinstance(model, Model):
         return model
     if isinstance(model, Params):
-        return Model({"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2}, default_meta())
+        return Model({"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2},
+                     model.meta if model.meta is not None else default_meta())
     raise TypeError(f"expected a weights.Model or reference.Params, got {type(model).__name__}")
 
 
 def _weights_key(model: Model) -> str:
-    h = hashlib.sha1()
+    """The weights and what the quantiser reads of the metadata (recorded QAT shifts)."""
+    h = hashlib.sha1(repr(recorded_shifts(model.meta)).encode())
     for k in ("w1", "b1", "w2", "b2"):
         h.update(np.ascontiguousarray(model.params[k], np.float32).tobytes())
     return h.hexdigest()

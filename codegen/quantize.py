@@ -242,6 +242,34 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
                   meta=dict(model.meta))
 
 
+def _first_layer(W1: np.ndarray, gs: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(s1, w1q): per-hidden-unit scale and int8 weights of the first layer."""
+    V1 = W1 * _input_units(gs)[:, None]   # weights in units of the integer inputs
+    amax1 = np.max(np.abs(V1), axis=0)
+    if not per_channel:
+        amax1 = np.full(HIDDEN, np.max(amax1))
+    fallback = np.median(amax1[amax1 > 0]) if np.any(amax1 > 0) else 1.0
+    s1 = np.where(amax1 > 0, amax1, fallback) / F.WEIGHT_MAX
+    return s1, np.clip(np.rint(V1 / s1[None, :]), -F.WEIGHT_MAX, F.WEIGHT_MAX).astype(np.int64)
+
+
+def build_at(model: Model, gs: int, ks: int, per_channel: bool = True,
+             first: tuple[np.ndarray, np.ndarray] | None = None) -> QModel:
+    """The quantised model at given gradient and hidden shifts (no calibration, no bias
+    correction): what quantisation-aware training runs every iteration."""
+    W1 = model.w1.astype(np.float64)
+    B1 = model.b1.astype(np.float64)
+    s1, w1q = first if first is not None else _first_layer(W1, gs, per_channel)
+    b_steps = B1 / (s1 * 2.0 ** ks)
+    bs = _bias_shift(b_steps)
+    if bs is None:
+        j = int(np.argmax(np.abs(B1)))
+        raise QuantizeError(f"first-layer bias b1[{j}] = {B1[j]:.4g} is out of range: more than "
+                            f"int8 << 7 hidden steps at hidden shift {ks}")
+    b1q = np.rint(b_steps / 2.0 ** bs).astype(np.int64)
+    return _build(model, per_channel, gs, ks, s1, w1q, b1q, bs)
+
+
 def _acc_bound(w2col: np.ndarray, b2: int, rs: int) -> int:
     """Worst case |int16 accumulator|: |b2| + sum over groups of ((sum |w| * 255) >> R) + 1."""
     tg = np.abs(w2col.astype(np.int64)).reshape(F.GROUPS, F.GROUP).sum(axis=1) * F.HIDDEN_MAX
@@ -277,7 +305,16 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     """Quantise a float model; raises QuantizeError if it does not fit the formats.
 
     The gradient shift and the hidden shift are chosen by the error of the new
-    states on calibration cells (after bias correction), not by a proxy."""
+    states on calibration cells (after bias correction), not by a proxy, unless
+    given, or recorded by a quantisation-aware fine-tuning (codegen.qat): such a
+    model was trained through `build_at` at its shifts, so it is built exactly so,
+    without bias correction."""
+    trained_at = False
+    if grad_shift is None and hidden_shift is None:
+        from .qat import recorded_shifts   # a quantisation-aware fine-tuning trained at these
+        rec = recorded_shifts(model.meta)
+        if rec is not None:
+            (grad_shift, hidden_shift), trained_at = rec, True
     W1 = model.w1.astype(np.float64)
     B1 = model.b1.astype(np.float64)
     nbhd = calibration_states(model) if calib is None else np.asarray(calib, np.float32)
@@ -297,16 +334,9 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     tried: dict[str, float] = {}
     first_error: QuantizeError | None = None
     for gs in gs_cands:
-        units = _input_units(gs)
         p = np.concatenate([nbhd_q[:, 1, 1, :].astype(np.int64),
                             np.clip(_rshift(Gs, gs), F.STATE_MIN, F.STATE_MAX)], axis=1)
-        V1 = W1 * units[:, None]             # first-layer weights in units of the integer inputs
-        amax1 = np.max(np.abs(V1), axis=0)
-        if not per_channel:
-            amax1 = np.full(HIDDEN, np.max(amax1))
-        fallback = np.median(amax1[amax1 > 0]) if np.any(amax1 > 0) else 1.0
-        s1 = np.where(amax1 > 0, amax1, fallback) / F.WEIGHT_MAX
-        w1q = np.clip(np.rint(V1 / s1[None, :]), -F.WEIGHT_MAX, F.WEIGHT_MAX).astype(np.int64)
+        s1, w1q = _first_layer(W1, gs, per_channel)
         a = p @ w1q
         # hidden shifts worth trying: those that keep the calibration's hidden values mostly
         # inside 0..255, from the finest up
@@ -315,17 +345,15 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
         k0 = max(0, int(np.ceil(np.log2(max(top, 1.0) / F.HIDDEN_MAX))))
         ks_cands = [hidden_shift] if hidden_shift is not None else [k for k in range(k0 - 2, k0 + 3) if 0 <= k <= 22]
         for ks in ks_cands:
-            b_steps = B1 / (s1 * 2.0 ** ks)
-            bs = _bias_shift(b_steps)
-            if bs is None:
-                continue
-            b1q = np.rint(b_steps / 2.0 ** bs).astype(np.int64)
             try:
-                q = _build(model, per_channel, gs, ks, s1, w1q, b1q, bs)
+                q = build_at(model, gs, ks, per_channel, (s1, w1q))
             except QuantizeError as e:
                 first_error = first_error or e
                 continue
-            q, err = _bias_correct(q, model, sel, target_sel)
+            if not trained_at:
+                q, err = _bias_correct(q, model, sel, target_sel)
+            else:   # trained through this very arithmetic: its biases are already right
+                err = float(np.mean((_fixed_new_states(q, sel) - target_sel) ** 2))
             tried[f"S{gs}K{ks}"] = err
             if best is None or err < best[0]:
                 best = (err, q)

@@ -16,7 +16,7 @@ is set to zero without computing; this equals the dense path bit for bit.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numba as nb
 import numpy as np
@@ -35,10 +35,14 @@ class Params:
     w2: np.ndarray
     b2: np.ndarray
     kxy: np.ndarray
+    # the model's metadata, for consumers that need more than the arrays (the
+    # quantiser reads the shifts a quantisation-aware fine-tuning trained at)
+    meta: dict | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_model(cls, model: Model, angle_deg: float = 0.0) -> "Params":
-        return cls.from_arrays(model.params, angle_deg)
+        p = cls.from_arrays(model.params, angle_deg)
+        return replace(p, meta=model.meta)
 
     @classmethod
     def from_arrays(cls, params: dict[str, np.ndarray], angle_deg: float = 0.0) -> "Params":
@@ -49,7 +53,7 @@ class Params:
         return cls(arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"], gradient_kernels(angle_deg))
 
     def rotated(self, angle_deg: float) -> "Params":
-        return Params(self.w1, self.b1, self.w2, self.b2, gradient_kernels(angle_deg))
+        return Params(self.w1, self.b1, self.w2, self.b2, gradient_kernels(angle_deg), self.meta)
 
     def astuple(self) -> tuple[np.ndarray, ...]:
         return self.w1, self.b1, self.w2, self.b2, self.kxy

@@ -45,7 +45,7 @@ from . import train_core as core  # noqa: E402
 from .atomic import atomic_write  # noqa: E402
 from .errors import ArgParser, UserError, cli_entry  # noqa: E402
 from .targets import EMOJI, load_target, pad_target, to_rgba8  # noqa: E402
-from .weights import Model, default_meta, save as save_model  # noqa: E402
+from .weights import Model, default_meta, load as load_model, save as save_model  # noqa: E402
 
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
@@ -73,6 +73,8 @@ class TrainConfig:
     min_steps: int = 64
     max_steps: int = 95
     damage_n: int = DAMAGE_N
+    init: str | None = None          # start from this model's weights (fine-tuning)
+    qat: bool = False                # the firmware's rounding in the loop (codegen.qat)
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -92,6 +94,12 @@ class TrainConfig:
             raise UserError(f"--damage-n must be in [0, batch-1], got {self.damage_n}")
         if not (self.lr > 0 and self.lr_after > 0 and math.isfinite(self.lr)):
             raise UserError("--lr must be a positive number")
+        if self.qat and self.init is None:
+            raise UserError("--qat fine-tunes a trained model: give it with --init MODEL")
+        if self.qat and self.rotate_train:
+            raise UserError("--qat trains the unrotated integer perception; drop --rotate-train")
+        if self.init is not None and not Path(self.init).is_file():
+            raise UserError(f"--init {self.init}: no such model file")
 
     def lr_at(self, iteration: int) -> float:
         """Piecewise-constant schedule (Keras PiecewiseConstantDecay([2000], [2e-3, 2e-4]))."""
@@ -304,12 +312,19 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
     digest = _target_digest(target)
     ckpt = checkpoint_path(out)
     seed = M.seed_state(H, W)
+    init = load_model(cfg.init) if cfg.init is not None else None
+    fq = None
+    if cfg.qat and init is not None:
+        from codegen.qat import FakeQuant   # the firmware's formats live in codegen
+        fq = FakeQuant.for_model(init)
     if resume:
         st = load_checkpoint(ckpt, cfg, digest)
         print(f"resuming {ckpt} at iteration {st.iteration}", file=stream, flush=True)
     else:
         gen = np.random.default_rng(cfg.seed)
         params = M.init_params(gen)
+        if init is not None:
+            params = {k: init.params[k].astype(np.float32, copy=True) for k in M.PARAM_SHAPES}
         pool = np.repeat(seed[None], cfg.pool, 0) if cfg.kind != "growing" else None
         st = TrainState(params, core.Adam(params), pool, 0, gen, [])
     ws = core.Workspace()
@@ -337,8 +352,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 if cfg.kind == "regenerating" and cfg.damage_n > 0:
                     dmg = make_circle_masks(gen, cfg.damage_n, H, W)
                     x0[-cfg.damage_n:] *= (~dmg)[..., None]
+            run_params = st.params if fq is None else fq.weights(st.params)
             losses, xN, grads, rows = core.loss_and_grads(
-                x0, target, st.params, steps, gen, M.gradient_kernels(angle), np.float32, ws)
+                x0, target, run_params, steps, gen, M.gradient_kernels(angle), np.float32, ws,
+                rounding=fq)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
@@ -369,9 +386,16 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
     settings.pop("target")
     settings.pop("kind")
     settings.pop("iterations")
+    before: list[float] = []
+    if init is not None:
+        before = [float(v) for v in init.meta.get("loss_history", [])]
+        settings["init"] = {"model": Path(cfg.init).name, "iterations": int(init.meta.get("iterations", 0))}
+    if fq is not None:
+        settings["qat"] = fq.meta()
     meta = default_meta(
-        kind=cfg.kind, target=cfg.target, iterations=st.iteration, loss_history=[float(v) for v in h],
-        origin="nca-train", training=dict(
+        kind=cfg.kind, target=cfg.target, iterations=len(before) + st.iteration,
+        loss_history=before + [float(v) for v in h],
+        origin="nca-train" + (" (fine-tuned, quantisation-aware)" if fq is not None else ""), training=dict(
             settings, grid=[H, W], fire_rate=M.FIRE_RATE, optimizer="adam(0.9,0.999,1e-7)",
             grad_norm="per-tensor L2", target_digest=digest, seconds=round(st.seconds, 1),
             s_per_iter=round(st.seconds / max(st.iteration, 1), 4), skipped_nonfinite=st.skipped,
@@ -434,6 +458,11 @@ def _parser() -> ArgParser:
     ap.add_argument("--max-steps", type=int, default=95, help="longest rollout (default: %(default)s)")
     ap.add_argument("--damage-n", type=int, default=DAMAGE_N,
                     help="regenerating: samples damaged per batch (default: %(default)s)")
+    ap.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
+    ap.add_argument("--qat", action="store_true",
+                    help="quantisation-aware: train through the firmware's rounding (int8 weights, "
+                         "gradient inputs, hidden units and state; straight-through gradients) so that "
+                         "nca-codegen's fixed-point cell keeps the pattern; usually with --init")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.npz")
     ap.add_argument("--checkpoint-every", type=int, default=100,
@@ -458,7 +487,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
-                      damage_n=args.damage_n)
+                      damage_n=args.damage_n, init=args.init, qat=args.qat)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

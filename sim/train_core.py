@@ -33,11 +33,20 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numba as nb
 import numpy as np
 
 from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
+
+class Rounding(Protocol):
+    """A fixed-point cell's dense layers (codegen.qat.FakeQuant): from perception rows
+    P (n, 49) it sets dx (n, 16) to the exact state change and rewrites P's inputs and
+    h (n, 128) to the values the integer arithmetic used, for the backward pass."""
+
+    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None: ...
+
 
 ROW = PERCEPTION + 1            # perception row plus the ones column (bias of layer 1)
 
@@ -341,14 +350,18 @@ def _fire_fn(fire, shape: tuple[int, int, int]) -> Callable[[int], np.ndarray]:
 
 def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
-            masks: tuple[np.ndarray, np.ndarray] | None = None) -> Rollout:
+            masks: tuple[np.ndarray, np.ndarray] | None = None,
+            rounding: Rounding | None = None) -> Rollout:
     """Run `steps` CA steps from x0 (B, H, W, 16), keeping what backward needs.
 
     fire: (N, B, H, W) bool array, a callable t -> (B, H, W) bool, or a numpy
     Generator (u <= 0.5 per cell, the paper's test). masks: optional fixed
     (pre, keep) arrays of shape (N, B, H, W) to use instead of the alive rule
     (the gradient check holds them constant so finite differences cannot flip
-    them). x0 is not modified.
+    them). rounding: a fixed-point cell's arithmetic for the dense layers
+    (quantisation-aware training, codegen.qat.FakeQuant; x0 must then be on the
+    state grid, and stays on it); the backward pass treats its rounding as the
+    identity (straight-through). x0 is not modified.
     """
     dtype = np.dtype(dtype)
     x = np.array(x0, dtype=dtype, copy=True, order="C")
@@ -369,6 +382,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     offsets = [0]
     idxs: list[np.ndarray] = []
     dxbuf = np.empty((0, CHANNELS), dtype)
+    zero_b2 = np.zeros(CHANNELS, dtype)
     for t in range(steps):
         if masks is None:
             K._alive(x, pre[t], tmp)
@@ -381,17 +395,22 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
         P = ws.P[o:o + n]
         h = ws.h[o:o + n]
         K._gather_perception(x, idx, k, P)
-        np.matmul(P, p["w1aug"], out=h)
-        K._relu(h)
         if dxbuf.shape[0] < n:
             dxbuf = np.empty((max(n, 2 * dxbuf.shape[0]), CHANNELS), dtype)
         dx = dxbuf[:n]
-        np.matmul(h, p["w2"], out=dx)
+        if rounding is None:
+            np.matmul(P, p["w1aug"], out=h)
+            K._relu(h)
+            np.matmul(h, p["w2"], out=dx)
+            b2 = p["b2"]
+        else:
+            rounding.dense(P, h, dx)
+            b2 = zero_b2
         if masks is None:
-            K._apply_update(x, idx, dx, p["b2"], pre[t], keep[t], tmp)
+            K._apply_update(x, idx, dx, b2, pre[t], keep[t], tmp)
         else:
             keep[t] = masks[1][t]
-            K._add_rows(x, idx, dx, p["b2"])
+            K._add_rows(x, idx, dx, b2)
             K._mask_only(x, keep[t])
         idxs.append(idx)
         offsets.append(o + n)
@@ -458,10 +477,11 @@ def loss_grad(x: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndarray], steps: int,
                    fire, kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
-                   masks: tuple[np.ndarray, np.ndarray] | None = None
+                   masks: tuple[np.ndarray, np.ndarray] | None = None,
+                   rounding: Rounding | None = None
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used)."""
-    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks)
+    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding)
     losses = loss_per_sample(ro.x, target)
     grads = backward(ro, params, loss_grad(ro.x, target))
     return losses, ro.x, grads, ro.rows

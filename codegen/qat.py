@@ -1,0 +1,109 @@
+"""Quantisation-aware training: the firmware's arithmetic inside the trainer.
+
+Post-training quantisation of a trained NCA is not enough: the pattern is a
+fixed point of the update, and the int8 state grid, the rounded gradient
+inputs, the uint8 hidden units, the floored partial sums and the int8 weights
+move it (the regenerating lizard's loss at step 1,000 grows ~50x on the
+fixed-point swarm). Fine-tuning through that arithmetic teaches the model a
+pattern that is stable on the integer grid.
+
+`FakeQuant` (the trainer's `Rounding`) quantises the float master weights every
+iteration at the shifts fixed at the start (`quantize.build_at`: the same
+function that builds the shipped genome, recorded in the model's metadata), and
+computes each step's dense layers in exactly the golden model's integer
+arithmetic. The integers are carried in float32, which is exact: every
+intermediate is an integer below 2^24 (codegen/formats.py bounds them). The
+trainer then sees a state change that equals the firmware's bit for bit, and
+the backward pass uses the dequantised perception and hidden values with the
+dequantised weights, treating each rounding as the identity (the
+straight-through estimator), so the float master weights get the gradients.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sim.model import CHANNELS, PERCEPTION
+from sim.weights import Model
+
+from . import formats as F
+from .quantize import QModel, build_at, quantize
+
+META_KEY = "qat"       # meta["training"][META_KEY] = {"grad_shift": S, "hidden_shift": K}
+
+
+@dataclass
+class FakeQuant:
+    """The firmware's arithmetic at fixed shifts, for sim.train_core.forward."""
+    grad_shift: int
+    hidden_shift: int
+    q: QModel | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_model(cls, model: Model) -> FakeQuant:
+        """The shifts recorded by an earlier fine-tuning, else those `quantize` picks."""
+        rec = recorded_shifts(model.meta)
+        if rec is not None:
+            return cls(*rec)
+        q = quantize(model)
+        return cls(q.fmt.grad_shift, q.fmt.hidden_shift)
+
+    def meta(self) -> dict[str, Any]:
+        return {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift}
+
+    def weights(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Quantise the master weights for this iteration; returns them dequantised (what
+        the backward pass multiplies by)."""
+        self.q = build_at(Model({k: params[k] for k in ("w1", "b1", "w2", "b2")}),
+                          self.grad_shift, self.hidden_shift)
+        q = self.q
+        self._units = np.full(PERCEPTION, F.STATE_SCALE)
+        self._units[CHANNELS:] = F.GRAD_SUM_SCALE * 2.0 ** self.grad_shift
+        self._unit_h = q.s1 * 2.0 ** self.hidden_shift
+        self._w1 = q.w1.astype(np.float32)
+        self._b1 = (q.b1.astype(np.float32) * np.float32(2 ** q.fmt.bias_shift))[None, :]
+        self._w2 = q.w2.astype(np.float32).reshape(F.GROUPS, F.GROUP, CHANNELS)
+        self._rs = np.float32(2.0 ** -q.fmt.acc_shift)
+        self._ks = np.float32(2.0 ** -q.fmt.hidden_shift)
+        self._kh = np.float32(2.0 ** (q.fmt.hidden_shift - 1)) if q.fmt.hidden_shift else np.float32(0)
+        self._mult = q.mult.astype(np.int64)
+        self._tsh = q.tsh.astype(np.int64)
+        return dict(q.dequantize().params)
+
+    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None:
+        """Rows of perception P (n, 49: 48 inputs then a ones column; states on their
+        grid, gradients exact Sobel sums): P's inputs become the firmware's (dequantised),
+        h (n, 128) its hidden values (dequantised) and dx (n, 16) its exact state change."""
+        if self.q is None:
+            raise RuntimeError("FakeQuant.dense before FakeQuant.weights")
+        n = P.shape[0]
+        x = np.rint(P[:, :CHANNELS] * np.float32(1 << F.STATE_FRAC))             # int8 state
+        g = P[:, CHANNELS:PERCEPTION] * np.float32(1.0 / F.GRAD_SUM_SCALE)       # exact sums G
+        g = np.clip(np.floor((g + np.float32((1 << self.grad_shift) >> 1))
+                             * np.float32(2.0 ** -self.grad_shift)), F.STATE_MIN, F.STATE_MAX)
+        pin = np.concatenate([x, g], axis=1).astype(np.float32)                  # (n, 48) ints
+        a = pin @ self._w1                                                        # exact: |a| < 2^23
+        hq = np.floor((a + self._kh) * self._ks) + self._b1
+        np.clip(hq, 0, F.HIDDEN_MAX, out=hq)                                     # (n, 128) uint8
+        t = np.einsum("ngu,gum->ngm", hq.reshape(n, F.GROUPS, F.GROUP), self._w2,
+                      optimize=True)                                              # exact: < 2^17
+        acc = np.floor(t * self._rs).sum(axis=1).astype(np.int64) + self.q.b2.astype(np.int64)[None, :]
+        d = (acc * self._mult + (np.int64(1) << (self._tsh - 1))) >> self._tsh
+        xi = x.astype(np.int64)
+        new = np.clip(xi + d, F.STATE_MIN, F.STATE_MAX)
+        dx[:] = ((new - xi) * F.STATE_SCALE).astype(dx.dtype)
+        P[:, :PERCEPTION] = (pin * self._units[None, :]).astype(P.dtype)
+        h[:] = (hq * self._unit_h[None, :]).astype(h.dtype)
+
+
+def recorded_shifts(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(grad_shift, hidden_shift) a quantisation-aware fine-tuning recorded, if any."""
+    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    try:
+        return int(rec["grad_shift"]), int(rec["hidden_shift"])
+    except (KeyError, TypeError, ValueError):
+        return None
