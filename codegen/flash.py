@@ -1,19 +1,193 @@
-"""nca-flash: write a genome to a cell board over a serial port (not yet available)."""
+"""nca-flash: write a model's genome to a cell board over its serial port.
+
+    nca-flash --port URL_OR_DEVICE --model M.npz [--baud N] [--reset dtr|rts] [--force]
+    nca-flash --list
+    nca-flash --image FW.elf --board uno|microbit --port /dev/ttyACM0 [--model M.npz]
+
+The genome goes into the board's inactive flash slot in chunks (each acknowledged,
+retransmitted on loss), is verified by CRC32 and only then activated, so an
+interrupted or failed flash leaves the previous genome running; run the same
+command again and it resumes where it stopped (while the board has not restarted).
+The port is any pyserial URL or device: socket://127.0.0.1:PORT (an emulated
+board), loop://, /dev/ttyACM0, COM3.  --image first writes the firmware itself
+with the board's own uploader (avrdude for the Uno's serial boot loader, OpenOCD
+over the micro:bit's CMSIS-DAP interface for the nRF51).
+"""
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
 
-from sim.errors import cli_entry
-from sim.pending import pending_command
+from sim.errors import ArgParser, UserError, cli_entry
 
-main = cli_entry(pending_command(
-    "nca-flash",
-    "Flash a model's genome to a board over a serial port (pyserial URL or device; "
-    "socket:// reaches an emulated board).",
-    [(["--port"], dict(help="serial URL or device, e.g. socket://127.0.0.1:4321 or /dev/ttyACM0")),
-     (["--model"], dict(help="weights .npz")),
-     (["--baud"], dict(type=int, default=115200)),
-     (["--list"], dict(action="store_true", help="list serial ports"))]))
+from . import link as L
+
+PROG = "nca-flash"
+
+# board: (command template, executable, Debian package)
+UPLOADERS: dict[str, tuple[list[str], str, str]] = {
+    "uno": (["avrdude", "-p", "atmega328p", "-c", "arduino", "-P", "{port}", "-b", "115200", "-D",
+             "-U", "flash:w:{image}"], "avrdude", "avrdude"),
+    "microbit": (["openocd", "-f", "interface/cmsis-dap.cfg", "-f", "target/nrf51.cfg",
+                  "-c", "program {image} verify reset exit"], "openocd", "openocd"),
+}
+
+
+def uploader_command(board: str, image: str, port: str | None) -> list[str]:
+    """The uploader's command line for the firmware image (what --image runs)."""
+    if board not in UPLOADERS:
+        raise UserError(f"unknown board {board!r} for --image; choose one of {', '.join(UPLOADERS)}")
+    template, _, _ = UPLOADERS[board]
+    if "{port}" in " ".join(template) and not port:
+        raise UserError(f"--image for {board} needs --port (the serial device of its boot loader)")
+    return [a.format(port=port or "", image=image) for a in template]
+
+
+def upload_image(board: str, image: str, port: str | None, dry_run: bool = False) -> str:
+    """Run the board's uploader (one-line error naming the apt package if it is missing)."""
+    if not Path(image).is_file():
+        raise UserError(f"firmware image {image} does not exist")
+    cmd = uploader_command(board, image, port)
+    exe, pkg = UPLOADERS[board][1], UPLOADERS[board][2]
+    if dry_run:
+        return " ".join(cmd)
+    if shutil.which(exe) is None:
+        raise UserError(f"--image for {board} needs {exe}; install it with: "
+                        f"apt-get install -y --no-install-recommends {pkg}")
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"{exe} failed (exit {r.returncode}): {last}")
+    return " ".join(cmd)
+
+
+def list_ports() -> list[str]:
+    """One line per serial port pyserial finds (emulated boards are reached by URL instead)."""
+    from serial.tools import list_ports as lp
+    return [f"{p.device}\t{p.description}" + (f"\t{p.hwid}" if p.hwid and p.hwid != "n/a" else "")
+            for p in sorted(lp.comports(), key=lambda p: p.device)]
+
+
+def pulse_reset(ser, line: str) -> None:
+    """Reset the board through DTR or RTS where the port has them (ptys and sockets do not)."""
+    try:
+        setattr(ser, line, False)
+        time.sleep(0.1)
+        setattr(ser, line, True)
+        time.sleep(0.5)        # the Uno's boot loader waits before it starts the firmware
+        ser.reset_input_buffer()
+    except (OSError, AttributeError, ValueError) as e:
+        print(f"{PROG}: warning: cannot pulse {line.upper()} on this port ({e}); not reset", file=sys.stderr)
+
+
+class Bar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, stream: IO[str], enabled: bool):
+        self.stream, self.enabled, self.t0 = stream, enabled, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        w = 30
+        k = int(w * done / max(total, 1))
+        rate = done / max(time.perf_counter() - self.t0, 1e-9) / 1024
+        self.stream.write(f"\r[{'#' * k}{'.' * (w - k)}] {100 * done // max(total, 1):3d}% "
+                          f"{done:,}/{total:,} B {rate:6.1f} KiB/s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _parser() -> ArgParser:
+    ap = ArgParser(prog=PROG, description="Flash a model's genome to a cell board over a serial port "
+                   "(pyserial URL or device; socket:// reaches an emulated board).")
+    ap.add_argument("--port", help="serial URL or device, e.g. socket://127.0.0.1:4321, /dev/ttyACM0, COM3")
+    ap.add_argument("--model", help="weights .npz (quantised here, as nca-codegen does)")
+    ap.add_argument("--baud", type=int, default=115200, help="baud rate (default: %(default)s)")
+    ap.add_argument("--list", action="store_true", help="list serial ports and exit")
+    ap.add_argument("--reset", choices=("none", "dtr", "rts"), default="none",
+                    help="pulse DTR or RTS before flashing (the Uno resets on DTR)")
+    ap.add_argument("--force", action="store_true", help="flash even if the board already runs this model")
+    ap.add_argument("--no-resume", action="store_true", help="start from the first chunk")
+    ap.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each reply (default: %(default)s)")
+    ap.add_argument("--retries", type=int, default=8, help="retransmissions per request (default: %(default)s)")
+    ap.add_argument("--attempts", type=int, default=3,
+                    help="times the port is reopened and the flash resumed after a lost link (default: %(default)s)")
+    ap.add_argument("--progress", action="store_true", default=None, help="progress bar (default: on a terminal)")
+    ap.add_argument("--image", metavar="FW", help="first write the firmware image with the board's uploader")
+    ap.add_argument("--board", choices=tuple(UPLOADERS), help="the board of --image: uno (avrdude), "
+                    "microbit (openocd)")
+    ap.add_argument("--dry-run", action="store_true", help="with --image: print the uploader command only")
+    return ap
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.list:
+        ports = list_ports()
+        print("\n".join(ports) if ports else "no serial ports found (emulated boards: use socket://HOST:PORT)")
+        return 0
+    if a.image:
+        if not a.board:
+            raise UserError("--image needs --board (uno or microbit)")
+        line = upload_image(a.board, a.image, a.port, a.dry_run)
+        print(line if a.dry_run else f"{PROG}: firmware {a.image} written with: {line}")
+        if not a.model:
+            return 0
+    if not a.port:
+        raise UserError("--port is required (a pyserial URL or device; --list shows the ports)")
+    if not a.model:
+        raise UserError("--model is required (a weights .npz)")
+    if a.baud <= 0 or a.timeout <= 0 or a.retries < 0 or a.attempts < 1:
+        raise UserError("--baud and --timeout must be > 0, --retries >= 0 and --attempts >= 1")
+    from sim.weights import load
+
+    from .backends import quantized
+    from .board import Board, LinkError
+    if not Path(a.model).is_file():
+        raise UserError(f"model {a.model} does not exist")
+    try:
+        model = load(a.model)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read model {a.model}: {e}") from None
+    image = L.image_of(quantized(model))
+    bar = Bar(sys.stderr, sys.stderr.isatty() if a.progress is None else a.progress)
+    last: Exception | None = None
+    for attempt in range(a.attempts):
+        board = Board(a.port, baud=a.baud, timeout=a.timeout, retries=a.retries)
+        try:
+            if attempt == 0 and a.reset != "none":
+                pulse_reset(board.ser, a.reset)
+            hello = board.hello()
+            if hello.model_hash == image.model_hash and not a.force:
+                print(f"{PROG}: {a.port} ({hello.board}) already runs model 0x{image.model_hash:08x} "
+                      f"(slot {'AB'[hello.active_slot or 0]}, generation {hello.generation}); --force flashes again")
+                return 0
+            r = board.flash(image, progress=bar, resume=not a.no_resume)
+            print(f"{PROG}: flashed model 0x{r.model_hash:08x} to {a.port} ({hello.board}): slot "
+                  f"{'AB'[r.slot]}, generation {r.generation}, CRC32 0x{r.crc:08x} verified, "
+                  f"{len(image.genome):,} B in {r.seconds:.2f} s ({r.requests} requests, {r.retries} retries"
+                  + (f", resumed at {r.resumed_from:,} B" if r.resumed_from else "") + ")")
+            return 0
+        except LinkError as e:
+            last = e
+            if "refused" in str(e) or "verify failed" in str(e) or "the board holds" in str(e) \
+                    or "format" in str(e):
+                raise
+        finally:
+            board.close()
+    raise UserError(f"{last} (gave up after {a.attempts} attempts; the previous genome stays active)")
+
+
+main = cli_entry(_main)
+main.prog = PROG   # type: ignore[attr-defined]
+_main.prog = PROG  # type: ignore[attr-defined]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,6 +34,7 @@ import numpy as np
 from .async_ref import (CLOCK_EXPONENTIAL, CLOCK_PERIODIC, LAT_CONSTANT, LAT_EXPONENTIAL,
                         LAT_UNIFORM, AsyncConfig, AsyncSwarm, LockstepSwarm)
 from .atomic import atomic_write
+from .backends import backend_names, make_backend
 from .damage import FORMS as DAMAGE_FORMS
 from .damage import Damage, parse_damage
 from .errors import ArgParser, UserError, cli_entry
@@ -210,34 +211,91 @@ class _AsyncEngine:
 
 
 class _SimPyEngine(_AsyncEngine):
-    """Every cell a SimPy process; equals the async engine bit for bit."""
+    """Every cell a SimPy process; equals the async engine bit for bit (float backend)."""
 
-    def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig):
-        self.swarm = SimPySwarm(state, params, seed, config)
+    def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig,
+                 backend: str = "float"):
+        cell = params if backend == "float" else make_backend(backend, params)
+        self.swarm = SimPySwarm(state, cell, seed, config)
         self._params = params
 
 
 def make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_rate: float = FIRE_RATE,
-                config: AsyncConfig | None = None):
+                config: AsyncConfig | None = None, backend: str = "float"):
     """One engine behind the interface simulate() and sim.live drive: advance(t), damage(mask),
     set_params(params), params, state, now, cell_updates, metrics(), and swarm: the
-    AsyncSwarm or SimPySwarm of an event engine (None for sync and lockstep)."""
+    AsyncSwarm or SimPySwarm of an event engine (None for sync and lockstep). A cell
+    backend other than "float" (sim.backends) runs on the SimPy engine only."""
     config = config or AsyncConfig()
+    if backend != "float" and engine != "simpy":
+        raise RunError(f"the {backend} cell backend runs on the simpy engine only, not --engine {engine}")
     if engine == "sync":
         return _SyncEngine(state, params, seed, fire_rate)
     if engine == "lockstep":
         return _LockstepEngine(state, params, seed, fire_rate)
     if engine == "simpy":
-        return _SimPyEngine(state, params, seed, config)
+        return _SimPyEngine(state, params, seed, config, backend)
     return _AsyncEngine(state, params, seed, config)
 
 
+class _BoardEngine(_AsyncEngine):
+    """Hardware in the loop: the simpy engine whose cells at `boards` ({(x, y): URL,
+    "emu:cortex-m0" | "emu:avr", or a codegen.board.Board}) run on boards over the
+    cell link (codegen.board.BoardCells), the rest on `backend`; optionally paced to
+    wall time (simpy.rt). close() ends the emulators and ports it opened."""
+
+    def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig, backend: str,
+                 boards: dict, realtime_factor: float | None, engine: str,
+                 log: Callable[[str], None] | None = None):
+        from codegen.board import Board, Emulator, board_cells
+
+        if engine != "simpy":
+            raise RunError(f"boards in the grid and --realtime need --engine simpy, not --engine {engine}")
+        if realtime_factor is not None and not (math.isfinite(realtime_factor) and realtime_factor > 0):
+            raise RunError(f"realtime factor must be > 0, got {realtime_factor}")
+        h, w = state.shape[:2]
+        self._opened: list[Any] = []
+        cells = {}
+        try:
+            for (x, y), where in boards.items():
+                if not (0 <= x < w and 0 <= y < h):
+                    raise RunError(f"board cell ({x},{y}) is outside the {w}x{h} grid "
+                                   f"(x = column 0..{w - 1}, y = row 0..{h - 1})")
+                if isinstance(where, Board):
+                    b = where
+                else:
+                    url = str(where)
+                    if url.startswith("emu:"):
+                        emu = Emulator(url[4:]).start()
+                        self._opened.append(emu)
+                        url = emu.url
+                    b = Board(url, timeout=5.0)
+                    self._opened.append(b)
+                cells[y * w + x] = b
+            base = make_backend(backend, params)
+            cell = board_cells(params, cells, base=base, log=log) if cells else base
+            self.backend = cell
+            self.swarm = SimPySwarm(state, cell, seed, config, realtime_factor=realtime_factor)
+        except BaseException:
+            self.close()
+            raise
+        self._params = params
+
+    def close(self) -> dict[str, Any]:
+        """Close the ports and stop the emulators; returns the boards' request count."""
+        calls = getattr(getattr(self, "backend", None), "calls", 0)
+        for o in reversed(self._opened):
+            o.close()
+        self._opened = []
+        return {"cells": len(getattr(getattr(self, "backend", None), "boards", {})), "requests": calls}
+
+
 def _warm_up(engine: str, params: Params, seed: int, fire_rate: float, config: AsyncConfig,
-             height: int, width: int) -> None:
+             height: int, width: int, backend: str = "float") -> None:
     """Load (or compile) the numba code outside the timed loop, so updates/s measure the swarm.
     The sync grid picks serial or parallel kernels by size, hence the same-size grid there."""
     h, w = (height, width) if engine == "sync" else (3, 3)
-    e = make_engine(engine, seed_state(h, w), params, seed, fire_rate, config)
+    e = make_engine(engine, seed_state(h, w), params, seed, fire_rate, config, backend)
     e.advance(1)
     e.damage(np.zeros((h, w), bool))
 
@@ -359,7 +417,9 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
              async_config: AsyncConfig | None = None, history_every: int | None = None,
              frame_steps: Iterable[int] = (), state: np.ndarray | None = None,
              warm_up: bool = True, rotations: Iterable[Rotation | str] = (),
-             progress: Callable[[int], None] | None = None) -> Result:
+             progress: Callable[[int], None] | None = None, backend: str = "float",
+             boards: dict | None = None, realtime_factor: float | None = None,
+             log: Callable[[str], None] | None = None) -> Result:
     """Run one swarm for `steps` steps from the seed (or `state`) and measure it.
 
     Damage d is applied when the run reaches d.step (after d.step steps; sync and
@@ -371,9 +431,20 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     steps. `model` may be ready Params (kept with their own rotation unless `rotate`
     is non-zero). `progress(step)` is called at each sampled step. Arguments that
     cannot work raise RunError before anything runs.
+
+    Hardware in the loop: `boards` maps (x, y) cells to boards (a pyserial URL or
+    device, "emu:cortex-m0" / "emu:avr" for an emulated board started here, or a
+    codegen.board.Board); those cells run on their boards over the cell link and the
+    others on `backend` ("fixed" makes the run equal to an all-fixed-point one bit for
+    bit); simpy engine only. A board that lacks the model's genome is flashed first.
+    `realtime_factor` paces the SimPy clock (simpy.rt: seconds of wall time per time unit).
     """
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if backend not in backend_names():
+        raise RunError(f"unknown cell backend {backend!r}; choose one of {', '.join(backend_names())}")
+    if backend != "float" and engine != "simpy":
+        raise RunError(f"the {backend} cell backend runs on the simpy engine only, not --engine {engine}")
     steps = int(steps)
     if steps < 0:
         raise RunError(f"steps must be >= 0, got {steps}")
@@ -423,9 +494,12 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     checkpoints = sorted(set(hist) | frames_at | {d.step for d in damage} | {r.step for r in rotations})
     hist_set = set(hist)
 
-    if warm_up:
-        _warm_up(engine, params, seed, fire_rate, config, height, width)
-    eng = make_engine(engine, x0, params, seed, fire_rate, config)
+    if boards or realtime_factor is not None:
+        eng = _BoardEngine(x0, params, seed, config, backend, boards or {}, realtime_factor, engine, log)
+    else:
+        if warm_up:
+            _warm_up(engine, params, seed, fire_rate, config, height, width, backend)
+        eng = make_engine(engine, x0, params, seed, fire_rate, config, backend)
     history: list[dict[str, Any]] = []
     frames: list[Frame] = []
     damage_log: list[dict[str, Any]] = []
@@ -461,6 +535,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     updates = eng.cell_updates
     metrics: dict[str, Any] = {
         "engine": engine,
+        "backend": backend,
         "steps": steps,
         "seed": seed,
         "height": height,
@@ -489,6 +564,8 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     metrics.update(eng.metrics())
     if "swarm" in metrics:
         metrics["messages"] = message_metrics(metrics["swarm"])
+    if isinstance(eng, _BoardEngine):
+        metrics["boards"] = eng.close()
     return Result(final, history, metrics, frames, eng.swarm)
 
 
@@ -584,7 +661,7 @@ def _parser() -> ArgParser:
                     "request, or opens an interactive window (--live).",
         epilog=f"Damage specs (cells: x = column, y = row, (0,0) top-left): {DAMAGE_FORMS}. "
                "Damage at STEP happens after STEP steps. Example: "
-               "python -m sim.run --model weights/fixture_blob.npz --steps 400 "
+               "python -m sim.run --steps 400 "
                "--damage circle:20,20,8@200 --save-strip regrow.png --save-gif regrow.gif")
     ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                     help="simpy: every cell a SimPy process with its own clock, messages with "
@@ -592,6 +669,10 @@ def _parser() -> ArgParser:
                          "(faster, equal to simpy bit for bit); sync: the paper's synchronous grid; "
                          "lockstep: message-passing cells ticking together (equals sync) "
                          "(default: %(default)s)")
+    ap.add_argument("--backend", default="float",
+                    help="what computes a cell (simpy engine): float, fixed (the firmware's integer "
+                         "arithmetic, codegen's golden model), firmware (the generated C, built for "
+                         "this machine and called through ctypes) (default: %(default)s)")
     ap.add_argument("--model", help=f"weights .npz (default: {_show(DEFAULT_MODEL)}; "
                                     "nca-convert makes one from a published model)")
     ap.add_argument("--target", help="target name (lizard, ...) or image path for the loss "
@@ -631,6 +712,15 @@ def _parser() -> ArgParser:
                                               "(0: no failures)")
     g.add_argument("--mttr", type=float, help="mean time until a failed cell restarts with a zero "
                                               "state (default: 1)")
+    g = ap.add_argument_group("hardware in the loop (simpy engine)")
+    g.add_argument("--board", action="append", default=[], metavar="X,Y=URL",
+                   help="cell (X,Y) runs on a board over the cell link (repeatable): a pyserial URL or "
+                        "device (socket://HOST:PORT, /dev/ttyACM0), or emu:cortex-m0 / emu:avr for an "
+                        "emulated board started for the run; the other cells run --backend (fixed: "
+                        "equal to an all-fixed-point run), and a board without the model's genome is "
+                        "flashed first")
+    g.add_argument("--realtime", type=float, metavar="FACTOR",
+                   help="pace the SimPy clock to wall time (simpy.rt): FACTOR seconds per time unit")
     g = ap.add_argument_group("output")
     g.add_argument("--save-png", metavar="FILE", help="picture of the final state")
     g.add_argument("--save-strip", metavar="FILE", help="growth strip: ~8 evenly spaced steps plus "
@@ -728,6 +818,11 @@ def _check_args(a: argparse.Namespace) -> None:
              f"--jitter must be >= 0 and < period x (1 - drift) = {period * (1.0 - drift):g} "
              f"(an interval must stay positive), got {jitter}")
     need(a.fps > 0, f"--fps must be > 0, got {a.fps}")
+    if a.board or a.realtime is not None:
+        need(a.engine == "simpy", f"--board and --realtime need --engine simpy, not --engine {a.engine}")
+        need(not a.live, "--board and --realtime cannot be combined with --live")
+    if a.realtime is not None:
+        need(math.isfinite(a.realtime) and a.realtime > 0, f"--realtime must be > 0, got {a.realtime}")
     if a.frame_every is not None:
         need(a.frame_every >= 1, f"--frame-every must be an integer >= 1, got {a.frame_every}")
         need(bool(a.save_gif or a.save_mp4), "--frame-every needs --save-gif or --save-mp4")
@@ -881,6 +976,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from .plots import require_ffmpeg
 
         require_ffmpeg()
+    boards = {}
+    if a.board:
+        from codegen.board import parse_board_spec
+
+        for spec in a.board:
+            x, y, url = parse_board_spec(spec)
+            if (x, y) in boards:
+                raise UserError(f"--board: cell ({x},{y}) is given twice")
+            boards[(x, y)] = url
     model, model_path = load_model(a.model)
     target, target_name = load_target_for(model, a.target)
     config = async_config_from(a)
@@ -901,7 +1005,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
                      damage=damage, target=target,
                      fire_rate=FIRE_RATE if a.fire_rate is None else a.fire_rate,
                      async_config=config, frame_steps=strip | movie_at, rotations=rotations,
-                     progress=bar.update if bar else None)
+                     progress=bar.update if bar else None, backend=a.backend,
+                     boards=boards or None, realtime_factor=a.realtime,
+                     log=lambda m: print(m, file=sys.stderr))
     finally:
         if bar:
             bar.close()

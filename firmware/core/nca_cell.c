@@ -20,6 +20,12 @@
 #include "nca_cell.h"
 #include "nca_model.h"
 
+/* The genome the core reads: the compiled-in table, or (board firmware with the
+ * cell link) the active flash slot, which nca_model.h then names NCA_GENOME. */
+#ifndef NCA_GENOME
+#define NCA_GENOME nca_genome
+#endif
+
 #if defined(__AVR__)
 __extension__ typedef __int24 nca_acc_t;   /* the format bounds these sums below 2^23 */
 #else
@@ -46,11 +52,11 @@ void nca_dense(nca_cell_t *cell);
 static void nca_dense(nca_cell_t *cell)
 {
     const int8_t *p = (const int8_t *)cell;   /* state[16] then grad[32]: the 48 inputs */
-    const int8_t *g = &nca_genome.groups[0][0];
+    const int8_t *g = &NCA_GENOME.groups[0][0];
     uint8_t j, i, u, m;
 
     for (m = 0; m < NCA_CHANNELS; m++)
-        cell->acc[m] = NCA_RD16(&nca_genome.out_bias[m]);
+        cell->acc[m] = NCA_RD16(&NCA_GENOME.out_bias[m]);
     for (j = 0; j < NCA_GROUPS; j++) {
         nca_acc_t a[4] = {0, 0, 0, 0};
         int16_t h[4];
@@ -115,7 +121,7 @@ static NCA_NOINLINE void apply(nca_cell_t *cell)
 {
     uint8_t c;
     for (c = 0; c < NCA_CHANNELS; c++) {
-        uint16_t mt = (uint16_t)NCA_RD16(&nca_genome.out_mt[c]);
+        uint16_t mt = (uint16_t)NCA_RD16(&NCA_GENOME.out_mt[c]);
         uint8_t t = (uint8_t)(mt & 31u);
         int32_t v = ((int32_t)cell->acc[c] * (int32_t)(mt & 0xFFE0u) + ((int32_t)1 << (t - 1))) >> t;
         v += cell->state[c];

@@ -1,0 +1,508 @@
+/* nca_link.c - see nca_link.h and firmware/PROTOCOL.md.
+ *
+ * Slots: each slot holds the genome at NCA_SLOT_GENOME_OFFSET and its 32-byte
+ * header (the commit record) at NCA_SLOT_HEADER_OFFSET.  A flash erases the
+ * inactive slot, writes the genome in order, verifies its CRC32 and only then
+ * writes the header with generation = active + 1.  At start-up the valid slot
+ * (header CRC, magic, format, genome CRC32, shifts in range) with the highest
+ * generation is active, so an interrupted or corrupt flash leaves the previous
+ * genome running. */
+#include "nca_link.h"
+#include "nca_cell.h"
+
+nca_runtime_t nca_rt;
+
+#define TX_BUFFER 32
+
+static nca_cell_t cell;
+static uint8_t rx[NCA_LINK_RX_BUFFER];
+static uint8_t rx_len;
+static uint8_t cobs_left;        /* bytes left in the current COBS block */
+static uint8_t cobs_code;        /* the block's code byte; 0 before the first */
+static uint8_t rx_err;           /* NCA_ERR_FRAME_* once the frame is unreadable */
+static uint8_t tx[TX_BUFFER];    /* the last reply payload (with its CRC) */
+static uint8_t tx_len;
+static uint8_t last_type, last_seq, have_last;
+static uint16_t last_crc;
+
+static int8_t active = -1;
+static uint32_t active_gen, active_hash;
+
+static struct {
+    uint8_t open, verified, slot;
+    uint32_t session, next;
+    uint8_t header[NCA_HEADER_BYTES];
+} ses;
+
+/* ------------------------------------------------------------ helpers */
+static uint16_t crc16_byte(uint16_t crc, uint8_t b)
+{
+    uint8_t i;
+    crc ^= (uint16_t)((uint16_t)b << 8);
+    for (i = 0; i < 8; i++)
+        crc = (uint16_t)((crc & 0x8000u) ? (uint16_t)(crc << 1) ^ 0x1021u : (uint16_t)(crc << 1));
+    return crc;
+}
+
+static uint16_t crc16(const uint8_t *p, uint8_t n)
+{
+    uint16_t crc = 0xFFFFu;
+    while (n--)
+        crc = crc16_byte(crc, *p++);
+    return crc;
+}
+
+static uint32_t crc32_byte(uint32_t crc, uint8_t b)
+{
+    uint8_t i;
+    crc ^= b;
+    for (i = 0; i < 8; i++)
+        crc = (crc & 1u) ? (crc >> 1) ^ 0xEDB88320uL : crc >> 1;
+    return crc;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint8_t in_range(uint8_t v, uint8_t lo, uint8_t hi)
+{
+    return (uint8_t)((int16_t)v >= (int16_t)lo && (int16_t)v <= (int16_t)hi);
+}
+
+/* header layout (codegen/link.py HEADER_STRUCT) */
+#define H_MAGIC 0
+#define H_IVER 4
+#define H_FVER 5
+#define H_SHIFTS 6
+#define H_LEN 12
+#define H_HASH 16
+#define H_GCRC 20
+#define H_GEN 24
+#define H_HCRC 28
+
+static uint32_t crc32_mem(const uint8_t *p, uint8_t n)
+{
+    uint32_t crc = 0xFFFFFFFFuL;
+    while (n--)
+        crc = crc32_byte(crc, *p++);
+    return ~crc;
+}
+
+/* a header that an image may carry (the generation is not checked here) */
+static uint8_t header_ok(const uint8_t *h)
+{
+    return (uint8_t)(rd32(h + H_MAGIC) == NCA_IMAGE_MAGIC && h[H_IVER] == NCA_IMAGE_VERSION
+                     && h[H_FVER] == NCA_FORMAT_VERSION && rd32(h + H_LEN) == NCA_GENOME_BYTES
+                     && in_range(h[H_SHIFTS], NCA_GRAD_SHIFT_LO, NCA_GRAD_SHIFT_HI)
+                     && in_range(h[H_SHIFTS + 1], NCA_HIDDEN_SHIFT_LO, NCA_HIDDEN_SHIFT_HI)
+                     && in_range(h[H_SHIFTS + 2], NCA_BIAS_SHIFT_LO, NCA_BIAS_SHIFT_HI)
+                     && in_range(h[H_SHIFTS + 3], NCA_ACC_SHIFT_LO, NCA_ACC_SHIFT_HI)
+                     && crc32_mem(h, H_HCRC) == rd32(h + H_HCRC));
+}
+
+static uint32_t slot_genome_crc(uint8_t slot)
+{
+    uint32_t crc = 0xFFFFFFFFuL;
+    uint16_t i;
+    for (i = 0; i < NCA_GENOME_BYTES; i++)
+        crc = crc32_byte(crc, nca_slot_read(slot, (uint16_t)(NCA_SLOT_GENOME_OFFSET + i)));
+    return ~crc;
+}
+
+/* every output shift T (low 5 bits of out_mt) in range: the core shifts by T - 1 */
+static uint8_t slot_genome_ok(uint8_t slot)
+{
+    uint8_t c;
+    uint16_t off = (uint16_t)(NCA_SLOT_GENOME_OFFSET + NCA_GROUPS * NCA_GROUP_BYTES + 32);
+    for (c = 0; c < 16; c++)
+        if (!in_range((uint8_t)(nca_slot_read(slot, (uint16_t)(off + 2 * c)) & 31u), NCA_OUT_SHIFT_LO,
+                      NCA_OUT_SHIFT_HI))
+            return 0;
+    return 1;
+}
+
+static void slot_header(uint8_t slot, uint8_t *h)
+{
+    uint8_t i;
+    for (i = 0; i < NCA_HEADER_BYTES; i++)
+        h[i] = nca_slot_read(slot, (uint16_t)(NCA_SLOT_HEADER_OFFSET + i));
+}
+
+static uint8_t slot_valid(uint8_t slot, uint8_t *h)
+{
+    slot_header(slot, h);
+    return (uint8_t)(header_ok(h) && rd32(h + H_GEN) != 0xFFFFFFFFuL && slot_genome_ok(slot)
+                     && slot_genome_crc(slot) == rd32(h + H_GCRC));
+}
+
+static void scan_slots(void)
+{
+    uint8_t h[NCA_HEADER_BYTES], s;
+    active = -1;
+    active_gen = 0;
+    active_hash = 0;
+    nca_rt.genome = 0;
+    for (s = 0; s < 2; s++) {
+        if (slot_valid(s, h) && (active < 0 || rd32(h + H_GEN) > active_gen)) {
+            active = (int8_t)s;
+            active_gen = rd32(h + H_GEN);
+            active_hash = rd32(h + H_HASH);
+            nca_rt.grad_shift = h[H_SHIFTS];
+            nca_rt.hidden_shift = h[H_SHIFTS + 1];
+            nca_rt.bias_shift = h[H_SHIFTS + 2];
+            nca_rt.acc_shift = h[H_SHIFTS + 3];
+            nca_rt.genome = nca_slot_genome(s);
+        }
+    }
+}
+
+int8_t nca_link_active_slot(void)
+{
+    return active;
+}
+
+/* ------------------------------------------------------------ output */
+static void send_cobs(const uint8_t *p, uint8_t n)
+{
+    uint8_t i = 0;
+    while (i <= n) {   /* one block per zero (the CRC'd payload never exceeds 254 bytes) */
+        uint8_t j = i;
+        while (j < n && p[j] != 0)
+            j++;
+        nca_link_putc((uint8_t)(j - i + 1));
+        while (i < j)
+            nca_link_putc(p[i++]);
+        i++;   /* skip the zero (or step past the end) */
+    }
+    nca_link_putc(0);
+}
+
+static void finish_reply(void)
+{
+    uint16_t crc = crc16(tx, tx_len);
+    tx[tx_len++] = (uint8_t)crc;
+    tx[tx_len++] = (uint8_t)(crc >> 8);
+    send_cobs(tx, tx_len);
+}
+
+static void send_nak(uint8_t code)
+{
+    uint8_t p[5];
+    uint16_t crc;
+    p[0] = NCA_MSG_NAK;
+    p[1] = 0;
+    p[2] = code;
+    crc = crc16(p, 3);
+    p[3] = (uint8_t)crc;
+    p[4] = (uint8_t)(crc >> 8);
+    send_cobs(p, 5);
+}
+
+/* ------------------------------------------------------------ commands */
+static uint8_t reply_u32(uint8_t status, uint32_t v)
+{
+    wr32(tx + tx_len, v);
+    tx_len = (uint8_t)(tx_len + 4);
+    return status;
+}
+
+static uint8_t cmd_hello(void)
+{
+    uint8_t *p = tx + tx_len;
+    p[0] = NCA_LINK_PROTOCOL_VERSION;
+    p[1] = NCA_LINK_FIRMWARE_VERSION;
+    p[2] = NCA_LINK_BOARD;
+    p[3] = NCA_FORMAT_VERSION;
+    p[4] = (uint8_t)(NCA_LINK_MAX_PAYLOAD & 0xFF);
+    p[5] = (uint8_t)(NCA_LINK_MAX_PAYLOAD >> 8);
+    wr32(p + 6, NCA_GENOME_BYTES);
+    p[10] = active < 0 ? 0xFF : (uint8_t)active;
+    wr32(p + 11, active_hash);
+    wr32(p + 15, active_gen);
+    p[19] = active < 0 ? 0 : nca_rt.grad_shift;
+    p[20] = active < 0 ? 0 : nca_rt.hidden_shift;
+    p[21] = active < 0 ? 0 : nca_rt.bias_shift;
+    p[22] = active < 0 ? 0 : nca_rt.acc_shift;
+    tx_len = (uint8_t)(tx_len + 23);
+    return NCA_OK;
+}
+
+static uint8_t cmd_begin(const uint8_t *b, uint8_t n)
+{
+    uint8_t i, same = 1;
+    uint32_t session;
+    if (n != NCA_HEADER_BYTES + 5)
+        return NCA_ERR_LENGTH;
+    if (!header_ok(b))
+        return NCA_ERR_FORMAT;
+    session = rd32(b + NCA_HEADER_BYTES);
+    for (i = 0; i < NCA_HEADER_BYTES; i++)
+        if (ses.header[i] != b[i])
+            same = 0;
+    if (ses.open && same && ses.session == session && (b[NCA_HEADER_BYTES + 4] & NCA_SESSION_RESUME))
+        return reply_u32(NCA_OK, ses.next);     /* resume (or a duplicated BEGIN): keep what is written */
+    ses.open = 0;
+    ses.verified = 0;
+    ses.slot = (uint8_t)(active == 0 ? 1 : 0);
+    nca_slot_erase(ses.slot);
+    for (i = 0; i < NCA_HEADER_BYTES; i++)
+        ses.header[i] = b[i];
+    ses.session = session;
+    ses.next = 0;
+    ses.open = 1;
+    return reply_u32(NCA_OK, 0);
+}
+
+static uint8_t cmd_write(const uint8_t *b, uint8_t n)
+{
+    uint32_t off, want;
+    uint8_t len, i;
+    if (!ses.open)
+        return NCA_ERR_NO_SESSION;
+    if (n < 5)
+        return NCA_ERR_LENGTH;
+    off = rd32(b);
+    len = (uint8_t)(n - 4);
+    if (off % NCA_LINK_CHUNK != 0 || off >= NCA_GENOME_BYTES)
+        return reply_u32(NCA_ERR_ARG, ses.next);
+    if (off > ses.next)
+        return reply_u32(NCA_ERR_OFFSET, ses.next);
+    want = NCA_GENOME_BYTES - off < NCA_LINK_CHUNK ? NCA_GENOME_BYTES - off : NCA_LINK_CHUNK;
+    if (len != want)
+        return reply_u32(NCA_ERR_LENGTH, ses.next);
+    if (off < ses.next)                          /* already written: a duplicate */
+        return reply_u32(NCA_OK, ses.next);
+    nca_slot_write(ses.slot, (uint16_t)(NCA_SLOT_GENOME_OFFSET + off), b + 4, len);
+    for (i = 0; i < len; i++)
+        if (nca_slot_read(ses.slot, (uint16_t)(NCA_SLOT_GENOME_OFFSET + off + i)) != b[4 + i])
+            return reply_u32(NCA_ERR_FLASH, ses.next);
+    ses.next = off + len;
+    ses.verified = 0;
+    return reply_u32(NCA_OK, ses.next);
+}
+
+static uint8_t cmd_verify(void)
+{
+    uint32_t crc;
+    if (!ses.open)
+        return NCA_ERR_NO_SESSION;
+    if (ses.next != NCA_GENOME_BYTES)
+        return reply_u32(NCA_ERR_INCOMPLETE, ses.next);
+    crc = slot_genome_crc(ses.slot);
+    if (crc != rd32(ses.header + H_GCRC))
+        return reply_u32(NCA_ERR_VERIFY, crc);
+    if (!slot_genome_ok(ses.slot))
+        return reply_u32(NCA_ERR_FORMAT, crc);
+    ses.verified = 1;
+    return reply_u32(NCA_OK, crc);
+}
+
+static uint8_t cmd_activate(void)
+{
+    uint8_t h[NCA_HEADER_BYTES], i;
+    if (!ses.open)
+        return NCA_ERR_NO_SESSION;
+    if (!ses.verified)
+        return NCA_ERR_NOT_VERIFIED;
+    for (i = 0; i < NCA_HEADER_BYTES; i++)
+        h[i] = ses.header[i];
+    wr32(h + H_GEN, active < 0 ? 1 : active_gen + 1);
+    wr32(h + H_HCRC, crc32_mem(h, H_HCRC));
+    nca_slot_write(ses.slot, NCA_SLOT_HEADER_OFFSET, h, NCA_HEADER_BYTES);
+    ses.open = 0;
+    ses.verified = 0;
+    scan_slots();
+    if (active != (int8_t)ses.slot)
+        return NCA_ERR_FLASH;
+    tx[tx_len++] = (uint8_t)active;
+    wr32(tx + tx_len, active_hash);
+    tx_len = (uint8_t)(tx_len + 4);
+    return reply_u32(NCA_OK, active_gen);
+}
+
+static uint8_t cmd_step(const uint8_t *b)
+{
+    nca_rotation_t rot;
+    uint8_t op = b[0], fire = b[1], r = 3, c;
+    if (op > 1 || fire > 1 || b[2] > 1)
+        return NCA_ERR_ARG;
+    if (active < 0)
+        return NCA_ERR_NO_GENOME;
+    rot.cos_q14 = (int16_t)(uint16_t)(b[3] | ((uint16_t)b[4] << 8));
+    rot.sin_q14 = (int16_t)(uint16_t)(b[5] | ((uint16_t)b[6] << 8));
+    if (fire) {
+        if (op == 0) {
+            r = nca_cell_update(&cell, b[2] ? &rot : 0);
+        } else {
+            nca_cell_tentative(&cell, b[2] ? &rot : 0);
+            r = NCA_UPDATED;
+        }
+    }
+    tx[tx_len++] = r;
+    for (c = 0; c < NCA_CHANNELS; c++)
+        tx[tx_len++] = (uint8_t)cell.state[c];
+    return NCA_OK;
+}
+
+static void copy_in(int8_t *dst, const uint8_t *src, uint8_t n)
+{
+    while (n--)
+        *dst++ = (int8_t)*src++;
+}
+
+static uint8_t dispatch(uint8_t type, const uint8_t *b, uint8_t n)
+{
+    uint8_t c;
+    switch (type) {
+    case NCA_MSG_HELLO:
+        return n ? NCA_ERR_LENGTH : cmd_hello();
+    case NCA_MSG_FLASH_BEGIN:
+        return cmd_begin(b, n);
+    case NCA_MSG_FLASH_WRITE:
+        return cmd_write(b, n);
+    case NCA_MSG_FLASH_VERIFY:
+        return n ? NCA_ERR_LENGTH : cmd_verify();
+    case NCA_MSG_FLASH_ACTIVATE:
+        return n ? NCA_ERR_LENGTH : cmd_activate();
+    case NCA_MSG_STATE_GET:
+        if (n)
+            return NCA_ERR_LENGTH;
+        for (c = 0; c < NCA_CHANNELS; c++)
+            tx[tx_len++] = (uint8_t)cell.state[c];
+        return NCA_OK;
+    case NCA_MSG_STATE_SET:
+        if (n != NCA_CHANNELS)
+            return NCA_ERR_LENGTH;
+        copy_in(cell.state, b, NCA_CHANNELS);
+        return NCA_OK;
+    case NCA_MSG_NEIGHBOURS_SET:
+        if (n != NCA_NEIGHBOURS * NCA_CHANNELS)
+            return NCA_ERR_LENGTH;
+        copy_in(cell.inbox, b, NCA_NEIGHBOURS * NCA_CHANNELS);
+        return NCA_OK;
+    case NCA_MSG_STEP:
+        return n != NCA_LINK_STEP_BODY ? NCA_ERR_LENGTH : cmd_step(b);
+    case NCA_MSG_CELL:
+        if (n != NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS + NCA_LINK_STEP_BODY)
+            return NCA_ERR_LENGTH;
+        if (b[144] > 1 || b[145] > 1 || b[146] > 1)
+            return NCA_ERR_ARG;
+        if (active < 0)
+            return NCA_ERR_NO_GENOME;
+        copy_in(cell.state, b, NCA_CHANNELS);
+        copy_in(cell.inbox, b + NCA_CHANNELS, NCA_NEIGHBOURS * NCA_CHANNELS);
+        return cmd_step(b + NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS);
+    case NCA_MSG_RGB:
+        if (n)
+            return NCA_ERR_LENGTH;
+        nca_cell_rgb(cell.state, tx + tx_len);
+        tx_len = (uint8_t)(tx_len + 3);
+        return NCA_OK;
+    case NCA_MSG_RESET:
+        if (n)
+            return NCA_ERR_LENGTH;
+        nca_link_init();
+        return NCA_OK;
+    default:
+        return NCA_ERR_UNKNOWN;
+    }
+}
+
+static void end_frame(void)
+{
+    uint8_t type, seq, status;
+    uint16_t crc = 0;
+    if (cobs_code == 0 && !rx_err)          /* an empty frame (a lone delimiter): resync only */
+        return;
+    if (!rx_err && cobs_left)
+        rx_err = NCA_ERR_FRAME_COBS;
+    if (!rx_err && rx_len < 4)
+        rx_err = NCA_ERR_FRAME_SHORT;
+    if (!rx_err) {
+        crc = (uint16_t)(rx[rx_len - 2] | ((uint16_t)rx[rx_len - 1] << 8));
+        if (crc16(rx, (uint8_t)(rx_len - 2)) != crc)
+            rx_err = NCA_ERR_FRAME_CRC;
+    }
+    if (rx_err) {
+        send_nak(rx_err);
+        return;
+    }
+    type = rx[0];
+    seq = rx[1];
+    if (have_last && type == last_type && seq == last_seq && crc == last_crc) {
+        send_cobs(tx, tx_len);               /* a repeated request: the same reply, not run twice */
+        return;
+    }
+    tx_len = 0;
+    tx[tx_len++] = (uint8_t)(type | NCA_REPLY_BIT);
+    tx[tx_len++] = seq;
+    tx[tx_len++] = 0;
+    status = dispatch(type, rx + 2, (uint8_t)(rx_len - 4));
+    tx[2] = status;
+    finish_reply();
+    have_last = type != NCA_MSG_RESET;
+    last_type = type;
+    last_seq = seq;
+    last_crc = crc;
+}
+
+static void frame_reset(void)
+{
+    rx_len = 0;
+    cobs_left = 0;
+    cobs_code = 0;
+    rx_err = 0;
+}
+
+void nca_link_rx(uint8_t b)
+{
+    if (b == 0) {
+        end_frame();
+        frame_reset();
+        return;
+    }
+    if (rx_err)
+        return;
+    if (cobs_left == 0) {                    /* a code byte */
+        if (cobs_code != 0 && cobs_code != 0xFF) {
+            if (rx_len >= NCA_LINK_RX_BUFFER) {
+                rx_err = NCA_ERR_FRAME_LONG;
+                return;
+            }
+            rx[rx_len++] = 0;
+        }
+        cobs_code = b;
+        cobs_left = (uint8_t)(b - 1);
+        return;
+    }
+    if (rx_len >= NCA_LINK_RX_BUFFER) {
+        rx_err = NCA_ERR_FRAME_LONG;
+        return;
+    }
+    rx[rx_len++] = b;
+    cobs_left--;
+}
+
+void nca_link_init(void)
+{
+    uint16_t i;
+    uint8_t *p = (uint8_t *)&cell;
+    for (i = 0; i < sizeof cell; i++)
+        p[i] = 0;
+    ses.open = 0;
+    ses.verified = 0;
+    ses.next = 0;
+    have_last = 0;
+    frame_reset();
+    scan_slots();
+}

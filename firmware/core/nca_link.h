@@ -1,0 +1,28 @@
+/* nca_link.h - the cell link on the board side: frame parser, command dispatch
+ * and the two genome slots (A/B).  Protocol: firmware/PROTOCOL.md; ids, codes
+ * and limits: the generated nca_link_ids.h (codegen/link.py).
+ *
+ * Portable C99, no malloc: one receive buffer of NCA_LINK_RX_BUFFER bytes, one
+ * reply buffer, one cell.  The port feeds every received byte to nca_link_rx()
+ * and provides the hooks below (UART output and flash access to the slots). */
+#ifndef NCA_LINK_H
+#define NCA_LINK_H
+
+#include <stdint.h>
+#include "nca_model.h"
+
+/* ---- provided by the port */
+void nca_link_putc(uint8_t c);                      /* send one byte */
+void nca_slot_erase(uint8_t slot);                  /* slot 0/1: every byte 0xFF */
+/* program n bytes at offset off of the slot (erased bytes only; a port may
+ * program with NOR semantics, new = old & data) */
+void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n);
+uint8_t nca_slot_read(uint8_t slot, uint16_t off);  /* one byte of the slot */
+const nca_genome_t *nca_slot_genome(uint8_t slot);   /* the slot's genome as the core reads it */
+
+/* ---- the link */
+void nca_link_init(void);          /* reset the parser and the cell, pick the active slot */
+void nca_link_rx(uint8_t byte);    /* one received byte; a complete frame is answered at once */
+int8_t nca_link_active_slot(void); /* 0, 1, or -1 when no valid genome is in flash */
+
+#endif

@@ -1,0 +1,38 @@
+/* nca_model.h of the board firmware with the cell link (APP=link).
+ *
+ * The harness builds compile one model in (the generated nca_model.h/.c); a
+ * board that takes genomes over the link instead reads the genome from its
+ * active flash slot and the model's four shifts from that slot's header, at run
+ * time.  The format constants come from the generated nca_link_ids.h
+ * (codegen/link.py, from codegen/formats.py); the genome type is the one
+ * codegen/emit.py declares. */
+#ifndef NCA_MODEL_H
+#define NCA_MODEL_H
+
+#include "nca_link_ids.h"
+
+#ifndef __ASSEMBLER__
+#include "nca_rom.h"
+
+typedef struct {
+    int8_t groups[NCA_GROUPS][NCA_GROUP_BYTES];
+    int16_t out_bias[16];
+    uint16_t out_mt[16];
+} nca_genome_t;
+
+/* the active genome and its shifts (nca_link.c keeps them; genome NULL: none) */
+typedef struct {
+    const nca_genome_t *genome;
+    uint8_t grad_shift, hidden_shift, bias_shift, acc_shift;
+} nca_runtime_t;
+
+extern nca_runtime_t nca_rt;
+
+#define NCA_GENOME (*nca_rt.genome)
+#define NCA_GRAD_SHIFT (nca_rt.grad_shift)
+#define NCA_HIDDEN_SHIFT (nca_rt.hidden_shift)
+#define NCA_BIAS_SHIFT (nca_rt.bias_shift)
+#define NCA_ACC_SHIFT (nca_rt.acc_shift)
+#endif
+
+#endif

@@ -1,0 +1,246 @@
+"""Emulated boards with the link firmware: a Cortex-M0 under qemu-system-arm -M
+microbit and an ATmega328P under simavr (firmware/tools/simavr_bridge.c), both
+reached by pyserial over socket://.  nca-flash writes a genome, then >= 200 step
+requests equal the golden model bit for bit; flashes cut off at chunk boundaries
+(the link closed, or the AVR emulator killed and restarted with its flash file)
+leave the previous genome answering; a genome with a bad CRC is never activated;
+boards inside the SimPy swarm equal the all-"fixed" run.  One emulator per board
+type is shared by the module; skipped where the tools are missing."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from test_firmware_host import adversarial_cells, golden_update
+from test_link import other_model
+
+from codegen import board as B
+from codegen import flash as FL
+from codegen import golden as G
+from codegen import link as L
+from codegen.backends import FixedBackend, quantized
+from sim.fixture import blob_model
+from sim.model import seed_state
+from sim.reference import Params
+from sim.swarm import SimPySwarm
+from sim.weights import save
+
+
+def needs(target: str):
+    miss = B.emulator_tools(target)
+    return pytest.mark.skipif(bool(miss), reason=f"{target} board needs {', '.join(e for e, _ in miss)}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    a, b = blob_model(), other_model(blob_model())
+    save(d / "a.npz", a)
+    save(d / "b.npz", b)
+    return d / "a.npz", d / "b.npz", quantized(a), quantized(b)
+
+
+@pytest.fixture(scope="module")
+def m0():
+    if B.emulator_tools("cortex-m0"):
+        pytest.skip("no qemu-system-arm / arm-none-eabi-gcc")
+    with B.Emulator("cortex-m0") as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def avr(tmp_path_factory):
+    if B.emulator_tools("avr"):
+        pytest.skip("no simavr / avr-gcc")
+    flash = tmp_path_factory.mktemp("avr") / "flash.bin"
+    with B.Emulator("avr", flash_file=flash) as e:
+        yield e
+
+
+def check_200_steps(board: B.Board, q) -> None:
+    xs, nbs = adversarial_cells(150, seed=11)
+    pick = np.r_[0:150, len(xs) - 60:len(xs)]
+    xs, nbs = xs[pick], nbs[pick]
+    gc, go = golden_update(q, xs, nbs)
+    codes = np.zeros(len(xs), np.int64)
+    out = np.zeros_like(xs)
+    for k in range(len(xs)):
+        codes[k], out[k] = board.cell(xs[k], nbs[k])
+    np.testing.assert_array_equal(codes, gc)
+    np.testing.assert_array_equal(out, go)
+    # rotation, tentative steps, separate requests, the LED colour
+    gc, go = golden_update(q, xs[:20], nbs[:20], 60.0)
+    gt = np.zeros_like(xs[:20])
+    G.tentative_batch(xs[:20], nbs[:20], *q.arrays(), G.rotation_array(None), gt)
+    for k in range(20):
+        assert board.cell(xs[k], nbs[k], rot=L.F.rotation_q14(60.0))[1].tolist() == go[k].tolist()
+        assert board.cell(xs[k], nbs[k], op="tentative")[1].tolist() == gt[k].tolist()
+    for k in range(5):
+        board.set_state(xs[k])
+        board.set_neighbours(nbs[k])
+        c, s = board.step()
+        assert np.array_equal(board.get_state(), s) and np.array_equal(board.rgb(), G.rgb(s))
+
+
+def flash_cli(url: str, model, capsys) -> str:
+    assert FL.main(["--port", url, "--model", str(model), "--force", "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "verified" in out
+    return out
+
+
+@needs("cortex-m0")
+def test_cortex_m0_nca_flash_then_steps_equal_golden(m0, models, capsys):
+    pa, _, qa, _ = models
+    out = flash_cli(m0.url, pa, capsys)
+    assert "(cortex-m0)" in out
+    with m0.board(timeout=5) as b:
+        h = b.hello()
+        assert (h.board, h.model_hash) == ("cortex-m0", qa.model_hash)
+        check_200_steps(b, qa)
+
+
+@needs("avr")
+def test_avr_nca_flash_then_steps_equal_golden(avr, models, capsys):
+    pa, _, qa, _ = models
+    out = flash_cli(avr.url, pa, capsys)
+    assert "(avr)" in out
+    with avr.board(timeout=5) as b:
+        assert b.hello().model_hash == qa.model_hash
+        check_200_steps(b, qa)
+
+
+def cut_then_check(emu: B.Emulator, qa, qb, cuts, kill: bool = False) -> None:
+    """For each k: flash B for k chunks, cut (close the link, or kill and restart the emulator),
+    then the board must still run A."""
+    with emu.board(timeout=5) as b:
+        B.ensure_model(b, L.image_of(qa))
+    xs, nbs = adversarial_cells(4, seed=13)
+    gc, go = golden_update(qa, xs, nbs)
+    for k in cuts:
+        with emu.board(timeout=5) as b:
+            b.flash(L.image_of(qb), stop_after=k, resume=False)
+        if kill:
+            emu.restart()
+        with emu.board(timeout=5) as b:
+            assert b.hello().model_hash == qa.model_hash, k
+            c, s = b.cell(xs[k % 4], nbs[k % 4])
+            assert c == gc[k % 4] and np.array_equal(s, go[k % 4]), k
+
+
+@needs("cortex-m0")
+def test_cortex_m0_flash_cut_at_every_chunk_boundary(m0, models):
+    _, _, qa, qb = models
+    cut_then_check(m0, qa, qb, range(len(L.image_of(qb).chunks()) + 1))
+    with m0.board(timeout=5) as b:
+        r = b.flash(L.image_of(qb))           # and then a whole flash goes through
+        assert r.model_hash == qb.model_hash and b.hello().model_hash == qb.model_hash
+
+
+@needs("avr")
+def test_avr_flash_cut_by_closing_the_link_and_by_killing_the_emulator(avr, models):
+    _, _, qa, qb = models
+    n = len(L.image_of(qb).chunks())
+    cut_then_check(avr, qa, qb, (0, 1, n // 2, n - 1, n))
+    cut_then_check(avr, qa, qb, (0, 17, n), kill=True)
+    avr.restart()                              # the flash file kept the genome across restarts
+    with avr.board(timeout=5) as b:
+        assert b.hello().model_hash == qa.model_hash
+
+
+@pytest.mark.slow
+@needs("avr")
+def test_avr_flash_cut_at_every_chunk_boundary(avr, models):
+    _, _, qa, qb = models
+    n = len(L.image_of(qb).chunks())
+    cut_then_check(avr, qa, qb, range(n + 1))
+    cut_then_check(avr, qa, qb, range(0, n + 1, 5), kill=True)
+
+
+@needs("cortex-m0")
+def test_cortex_m0_bad_crc_genome_is_never_activated(m0, models):
+    _, _, qa, qb = models
+    with m0.board(timeout=5) as b:
+        B.ensure_model(b, L.image_of(qa))
+        good = L.image_of(qb)
+        assert b.request("FLASH_BEGIN", good.header() + struct.pack("<IB", 5, 0))[0] == 0
+        for off, chunk in good.chunks():
+            data = bytes([chunk[0] ^ 0xFF]) + chunk[1:] if off == 4096 else chunk
+            assert b.request("FLASH_WRITE", struct.pack("<I", off) + data)[0] == 0
+        assert b.request("FLASH_VERIFY")[0] == L.ERR["ERR_VERIFY"]
+        assert b.request("FLASH_ACTIVATE")[0] == L.ERR["ERR_NOT_VERIFIED"]
+        assert b.hello().model_hash == qa.model_hash
+        b.reset()                                    # rescans the slots: A is still the valid one
+        assert b.hello().model_hash == qa.model_hash
+
+
+@needs("cortex-m0")
+@needs("avr")
+@pytest.mark.parametrize("mode,until", [("lockstep", 12), ("async", 14.0)])
+def test_swarm_with_boards_equals_fixed_backend(m0, avr, models, mode, until):
+    _, _, qa, _ = models
+    params = Params.from_model(blob_model())
+    x0 = seed_state(8, 8)
+    ref = SimPySwarm(x0, FixedBackend(qa), seed=3, mode=mode)
+    ref.run(until)
+    with m0.board(timeout=5) as b1, avr.board(timeout=5) as b2:
+        cells = B.board_cells(params, {3 * 8 + 4: b1, 4 * 8 + 3: b2})
+        sw = SimPySwarm(x0, cells, seed=3, mode=mode)
+        sw.run(until)
+    assert cells.calls >= 6
+    assert (ref.grid[..., 3] > 0.1).sum() > 9
+    np.testing.assert_array_equal(sw.grid, ref.grid)
+
+
+@needs("cortex-m0")
+def test_sim_run_with_a_board_equals_the_fixed_backend(m0, models, tmp_path, capsys):
+    from sim import run as R
+    pa = models[0]
+    common = ["--model", str(pa), "--size", "8", "--steps", "12", "--seed", "2", "--engine", "simpy",
+              "--backend", "fixed", "--target", "lizard"]
+    assert R.main(common + ["--save-state", str(tmp_path / "ref.npy")]) == 0
+    assert R.main(common + ["--board", f"4,3={m0.url}", "--board", "3,4=emu:cortex-m0",
+                            "--save-state", str(tmp_path / "hil.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "ref.npy"), np.load(tmp_path / "hil.npy"))
+    capsys.readouterr()
+    assert R.main(common + ["--board", "9,9=emu:cortex-m0"]) == 2
+    assert "outside the 8x8 grid" in capsys.readouterr().err
+    assert R.main(common + ["--board", "1,1=emu:z80"]) == 2
+    assert "no emulated board" in capsys.readouterr().err
+    assert R.main(common[:-6] + ["--engine", "sync", "--board", "1,1=emu:avr"]) == 2
+    assert "--engine simpy" in capsys.readouterr().err
+
+
+@needs("avr")
+def test_avr_bridge_pty_mode(models):
+    """The simavr bridge's pty mode: pyserial opens the pseudo-terminal as a serial port."""
+    with B.Emulator("avr", pty=True) as e:
+        assert e.url.startswith("/dev/")
+        with B.Board(e.url, timeout=5) as b:
+            h = b.hello()
+            assert h.board == "avr" and h.capacity == L.F.GENOME_BYTES
+            b.set_state(np.arange(16, dtype=np.int8))
+            assert b.get_state().tolist() == list(range(16))
+
+
+@needs("cortex-m0")
+def test_cortex_m0_flash_through_a_faulty_link(m0, models):
+    """Frames corrupted, truncated, duplicated, reordered and dropped between pyserial and
+    QEMU: the flash completes (timeouts and NAKs retransmit) and the genome answers."""
+    _, _, qa, qb = models
+    with m0.board(timeout=5) as b:
+        B.ensure_model(b, L.image_of(qa))
+    ft = B.FaultyTransport(B.open_port(m0.url), seed=7, corrupt=0.03, truncate=0.03, duplicate=0.03,
+                           reorder=0.03, drop=0.03)
+    with B.Board(ft, timeout=0.1, slow_timeout=0.5, retries=30) as b:
+        r = b.flash(L.image_of(qb))
+        assert r.model_hash == qb.model_hash and r.retries > 0
+        assert sum(ft.faults.values()) > 5, ft.faults
+    with m0.board(timeout=5) as b:
+        assert b.hello().model_hash == qb.model_hash
+        xs, nbs = adversarial_cells(10, seed=3)
+        gc, go = golden_update(qb, xs, nbs)
+        for k in range(10):
+            c, s = b.cell(xs[k], nbs[k])
+            assert c == gc[k] and np.array_equal(s, go[k])

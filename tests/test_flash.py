@@ -1,0 +1,167 @@
+"""nca-flash, the command: over a socket:// URL to the host build of the link
+firmware (served by a thread here), the one-line results and errors, resume,
+--list, and the uploader wrapping of --image."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_link import other_model
+
+from codegen import board as B
+from codegen import flash as FL
+from codegen import link as L
+from codegen.backends import quantized
+from sim.fixture import blob_model
+from sim.weights import save
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
+                                reason="needs gcc and make")
+
+
+class HostServer:
+    """The host link firmware behind a TCP port: what pyserial's socket:// reaches."""
+
+    def __init__(self):
+        self.host = B.HostLink()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"socket://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stop = False
+        self.t = threading.Thread(target=self._serve, daemon=True)
+        self.t.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            c.settimeout(0.1)
+            with c:
+                while not self.stop:
+                    try:
+                        d = c.recv(4096)
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        break
+                    if not d:
+                        break
+                    self.host.write(d)
+                    out = self.host.read(1 << 20)
+                    if out:
+                        c.sendall(out)
+
+    def close(self) -> None:
+        self.stop = True
+        self.t.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    s = HostServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    a, b = blob_model(), other_model(blob_model())
+    save(d / "a.npz", a)
+    save(d / "b.npz", b)
+    return d / "a.npz", d / "b.npz", quantized(a), quantized(b)
+
+
+def test_flash_verify_activate_one_line(server, models, capsys):
+    pa, pb, qa, qb = models
+    assert FL.main(["--port", server.url, "--model", str(pa), "--timeout", "2"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and f"model 0x{qa.model_hash:08x}" in out and "verified" in out
+    assert "slot A, generation 1" in out
+    assert FL.main(["--port", server.url, "--model", str(pa)]) == 0
+    assert "already runs" in capsys.readouterr().out
+    assert FL.main(["--port", server.url, "--model", str(pb), "--progress"]) == 0
+    cap = capsys.readouterr()
+    assert "slot B, generation 2" in cap.out and "100%" in cap.err
+    with B.Board(server.url) as b:
+        assert b.hello().model_hash == qb.model_hash
+        xs = np.zeros(16, np.int8)
+        xs[3:] = 32
+        from test_firmware_host import golden_update
+        c, s = b.cell(xs, np.zeros((8, 16), np.int8))
+        gc, go = golden_update(qb, xs[None], np.zeros((1, 8, 16), np.int8))
+        assert c == gc[0] and np.array_equal(s, go[0])
+
+
+def test_flash_resumes_after_a_cut(server, models, capsys):
+    pa, _, qa, _ = models
+    with B.Board(server.url) as b:
+        b.flash(L.image_of(qa), stop_after=20)
+    assert FL.main(["--port", server.url, "--model", str(pa)]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed at {20 * L.CHUNK:,} B" in out
+
+
+def one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nca-flash: error: ") and err.count("\n") == 0, err
+    for w in words:
+        assert w in err, err
+
+
+def test_bad_inputs_are_one_line_errors(models, capsys, tmp_path):
+    pa = models[0]
+    assert FL.main(["--model", str(pa)]) == 2
+    one_line_error(capsys, "--port")
+    assert FL.main(["--port", "socket://127.0.0.1:1"]) == 2
+    one_line_error(capsys, "--model")
+    assert FL.main(["--port", "loop://", "--model", str(tmp_path / "none.npz")]) == 2
+    one_line_error(capsys, "does not exist")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    assert FL.main(["--port", "loop://", "--model", str(bad)]) == 2
+    one_line_error(capsys, "bad.npz")
+    assert FL.main(["--port", "/dev/nonexistent-tty", "--model", str(pa)]) == 2
+    one_line_error(capsys, "cannot open /dev/nonexistent-tty")
+    # loop:// echoes the requests back: no board answers
+    assert FL.main(["--port", "loop://", "--model", str(pa), "--timeout", "0.05", "--retries", "1",
+                    "--attempts", "1"]) == 2
+    one_line_error(capsys, "no reply", "HELLO", "previous genome")
+    assert FL.main(["--port", "loop://", "--baud", "0", "--model", str(pa)]) == 2
+    one_line_error(capsys, "--baud")
+
+
+def test_list_ports(capsys):
+    assert FL.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip()
+
+
+def test_image_wraps_the_boards_uploader(tmp_path, capsys, monkeypatch):
+    fw = tmp_path / "fw.elf"
+    fw.write_bytes(b"\x7fELF")
+    assert FL.main(["--image", str(fw), "--board", "uno", "--port", "/dev/ttyACM0", "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"avrdude -p atmega328p -c arduino -P /dev/ttyACM0 -b 115200 -D -U flash:w:{fw}")
+    assert FL.main(["--image", str(fw), "--board", "microbit", "--dry-run"]) == 0
+    assert "openocd -f interface/cmsis-dap.cfg -f target/nrf51.cfg -c" in capsys.readouterr().out
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert FL.main(["--image", str(fw), "--board", "uno", "--port", "/dev/ttyACM0"]) == 2
+    one_line_error(capsys, "avrdude", "apt-get install -y --no-install-recommends avrdude")
+    assert FL.main(["--image", str(fw), "--board", "microbit"]) == 2
+    one_line_error(capsys, "openocd", "apt-get install")
+    assert FL.main(["--image", str(fw), "--board", "uno"]) == 2
+    one_line_error(capsys, "needs --port")
+    assert FL.main(["--image", str(fw)]) == 2
+    one_line_error(capsys, "--board")
+    assert FL.main(["--image", str(Path(tmp_path) / "missing.elf"), "--board", "uno"]) == 2
+    one_line_error(capsys, "does not exist")
