@@ -102,6 +102,8 @@ HELLO_BYTES = 23                 # HELLO reply after the status byte
 # what a board accepts in an image header and genome (ModelFormat.check's ranges; T of out_mt)
 SHIFT_LIMITS = {"GRAD": (min(F.GRAD_SHIFTS), max(F.GRAD_SHIFTS)), "HIDDEN": (0, 22), "BIAS": (0, 7),
                 "ACC": (min(F.ACC_SHIFTS), max(F.ACC_SHIFTS)), "OUT": (F.OUT_SHIFT_MIN, F.OUT_SHIFT_MAX)}
+# M in [2^14, 2^15) (formats.multiplier_q15): what keeps acc*M + 2^(T-1) inside int32
+MULT_HIGH_BYTE = ((1 << (F.MULT_FRAC - 1)) >> 8, ((1 << F.MULT_FRAC) - 1) >> 8)
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -227,6 +229,9 @@ def c_header() -> str:
               "/* accepted shifts (lo, hi) of an image */"]
     for k, (lo, hi) in SHIFT_LIMITS.items():
         lines += [f"#define NCA_{k}_SHIFT_LO {lo}", f"#define NCA_{k}_SHIFT_HI {hi}"]
+    lines += ["/* accepted high byte of an output multiplier M (out_mt & 0xFFE0) */",
+              f"#define NCA_OUT_MULT_HIGH_LO 0x{MULT_HIGH_BYTE[0]:02X}",
+              f"#define NCA_OUT_MULT_HIGH_HI 0x{MULT_HIGH_BYTE[1]:02X}"]
     lines += ["",
               "/* the fixed-point format (codegen/formats.py) the board's cell core is built for */"]
     lines += [f"#define {k} {v}" for k, v in consts.items() if k not in model_specific]

@@ -221,6 +221,13 @@ def test_bad_crc_genome_is_never_activated(host, qa, qb):
     with pytest.raises(B.LinkError, match="ERR_FORMAT"):
         b.flash(zero_t)
     assert b.hello().model_hash == qa.model_hash
+    # ... and so is one whose output multiplier M is 2^15 or more (acc*M would overflow int32)
+    g = bytearray(good.genome)
+    g[L.F.GROUPS * L.F.GROUP_BYTES + 32 + 2 * 5 + 1] |= 0x80
+    big_m = L.Image(bytes(g), good.shifts, good.model_hash)
+    with pytest.raises(B.LinkError, match="ERR_FORMAT"):
+        b.flash(big_m)
+    assert b.hello().model_hash == qa.model_hash
 
 
 def test_flash_cut_at_every_chunk_boundary_keeps_the_previous_genome(host, qa, qb):
@@ -308,7 +315,7 @@ def run_fuzz(count: int, seed: int) -> str:
 
 
 def test_parser_fuzzed_under_asan_and_ubsan_100k():
-    out = run_fuzz(100_000, 1)
+    out = run_fuzz(100_000, 3)
     fields = dict(zip(out.split()[::2], map(int, out.split()[1::2])))
     assert fields["inputs"] == 100_000 and fields["steps"] > 1000 and fields["naks"] > 1000
     assert fields["ok"] > 1000 and fields["active_slot"] in (0, 1)

@@ -119,15 +119,20 @@ static uint32_t slot_genome_crc(uint8_t slot)
     return ~crc;
 }
 
-/* every output shift T (low 5 bits of out_mt) in range: the core shifts by T - 1 */
+/* every output shift T (low 5 bits of out_mt) in range - the core shifts by T - 1 -
+ * and every multiplier M in [2^14, 2^15), which keeps acc*M + 2^(T-1) inside int32 */
 static uint8_t slot_genome_ok(uint8_t slot)
 {
     uint8_t c;
     uint16_t off = (uint16_t)(NCA_SLOT_GENOME_OFFSET + NCA_GROUPS * NCA_GROUP_BYTES + 32);
-    for (c = 0; c < 16; c++)
+    for (c = 0; c < 16; c++) {
         if (!in_range((uint8_t)(nca_slot_read(slot, (uint16_t)(off + 2 * c)) & 31u), NCA_OUT_SHIFT_LO,
                       NCA_OUT_SHIFT_HI))
             return 0;
+        if (!in_range(nca_slot_read(slot, (uint16_t)(off + 2 * c + 1)), NCA_OUT_MULT_HIGH_LO,
+                      NCA_OUT_MULT_HIGH_HI))
+            return 0;
+    }
     return 1;
 }
 

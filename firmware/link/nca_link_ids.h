@@ -71,6 +71,9 @@
 #define NCA_ACC_SHIFT_HI 15
 #define NCA_OUT_SHIFT_LO 1
 #define NCA_OUT_SHIFT_HI 30
+/* accepted high byte of an output multiplier M (out_mt & 0xFFE0) */
+#define NCA_OUT_MULT_HIGH_LO 0x40
+#define NCA_OUT_MULT_HIGH_HI 0x7F
 
 /* the fixed-point format (codegen/formats.py) the board's cell core is built for */
 #define NCA_FORMAT_VERSION 1

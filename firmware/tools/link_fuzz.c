@@ -164,9 +164,11 @@ static int full_flash(uint8_t *seq)
     uint32_t off, sess = rnd();
     for (i = 0; i < NCA_GENOME_BYTES; i++)
         genome[i] = (uint8_t)rnd();
-    for (i = 0; i < 16; i++)   /* T of out_mt in 1..30 */
+    for (i = 0; i < 16; i++) { /* T of out_mt in 1..30, M in [2^14, 2^15): what a board accepts */
         genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i] =
             (uint8_t)((genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i] & 0xE0) | (1 + rnd() % 30));
+        genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i + 1] = (uint8_t)(NCA_OUT_MULT_HIGH_LO | (rnd() & 0x3F));
+    }
     header(body);
     memcpy(body + 32, &sess, 4);
     body[36] = 0;
