@@ -129,7 +129,7 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     """The firmware's arithmetic on the async SimPy swarm (40x40, seeds 0-4, step 1,000),
     against the float engine running the float regenerating lizard. Post-training
     quantisation of that model drifts (measured 1.0e-2 vs 1.9e-4); the shipped
-    quantisation-aware fine-tuning brings it to 6.8e-4 (3.6x the float loss). Asserted:
+    quantisation-aware fine-tuning brings it to 6.3e-4 (3.4x the float loss). Asserted:
     the fine-tuned model within 5x of float and at least 5x better than post-training
     quantisation; and the fixed-point lizard regrows after a circle cut."""
     from sim.targets import fit_target, load_target
@@ -150,15 +150,24 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     lqat = mean_loss("fixed", qat_model)
     assert lqat <= 5.0 * lf, (lf, lqat)
     assert lqat * 5.0 <= lptq, (lptq, lqat)
-    sw = SimPySwarm(seed_state(40, 40), make_backend("fixed", qat_model), seed=0)
-    sw.run(1000)
-    before = _loss(sw.grid, target)
-    sw.damage(Damage("circle", (20.0, 20.0, 8.0), 1000).mask(40, 40))
-    cut = _loss(sw.grid, target)
-    sw.run(1600)
-    after = _loss(sw.grid, target)
-    assert cut > before * 2 + 1e-3                      # the cut hurt
-    assert after < before + 0.1 * (cut - before), (before, cut, after)   # and healed
+
+    def cut_and_regrow(backend: str, model) -> tuple[float, float, float, int, int]:
+        sw = SimPySwarm(seed_state(40, 40), make_backend(backend, model), seed=0)
+        sw.run(1000)
+        before, alive0 = _loss(sw.grid, target), int(np.count_nonzero(sw.grid[..., ALPHA] > 0.1))
+        sw.damage(Damage("circle", (20.0, 20.0, 8.0), 1000).mask(40, 40))
+        cut = _loss(sw.grid, target)
+        sw.run(1600)
+        return before, cut, _loss(sw.grid, target), alive0, int(np.count_nonzero(sw.grid[..., ALPHA] > 0.1))
+
+    before, cut, after, alive0, alive1 = cut_and_regrow("fixed", qat_model)
+    _, _, after_float, _, _ = cut_and_regrow("float", float_model)
+    assert cut > before * 2 + 1e-3                      # the cut hurt (a third of the body)
+    assert after < cut / 3, (before, cut, after)        # most of it grew back
+    assert abs(alive1 - alive0) <= 0.1 * alive0, (alive0, alive1)
+    # as well as the float engine heals the float model from the same cut (measured: 0.0085
+    # vs 0.0135 at step 1,600; both pictures whole, the belly stripe's colours differ)
+    assert after <= 1.5 * after_float, (after, after_float)
 
 
 @pytest.mark.slow
