@@ -1,8 +1,12 @@
-"""Shared fixtures: the synthetic blob model (sim.fixture) as engine Params."""
+"""Shared fixtures: the synthetic blob model (sim.fixture) as engine Params, a tiny
+training target."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sim.fixture import blob_model
 from sim.reference import Params
@@ -38,3 +42,19 @@ def post_rule_case():
     expect = np.zeros_like(x)
     expect[2, 3, 7] = 0.3
     return x, params, expect
+
+
+@pytest.fixture(scope="session")
+def disc_png(tmp_path_factory) -> Path:
+    """A 12x12 coloured disc: a target small enough to learn in seconds."""
+    n = 12
+    y, x = np.mgrid[0:n, 0:n]
+    a = (np.hypot(y - 5.5, x - 5.5) < 5).astype(float)
+    img = np.zeros((n, n, 4))
+    img[..., 0] = 0.9 * a
+    img[..., 1] = a * np.linspace(0.2, 0.8, n)[None, :]
+    img[..., 2] = 0.3 * a
+    img[..., 3] = a
+    p = tmp_path_factory.mktemp("target") / "disc.png"
+    Image.fromarray(np.round(img * 255).astype(np.uint8), "RGBA").save(p)
+    return p

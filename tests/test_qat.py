@@ -4,28 +4,19 @@ exactly what was trained, and a short fine-tuning lowers the fixed-point loss.""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
-import pytest
-from PIL import Image
 
 from codegen import formats as F
 from codegen import golden as G
 from codegen.qat import FakeQuant, recorded_shifts
 from codegen.quantize import build_at, quantize
 from sim import weights
-from sim.fixture import blob_model
 from sim.backends import make_backend
 from sim.model import gradient_kernels, seed_state
 from sim.reference import Params
 from sim.train import TrainConfig, main, train
 from sim.train_core import forward
-
-
-@pytest.fixture(scope="module")
-def blob():
-    return blob_model()
 
 
 def test_integer_forward_equals_the_golden_sync_step(blob):
@@ -60,20 +51,6 @@ def test_backward_uses_the_dequantised_values(blob):
     steps = h / unit_h[None, :]
     np.testing.assert_allclose(steps, np.rint(steps), atol=1e-3)
     assert steps.max() <= F.HIDDEN_MAX + 1e-3 and steps.min() >= 0
-
-
-@pytest.fixture(scope="module")
-def disc_png(tmp_path_factory) -> Path:
-    n = 12
-    y, x = np.mgrid[0:n, 0:n]
-    a = (np.hypot(y - 5.5, x - 5.5) < 5).astype(float)
-    img = np.zeros((n, n, 4))
-    img[..., 0] = 0.9 * a
-    img[..., 1] = a * np.linspace(0.2, 0.8, n)[None, :]
-    img[..., 3] = a
-    p = tmp_path_factory.mktemp("target") / "disc.png"
-    Image.fromarray(np.round(img * 255).astype(np.uint8), "RGBA").save(p)
-    return p
 
 
 def _fixed_loss(model, target: np.ndarray, steps: int = 14, seeds=(0, 1, 2)) -> float:
@@ -115,7 +92,7 @@ def test_fine_tuning_lowers_the_fixed_point_loss(disc_png, tmp_path):
             np.testing.assert_array_equal(a, b)
     target = pad_target(load_target(str(disc_png)), 4)
     before, after = _fixed_loss(m0, target), _fixed_loss(m1, target)
-    assert after < 0.8 * before, (before, after)        # measured 0.0016 -> 0.0009 (seed 1)
+    assert after < 0.8 * before, (before, after)        # measured 0.0024 -> 0.0012
 
 
 def test_qat_needs_a_model_to_start_from(capsys, tmp_path):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sim import model as M
 from sim import rng as R
@@ -20,22 +19,6 @@ from sim.reference import Params, run_sync
 from sim.train import TrainConfig, checkpoint_path, main, make_circle_masks, train
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def disc_png(tmp_path_factory) -> Path:
-    """A 12x12 coloured disc: a target small enough to learn in seconds."""
-    n = 12
-    y, x = np.mgrid[0:n, 0:n]
-    a = (np.hypot(y - 5.5, x - 5.5) < 5).astype(float)
-    img = np.zeros((n, n, 4))
-    img[..., 0] = 0.9 * a
-    img[..., 1] = a * np.linspace(0.2, 0.8, n)[None, :]
-    img[..., 2] = 0.3 * a
-    img[..., 3] = a
-    p = tmp_path_factory.mktemp("target") / "disc.png"
-    Image.fromarray(np.round(img * 255).astype(np.uint8), "RGBA").save(p)
-    return p
 
 
 # ------------------------------------------------------------------ gradients

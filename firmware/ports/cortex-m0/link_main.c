@@ -4,58 +4,14 @@
  * erased and programmed through the NVMC, which QEMU emulates. */
 #include <stdint.h>
 #include "nca_link.h"
-
-#define REG(a) (*(volatile uint32_t *)(a))
-#define UART 0x40002000u
-#define UART_STARTRX REG(UART + 0x000)
-#define UART_STARTTX REG(UART + 0x008)
-#define UART_RXDRDY REG(UART + 0x108)
-#define UART_TXDRDY REG(UART + 0x11C)
-#define UART_INTENSET REG(UART + 0x304)
-#define UART_ENABLE REG(UART + 0x500)
-#define UART_PSELTXD REG(UART + 0x50C)
-#define UART_PSELRXD REG(UART + 0x514)
-#define UART_RXD REG(UART + 0x518)
-#define UART_TXD REG(UART + 0x51C)
-#define UART_BAUDRATE REG(UART + 0x524)
-#define NVIC_ISER REG(0xE000E100u)
-#define NVIC_ICPR REG(0xE000E280u)
-#define NVMC 0x4001E000u
-#define NVMC_READY REG(NVMC + 0x400)
-#define NVMC_CONFIG REG(NVMC + 0x504)
-#define NVMC_ERASEPAGE REG(NVMC + 0x508)
+#include "nrf51.h"
 
 #define PAGE 1024u
 #define SLOT_BASE(s) ((s) ? 0x14000u : 0x10000u)
 
-static void uart_init(void)
-{
-    UART_PSELTXD = 24;
-    UART_PSELRXD = 25;
-    UART_BAUDRATE = 0x01D7E000u;   /* 115200 (QEMU ignores it) */
-    UART_ENABLE = 4;
-    UART_STARTTX = 1;
-    UART_STARTRX = 1;
-    UART_INTENSET = 1u << 2;       /* RXDRDY raises IRQ 2: WFI wakes on it */
-    NVIC_ISER = 1u << 2;
-    __asm__ volatile("cpsid i");   /* no handler: the IRQ only ends WFI */
-}
-
-static uint8_t uart_getc(void)
-{
-    while (!UART_RXDRDY)
-        __asm__ volatile("wfi");
-    UART_RXDRDY = 0;               /* clear before reading: QEMU re-raises it while its FIFO holds data */
-    NVIC_ICPR = 1u << 2;
-    return (uint8_t)UART_RXD;
-}
-
 void nca_link_putc(uint8_t c)
 {
-    UART_TXDRDY = 0;
-    UART_TXD = c;
-    while (!UART_TXDRDY) {
-    }
+    nrf51_uart_putc(c);
 }
 
 static void nvmc_wait(void)
@@ -110,9 +66,9 @@ const nca_genome_t *nca_slot_genome(uint8_t slot)
 
 int main(void)
 {
-    uart_init();
+    nrf51_uart_init();
     nca_link_init();
     for (;;)
-        nca_link_rx(uart_getc());
+        nca_link_rx(nrf51_uart_getc());
     return 0;
 }
