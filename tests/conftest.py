@@ -10,6 +10,7 @@ from PIL import Image
 
 from sim.fixture import blob_model
 from sim.reference import Params
+from sim.weights import Model, save
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,22 @@ def disc_png(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("target") / "disc.png"
     Image.fromarray(np.round(img * 255).astype(np.uint8), "RGBA").save(p)
     return p
+
+
+def other_model(m: Model) -> Model:
+    """A second, different model (for flashing over a first one)."""
+    p = {k: np.asarray(v, np.float32).copy() for k, v in m.params.items()}
+    p["w2"] = p["w2"] * np.float32(0.5)
+    p["b2"] = p["b2"] + np.float32(0.01)
+    return Model(p, dict(m.meta))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two different models saved as .npz and quantised: (path a, path b, qa, qb)."""
+    from codegen.backends import quantized
+    d = tmp_path_factory.mktemp("models")
+    a, b = blob_model(), other_model(blob_model())
+    save(d / "a.npz", a)
+    save(d / "b.npz", b)
+    return d / "a.npz", d / "b.npz", quantized(a), quantized(b)

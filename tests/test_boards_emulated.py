@@ -13,32 +13,21 @@ import struct
 import numpy as np
 import pytest
 from test_firmware_host import adversarial_cells, golden_update
-from test_link import other_model
 
 from codegen import board as B
 from codegen import flash as FL
 from codegen import golden as G
 from codegen import link as L
-from codegen.backends import FixedBackend, quantized
+from codegen.backends import FixedBackend
 from sim.fixture import blob_model
 from sim.model import seed_state
 from sim.reference import Params
 from sim.swarm import SimPySwarm
-from sim.weights import save
 
 
 def needs(target: str):
     miss = B.emulator_tools(target)
     return pytest.mark.skipif(bool(miss), reason=f"{target} board needs {', '.join(e for e, _ in miss)}")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    a, b = blob_model(), other_model(blob_model())
-    save(d / "a.npz", a)
-    save(d / "b.npz", b)
-    return d / "a.npz", d / "b.npz", quantized(a), quantized(b)
 
 
 @pytest.fixture(scope="module")

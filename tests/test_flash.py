@@ -10,14 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_link import other_model
 
 from codegen import board as B
 from codegen import flash as FL
 from codegen import link as L
-from codegen.backends import quantized
-from sim.fixture import blob_model
-from sim.weights import save
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
                                 reason="needs gcc and make")
@@ -70,15 +66,6 @@ def server():
     s = HostServer()
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    a, b = blob_model(), other_model(blob_model())
-    save(d / "a.npz", a)
-    save(d / "b.npz", b)
-    return d / "a.npz", d / "b.npz", quantized(a), quantized(b)
 
 
 def test_flash_verify_activate_one_line(server, models, capsys):

@@ -11,6 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import other_model
 from test_firmware_host import adversarial_cells, golden_update
 
 from codegen import board as B
@@ -18,18 +19,9 @@ from codegen import golden as G
 from codegen import link as L
 from codegen.backends import quantized
 from sim.fixture import blob_model
-from sim.weights import Model
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
                                 reason="needs gcc and make")
-
-
-def other_model(m: Model) -> Model:
-    """A second, different model (for flashing over a first one)."""
-    p = {k: np.asarray(v, np.float32).copy() for k, v in m.params.items()}
-    p["w2"] = p["w2"] * np.float32(0.5)
-    p["b2"] = p["b2"] + np.float32(0.01)
-    return Model(p, dict(m.meta))
 
 
 @pytest.fixture(scope="module")
