@@ -506,30 +506,35 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     rotation_log: list[dict[str, Any]] = []
     engine_seconds = 0.0
     t0 = time.perf_counter()
-    for s in checkpoints:
-        te = time.perf_counter()
-        eng.advance(s)
-        engine_seconds += time.perf_counter() - te
-        hit = False
-        for d, m in zip(damage, masks):
-            if d.step == s:
-                eng.damage(m)
-                damage_log.append({"spec": d.describe(), "step": s, "cells": int(m.sum())})
-                hit = True
-        turned = None
-        for r in rotations:          # the last one given for a step wins
-            if r.step == s:
-                eng.set_params(params.rotated(r.deg))
-                rotation_log.append({"spec": r.describe(), "step": s, "deg": float(r.deg)})
-                turned = float(r.deg)
-        x = eng.state
-        if s in hist_set:
-            loss = _finite(loss_vs(x, tgt)) if tgt is not None else None
-            history.append({"step": s, "loss": loss, "alive": alive_cells(x)})
-        if s in frames_at:
-            frames.append(Frame(s, x.copy(), hit, turned))
-        if progress is not None:
-            progress(s)
+    try:
+        for s in checkpoints:
+            te = time.perf_counter()
+            eng.advance(s)
+            engine_seconds += time.perf_counter() - te
+            hit = False
+            for d, m in zip(damage, masks):
+                if d.step == s:
+                    eng.damage(m)
+                    damage_log.append({"spec": d.describe(), "step": s, "cells": int(m.sum())})
+                    hit = True
+            turned = None
+            for r in rotations:          # the last one given for a step wins
+                if r.step == s:
+                    eng.set_params(params.rotated(r.deg))
+                    rotation_log.append({"spec": r.describe(), "step": s, "deg": float(r.deg)})
+                    turned = float(r.deg)
+            x = eng.state
+            if s in hist_set:
+                loss = _finite(loss_vs(x, tgt)) if tgt is not None else None
+                history.append({"step": s, "loss": loss, "alive": alive_cells(x)})
+            if s in frames_at:
+                frames.append(Frame(s, x.copy(), hit, turned))
+            if progress is not None:
+                progress(s)
+    except BaseException:
+        if isinstance(eng, _BoardEngine):   # stop the emulators and close the ports it opened
+            eng.close()
+        raise
     wall = time.perf_counter() - t0
     final = np.array(eng.state, np.float32)
     updates = eng.cell_updates

@@ -460,9 +460,10 @@ def _parser() -> ArgParser:
                     help="regenerating: samples damaged per batch (default: %(default)s)")
     ap.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
     ap.add_argument("--qat", action="store_true",
-                    help="quantisation-aware: train through the firmware's rounding (int8 weights, "
-                         "gradient inputs, hidden units and state; straight-through gradients) so that "
-                         "nca-codegen's fixed-point cell keeps the pattern; usually with --init")
+                    help="quantisation-aware fine-tuning of the --init model: the forward runs the "
+                         "firmware's integer arithmetic (int8 weights, gradient inputs, hidden units and "
+                         "state), the gradients pass its rounding straight through, so that nca-codegen's "
+                         "fixed-point cell keeps the pattern")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.npz")
     ap.add_argument("--checkpoint-every", type=int, default=100,

@@ -40,6 +40,7 @@ import numpy as np
 
 from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
 
+
 class Rounding(Protocol):
     """A fixed-point cell's dense layers (codegen.qat.FakeQuant): from perception rows
     P (n, 49) it sets dx (n, 16) to the exact state change and rewrites P's inputs and
