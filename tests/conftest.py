@@ -78,3 +78,9 @@ def models(tmp_path_factory):
     save(d / "a.npz", a)
     save(d / "b.npz", b)
     return d / "a.npz", d / "b.npz", quantized(a), quantized(b)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """The blob model saved as a weights file (read only)."""
+    return save(tmp_path_factory.mktemp("models") / "blob.npz", blob_model())

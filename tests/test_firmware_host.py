@@ -139,11 +139,6 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
                           text=True, cwd=REPO, env=env, timeout=600, check=False)
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save(tmp_path_factory.mktemp("m") / "blob.npz", blob_model())
-
-
 def test_cli_generates_and_builds_host(model_file, tmp_path):
     out = tmp_path / "fw"
     r = run_cli("--model", model_file, "--target", "host", "--out", out, "--build",

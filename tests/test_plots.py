@@ -20,16 +20,8 @@ from sim.fixture import blob_model
 from sim.model import seed_state
 from sim.plots import draw_statistics
 from sim.swarm import SimPySwarm
-from sim.weights import save
 
 N = 16
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("models") / "blob.npz"
-    save(p, blob_model())
-    return p
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

@@ -20,13 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 N = 24
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("models") / "blob.npz"
-    save(p, blob_model())
-    return p
-
-
 def _run(capsys, *argv) -> tuple[int, str, str]:
     rc = R.main([str(a) for a in argv])
     out, err = capsys.readouterr()

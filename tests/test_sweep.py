@@ -6,7 +6,6 @@ import csv
 import importlib.util
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +16,8 @@ from sim.async_ref import AsyncConfig
 from sim.fixture import blob_model
 from sim.run import simulate
 from sim.targets import load_target
-from sim.weights import save
 
 N, STEPS = 16, 20
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("models") / "blob.npz"
-    save(p, blob_model())
-    return p
 
 
 def _direct(row: dict) -> tuple[float, int]:
