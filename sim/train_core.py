@@ -142,40 +142,8 @@ def _relu(h):
                 h[r, j] = 0.0
 
 
-def _apply_update(x, idx, dx, b2, pre, keep, tmp):
-    """In place: x += dx + b2 on the rows' cells, then keep = pre & post and x *= keep."""
-    B, H, W, C = x.shape
-    for r in nb.prange(idx.shape[0]):
-        q = idx[r]
-        xx = q % W
-        y = (q // W) % H
-        b = q // (W * H)
-        for c in range(C):
-            x[b, y, xx, c] += dx[r, c] + b2[c]
-    for r in nb.prange(B * H):             # post-alive: row pass into tmp ...
-        b = r // H
-        y = r % H
-        for xx in range(W):
-            m = x[b, y, xx, ALPHA] > ALIVE_THRESHOLD
-            if xx > 0 and x[b, y, xx - 1, ALPHA] > ALIVE_THRESHOLD:
-                m = True
-            if xx + 1 < W and x[b, y, xx + 1, ALPHA] > ALIVE_THRESHOLD:
-                m = True
-            tmp[b, y, xx] = m
-    for r in nb.prange(B * H):
-        b = r // H
-        y = r % H
-        for xx in range(W):
-            k = pre[b, y, xx] and (tmp[b, y, xx] or (y > 0 and tmp[b, y - 1, xx])
-                                   or (y + 1 < H and tmp[b, y + 1, xx]))   # ... column pass
-            keep[b, y, xx] = k
-            if not k:
-                for c in range(C):
-                    x[b, y, xx, c] = 0.0
-
-
 def _mask_only(x, keep):
-    """In place: x *= keep (used when the masks are given, e.g. the gradient check)."""
+    """In place: x *= keep (the alive rule applied to the updated state)."""
     B, H, W, C = x.shape
     for r in nb.prange(B * H):
         b = r // H
@@ -274,7 +242,7 @@ def _variant(f, suffix: str, parallel: bool):
 
 # Every kernel compiled twice: waking the worker threads costs more than a small
 # grid's work (the gradient check runs ~10^5 tiny rollouts).
-_KERNELS = (_alive, _index, _gather_perception, _relu, _apply_update, _mask_only, _add_rows,
+_KERNELS = (_alive, _index, _gather_perception, _relu, _mask_only, _add_rows,
             _bwd_mask_gather, _relu_bwd, _stencil_transpose)
 _SERIAL = types.SimpleNamespace(**{f.__name__: _variant(f, "_serial", False) for f in _KERNELS})
 _PARALLEL = types.SimpleNamespace(**{f.__name__: _variant(f, "_parallel", True) for f in _KERNELS})
@@ -407,12 +375,13 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
         else:
             rounding.dense(P, h, dx)
             b2 = zero_b2
-        if masks is None:
-            K._apply_update(x, idx, dx, b2, pre[t], keep[t], tmp)
+        K._add_rows(x, idx, dx, b2)
+        if masks is None:             # keep = pre & post, post read on the updated alphas
+            K._alive(x, keep[t], tmp)
+            np.logical_and(keep[t], pre[t], out=keep[t])
         else:
             keep[t] = masks[1][t]
-            K._add_rows(x, idx, dx, b2)
-            K._mask_only(x, keep[t])
+        K._mask_only(x, keep[t])
         idxs.append(idx)
         offsets.append(o + n)
     return Rollout(x, offsets, idxs, keep, pre, k, ws)
