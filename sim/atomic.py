@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,8 +16,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = True) -> Path:
-    """Call write(f) on a temporary file beside `path`, then rename it over `path`.
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write (by name: for writers such
+    as ffmpeg that take a path), renamed over `path` when the block ends without an
+    error and removed otherwise.
 
     The new file gets the mode a plain open() would give (mkstemp's 0600 is not
     what a user expects of a model or a picture)."""
@@ -25,11 +29,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
         raise IsADirectoryError(f"{p}: not a regular file") if p.is_dir() else OSError(f"{p}: not a regular file")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
@@ -38,4 +40,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
         except OSError:
             pass
         raise
-    return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = True) -> Path:
+    """Call write(f) on a temporary file beside `path` (flushed to disk), then rename it
+    over `path` (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import numba as nb
 import numpy as np
 
 from . import async_ref as A
-from .atomic import _umask, atomic_write
+from .atomic import atomic_path, atomic_write
 from .errors import UserError
 from .render import picture
 
@@ -113,31 +112,17 @@ def save_mp4(path: str | os.PathLike, states: Sequence[np.ndarray], labels: Sequ
     exe = require_ffmpeg()
     frames = movie_frames(states, labels, scale, even=True)
     fh, fw = frames[0].shape[:2]
-    p = Path(path)
-    if p.exists() and not p.is_file():
-        raise OSError(f"{p}: not a regular file")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    cmd = [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{fw}x{fh}", "-framerate", f"{fps:g}",
-           "-i", "pipe:0", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
-           "-movflags", "+faststart", "-f", "mp4", tmp]
-    try:
+    with atomic_path(path) as tmp:
+        cmd = [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{fw}x{fh}", "-framerate", f"{fps:g}",
+               "-i", "pipe:0", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
+               "-movflags", "+faststart", "-f", "mp4", str(tmp)]
         proc = subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames),
                               capture_output=True, timeout=600, check=False)
         if proc.returncode != 0:
             msg = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
             raise UserError(f"--save-mp4 {path}: ffmpeg failed ({msg})")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    return Path(path)
 
 
 # ---------------------------------------------------------------- the draws of a run
