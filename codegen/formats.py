@@ -83,6 +83,8 @@ if SOBEL_X_INT[1, 1] or SOBEL_Y_INT[1, 1]:
     raise AssertionError("Sobel centre tap is not zero")
 GRAD_SUM_SCALE = STATE_SCALE / SOBEL_DIV     # real gradient = G * GRAD_SUM_SCALE (1/256)
 GRAD_SHIFTS = (0, 1, 2, 3, 4)                # candidates; input unit 2^S/256
+HIDDEN_SHIFTS = range(0, 23)                 # K: first-layer sum -> hidden step
+BIAS_SHIFTS = range(0, 8)                    # B: b1 in units of 2^B hidden steps
 ROT_FRAC = 14                                # cos/sin in Q14
 
 
@@ -139,10 +141,10 @@ class ModelFormat:
     def check(self) -> ModelFormat:
         if self.grad_shift not in GRAD_SHIFTS:
             raise ValueError(f"grad_shift {self.grad_shift} not in {GRAD_SHIFTS}")
-        if not 0 <= self.hidden_shift <= 22:
-            raise ValueError(f"hidden_shift {self.hidden_shift} out of 0..22")
-        if not 0 <= self.bias_shift <= 7:
-            raise ValueError(f"bias_shift {self.bias_shift} out of 0..7")
+        if self.hidden_shift not in HIDDEN_SHIFTS:
+            raise ValueError(f"hidden_shift {self.hidden_shift} out of 0..{HIDDEN_SHIFTS[-1]}")
+        if self.bias_shift not in BIAS_SHIFTS:
+            raise ValueError(f"bias_shift {self.bias_shift} out of 0..{BIAS_SHIFTS[-1]}")
         if self.acc_shift not in ACC_SHIFTS:
             raise ValueError(f"acc_shift {self.acc_shift} out of 1..15")
         return self

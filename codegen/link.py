@@ -100,8 +100,9 @@ SLOT_BYTES = SLOT_HEADER_OFFSET + CHUNK                                # 8,576
 SESSION_RESUME = 1
 HELLO_BYTES = 23                 # HELLO reply after the status byte
 # what a board accepts in an image header and genome (ModelFormat.check's ranges; T of out_mt)
-SHIFT_LIMITS = {"GRAD": (min(F.GRAD_SHIFTS), max(F.GRAD_SHIFTS)), "HIDDEN": (0, 22), "BIAS": (0, 7),
-                "ACC": (min(F.ACC_SHIFTS), max(F.ACC_SHIFTS)), "OUT": (F.OUT_SHIFT_MIN, F.OUT_SHIFT_MAX)}
+SHIFT_LIMITS = {name: (min(r), max(r)) for name, r in (
+    ("GRAD", F.GRAD_SHIFTS), ("HIDDEN", F.HIDDEN_SHIFTS), ("BIAS", F.BIAS_SHIFTS), ("ACC", F.ACC_SHIFTS),
+    ("OUT", range(F.OUT_SHIFT_MIN, F.OUT_SHIFT_MAX + 1)))}
 # M in [2^14, 2^15) (formats.multiplier_q15): what keeps acc*M + 2^(T-1) inside int32
 MULT_HIGH_BYTE = ((1 << (F.MULT_FRAC - 1)) >> 8, ((1 << F.MULT_FRAC) - 1) >> 8)
 

@@ -162,7 +162,7 @@ def _choose_grad_shift(G: np.ndarray, row_weight: np.ndarray) -> tuple[int, dict
 
 
 def _bias_shift(b_steps: np.ndarray) -> int | None:
-    for bs in range(8):
+    for bs in F.BIAS_SHIFTS:
         if np.all(np.abs(np.rint(b_steps / 2.0 ** bs)) <= F.BIAS1_MAX):
             return bs
     return None
@@ -343,7 +343,7 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
         z = np.maximum(a + (B1 / s1)[None, :], 0)
         top = float(np.quantile(z.max(axis=1), 0.999)) if len(z) else 1.0
         k0 = max(0, int(np.ceil(np.log2(max(top, 1.0) / F.HIDDEN_MAX))))
-        ks_cands = [hidden_shift] if hidden_shift is not None else [k for k in range(k0 - 2, k0 + 3) if 0 <= k <= 22]
+        ks_cands = [hidden_shift] if hidden_shift is not None else [k for k in range(k0 - 2, k0 + 3) if k in F.HIDDEN_SHIFTS]
         for ks in ks_cands:
             try:
                 q = build_at(model, gs, ks, per_channel, (s1, w1q))
