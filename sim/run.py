@@ -443,8 +443,6 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
         raise RunError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if backend not in backend_names():
         raise RunError(f"unknown cell backend {backend!r}; choose one of {', '.join(backend_names())}")
-    if backend != "float" and engine != "simpy":
-        raise RunError(f"the {backend} cell backend runs on the simpy engine only, not --engine {engine}")
     steps = int(steps)
     if steps < 0:
         raise RunError(f"steps must be >= 0, got {steps}")
