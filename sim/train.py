@@ -17,7 +17,9 @@ reproducible, and a checkpoint (params, Adam moments, pool, iteration, the
 generator's state, loss history) lets --resume continue exactly where it left
 off. The checkpoint lives next to the output (OUT.ckpt.npz), is written
 atomically every --checkpoint-every iterations and on Ctrl-C / SIGTERM, and is
-removed after the model is saved unless --keep-checkpoint is given.
+removed after the model is saved unless --keep-checkpoint is given. A resumed
+run may change the schedule (learning rates, --damage-n): fine-tuning in
+stages, each recorded with the iteration it began at.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,6 +52,7 @@ from .weights import Model, default_meta, load as load_model, save as save_model
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
+SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "damage_n")   # --resume may change these
 
 
 class CheckpointError(UserError):
@@ -109,7 +112,14 @@ class TrainConfig:
         """Settings a checkpoint must share with the run that resumes it."""
         d = asdict(self)
         d.pop("iterations")
+        for k in SCHEDULE_KEYS:
+            d.pop(k)
         return d
+
+    def schedule(self) -> dict[str, Any]:
+        """The settings a resumed run may change (a new stage of the same run)."""
+        d = asdict(self)
+        return {k: d[k] for k in SCHEDULE_KEYS}
 
 
 def make_circle_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
@@ -146,13 +156,14 @@ class TrainState:
     history: list[float]
     seconds: float = 0.0
     skipped: int = 0
+    stages: list[dict[str, Any]] = field(default_factory=list)   # {"from": iteration, schedule...}
 
 
 def save_checkpoint(path: Path, st: TrainState, cfg: TrainConfig, digest: str) -> None:
     """Atomic write. The pool is stored sparsely (only cells with a nonzero channel:
     dead cells are exactly zero), which is exact and ~3x smaller than the dense pool."""
-    meta = {"version": CKPT_VERSION, "config": cfg.resume_keys(), "target_digest": digest,
-            "iteration": st.iteration, "adam_t": st.adam.t, "history": st.history,
+    meta = {"version": CKPT_VERSION, "config": cfg.resume_keys(), "stages": st.stages,
+            "target_digest": digest, "iteration": st.iteration, "adam_t": st.adam.t, "history": st.history,
             "rng": st.rng.bit_generator.state, "seconds": st.seconds, "skipped": st.skipped}
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
     for k in M.PARAM_SHAPES:
@@ -217,9 +228,12 @@ def load_checkpoint(path: Path, cfg: TrainConfig, digest: str) -> TrainState:
         raise CheckpointError(f"{path}: was written for a different target picture")
     if len(history) != iteration:
         raise CheckpointError(f"{path}: loss history has {len(history)} entries for iteration {iteration}")
+    stages = list(meta.get("stages") or [{"from": 0, **{k: saved_cfg.get(k) for k in SCHEDULE_KEYS}}])
+    if any(stages[-1].get(k) != v for k, v in cfg.schedule().items()):
+        stages.append({"from": iteration, **cfg.schedule()})
     if cfg.kind != "growing" and (pool is None or pool.shape[0] != cfg.pool):
         raise CheckpointError(f"{path}: pool missing or of the wrong size")
-    return TrainState(params, adam, pool, iteration, gen, history, seconds, skipped)
+    return TrainState(params, adam, pool, iteration, gen, history, seconds, skipped, stages)
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -317,6 +331,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
     if cfg.qat and init is not None:
         from codegen.qat import FakeQuant   # the firmware's formats live in codegen
         fq = FakeQuant.for_model(init)
+        seed = fq.on_grid(seed)
     if resume:
         st = load_checkpoint(ckpt, cfg, digest)
         print(f"resuming {ckpt} at iteration {st.iteration}", file=stream, flush=True)
@@ -326,7 +341,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         if init is not None:
             params = {k: init.params[k].astype(np.float32, copy=True) for k in M.PARAM_SHAPES}
         pool = np.repeat(seed[None], cfg.pool, 0) if cfg.kind != "growing" else None
-        st = TrainState(params, core.Adam(params), pool, 0, gen, [])
+        st = TrainState(params, core.Adam(params), pool, 0, gen, [], stages=[{"from": 0, **cfg.schedule()}])
     ws = core.Workspace()
     prog = Progress(cfg.iterations, stream)
     last_batch = np.repeat(seed[None], cfg.batch, 0)
@@ -392,6 +407,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         settings["init"] = {"model": Path(cfg.init).name, "iterations": int(init.meta.get("iterations", 0))}
     if fq is not None:
         settings["qat"] = fq.meta()
+    if len(st.stages) > 1:   # resumed with another schedule: what ran when
+        settings["stages"] = st.stages
     meta = default_meta(
         kind=cfg.kind, target=cfg.target, iterations=len(before) + st.iteration,
         loss_history=before + [float(v) for v in h],
@@ -465,7 +482,9 @@ def _parser() -> ArgParser:
                          "state), the gradients pass its rounding straight through, so that nca-codegen's "
                          "fixed-point cell keeps the pattern")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.npz")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings and "
+                         "--damage-n may differ (a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
     ap.add_argument("--keep-checkpoint", action="store_true",

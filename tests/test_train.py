@@ -160,6 +160,24 @@ def test_resume_after_interrupt_equals_uninterrupted_run(disc_png, tmp_path):
         np.testing.assert_array_equal(resumed.params[k], whole.params[k])
 
 
+def test_resume_with_a_new_schedule_is_a_recorded_stage(disc_png, tmp_path):
+    """--resume may lower the learning rate or change --damage-n (fine-tuning in stages):
+    the steps after the change use it, and the model records when each stage began."""
+    out = tmp_path / "s.npz"
+    train(_small(disc_png, 6), out, keep_checkpoint=True, stream=io.StringIO())
+    cfg = _small(disc_png, 10)
+    cfg.lr_after = cfg.lr = 1e-5
+    cfg.damage_n = 1
+    staged = train(cfg, out, resume=True, stream=io.StringIO())
+    whole = train(_small(disc_png, 10), tmp_path / "w.npz", stream=io.StringIO())
+    assert staged.meta["loss_history"][:6] == whole.meta["loss_history"][:6]
+    assert not np.array_equal(staged.params["w2"], whole.params["w2"])
+    stages = staged.meta["training"]["stages"]
+    assert [s["from"] for s in stages] == [0, 6]
+    assert stages[1]["lr"] == 1e-5 and stages[1]["damage_n"] == 1 and stages[0]["damage_n"] == 3
+    assert "stages" not in whole.meta["training"]
+
+
 def test_cli_resume_extends_a_finished_run(disc_png, tmp_path):
     out = tmp_path / "c.npz"
     args = ["--target", str(disc_png), "--kind", "persistent", "--pad", "4", "--pool", "16",
