@@ -4,9 +4,10 @@
 - "firmware": the generated C itself, compiled for the host and loaded with
               ctypes (firmware/ports/host/nca_host.c), one call per wake-up.
 
-Both take the swarm's float32 arrays as they are: every state they write is a
-Q2.5 value (q/32, exact in float32), and a value that is not (the float seed is
-1.0, which is) is rounded to the nearest state step on the way in. Importing
+Both take the swarm's float32 arrays as they are: every state they write is on
+the state grid (q/128 for RGBA, q/32 for the hidden channels: exact in float32),
+and a value that is not (the float seed's 1.0 on RGBA) is rounded to the nearest
+state step, saturating, on the way in. Importing
 this module registers both names with sim.backends.register_backend.
 """
 from __future__ import annotations

@@ -628,7 +628,7 @@ class BoardCells(CellBackend):
     state and its 8 neighbours' states (what the cell knows) with the fire decision
     and the rotation, in one CELL request, and takes the new state from the reply;
     every other cell runs on `base` (the fixed-point golden model by default).
-    States cross the link as int8 Q2.5 exactly as the "fixed" backend reads and
+    States cross the link as int8 in the state formats exactly as the "fixed" backend reads and
     writes the swarm's float32 arrays, so the run equals an all-"fixed" one bit
     for bit."""
 

@@ -7,14 +7,23 @@ emitter (codegen/emit.py: the generated nca_model.h takes its constants from
 (firmware/core/nca_cell.c) implements exactly this arithmetic.
 
 Why these formats (measured, see README "Fixed point" and nca_reference.md 4.2):
-- State: int8 Q2.5 (value q/32, range -4 .. 3.97). The paper's lizard survives
-  a linear int8 state with step 1/32 and range +-4; int16 would double the
-  128-byte neighbour buffer and break the 256-byte RAM budget. A message between
-  cells is the 16 state bytes.
+- State: int8 in two formats, Q0.7 for RGBA (value q/128, range -1 .. 0.992)
+  and Q2.5 for the 12 hidden channels (q/32, -4 .. 3.97). The paper's lizard
+  survives a linear int8 state with step 1/32 and range +-4, and the hidden
+  channels need that range; RGBA lives in [0, 1] (premultiplied; no target
+  exceeds 1) and is what the loss sees, so it gets the finer step: post-training
+  quantisation of the regenerating lizard, loss at step 1,000 (sync, 3 seeds):
+  9.3e-3 with Q2.5 everywhere, 5.8e-3 with RGBA at Q1.6, 4.0e-3 at Q0.7. int16
+  would double the 128-byte neighbour buffer and break the 256-byte RAM budget.
+  A message between cells is the 16 state bytes. The channel scales are folded
+  into the first-layer weights and the output multipliers, so the core's
+  arithmetic is the same for every channel; only the alive threshold and the LED
+  colour read RGBA's format.
 - Perception: the Sobel kernels are the integer taps (1, 2, 1) with the /8 folded
-  into the scale, so a gradient is an exact int16 sum G (|G| <= 1,024;
-  real value G/256); it is rounded right by a per-model GRAD_SHIFT (chosen by
-  the quantiser for the least rounding + clipping error) and saturated to int8,
+  into the scale, so a gradient is an exact int16 sum G (|G| <= 1,024; real
+  value G/8 state steps of its channel); it is rounded right by a per-model
+  GRAD_SHIFT (chosen by the quantiser for the least rounding + clipping error;
+  RGBA's sums stay below 4 * 127 for values in [0, 1]) and saturated to int8,
   so that every first-layer product is int8 x int8 (one MULS on AVR).
 - Rotation: cos and sin in Q14, applied to the exact sums: G' = (c Gx - s Gy + 2^13) >> 14.
 - Weights: int8 in [-127, 127] with a per-output-channel scale. The scale of
@@ -35,7 +44,7 @@ Why these formats (measured, see README "Fixed point" and nca_reference.md 4.2):
   T = 15 - shift. acc*M < 2^30 fits int32 on every target. M keeps 10
   significant bits (relative error < 0.05%) so that T fits in its 5 low bits:
   16 bytes of ROM that the Cortex-M0 budget needed.
-- Alive threshold: alpha > 0.1 is q > ALIVE_Q = 3 (q/32 > 0.1 <=> q >= 4).
+- Alive threshold: alpha > 0.1 is q > ALIVE_Q = 12 (q/128 > 0.1 <=> q >= 13).
 Rounding elsewhere is "add half, shift right" (round half up); right shifts of
 negative numbers are arithmetic (numpy and GCC on every target).
 """
@@ -57,17 +66,23 @@ from sim.model import (
     SOBEL_Y,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # ---------------------------------------------------------------- state
 STATE_BITS = 8
-STATE_FRAC = 5                       # Q2.5
-STATE_SCALE = 1.0 / (1 << STATE_FRAC)
+RGBA = 4                             # channels 0..3: the picture (ALPHA among them)
+RGBA_FRAC = 7                        # Q0.7
+HIDDEN_FRAC = 5                      # Q2.5
+STATE_FRACS = np.array([RGBA_FRAC] * RGBA + [HIDDEN_FRAC] * (CHANNELS - RGBA), np.int64)
+STATE_SCALES = 2.0 ** -STATE_FRACS   # real value of one step, per channel (float64)
 STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
-ALIVE_Q = math.floor(ALIVE_THRESHOLD * (1 << STATE_FRAC) + 1e-9)   # alive iff q > ALIVE_Q
-if not (ALIVE_Q * STATE_SCALE <= ALIVE_THRESHOLD < (ALIVE_Q + 1) * STATE_SCALE):
+if not ALPHA < RGBA:
+    raise AssertionError("alpha is not an RGBA channel")
+_ALPHA_STEP = 2.0 ** -RGBA_FRAC
+ALIVE_Q = math.floor(ALIVE_THRESHOLD * (1 << RGBA_FRAC) + 1e-9)   # alive iff q > ALIVE_Q
+if not (ALIVE_Q * _ALPHA_STEP <= ALIVE_THRESHOLD < (ALIVE_Q + 1) * _ALPHA_STEP):
     raise AssertionError("alive threshold does not fall between two state steps")
-if ALIVE_Q + 1 == ALIVE_THRESHOLD * (1 << STATE_FRAC):
+if ALIVE_Q + 1 == ALIVE_THRESHOLD * (1 << RGBA_FRAC):
     raise AssertionError("alive threshold is a state step: '>' would differ from the float rule")
 
 # ---------------------------------------------------------------- perception
@@ -81,8 +96,8 @@ SOBEL_X_SLOTS = np.array([SOBEL_X_INT[dy + 1, dx + 1] for dy, dx in NEIGHBOUR_OF
 SOBEL_Y_SLOTS = np.array([SOBEL_Y_INT[dy + 1, dx + 1] for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
 if SOBEL_X_INT[1, 1] or SOBEL_Y_INT[1, 1]:
     raise AssertionError("Sobel centre tap is not zero")
-GRAD_SUM_SCALE = STATE_SCALE / SOBEL_DIV     # real gradient = G * GRAD_SUM_SCALE (1/256)
-GRAD_SHIFTS = (0, 1, 2, 3, 4)                # candidates; input unit 2^S/256
+GRAD_SUM_SCALES = STATE_SCALES / SOBEL_DIV   # real gradient of channel c = G * GRAD_SUM_SCALES[c]
+GRAD_SHIFTS = (0, 1, 2, 3, 4)                # candidates; input unit 2^S * GRAD_SUM_SCALES[c]
 HIDDEN_SHIFTS = range(0, 23)                 # K: first-layer sum -> hidden step
 BIAS_SHIFTS = range(0, 8)                    # B: b1 in units of 2^B hidden steps
 ROT_FRAC = 14                                # cos/sin in Q14
@@ -151,15 +166,16 @@ class ModelFormat:
 
 
 def quantize_state(x: np.ndarray) -> np.ndarray:
-    """Float states -> int8 Q2.5 (round half to even, saturate): how a float
-    state enters the fixed-point world; exact for states the firmware produced."""
-    q = np.rint(np.asarray(x, np.float64) * (1 << STATE_FRAC))
+    """Float states (..., 16) -> int8 in each channel's format (round half to even,
+    saturate): how a float state enters the fixed-point world; exact for states
+    the firmware produced."""
+    q = np.rint(np.asarray(x, np.float64) * 2.0 ** STATE_FRACS)
     return np.clip(q, STATE_MIN, STATE_MAX).astype(np.int8)
 
 
 def dequantize_state(q: np.ndarray) -> np.ndarray:
-    """int8 Q2.5 -> float32 (exact)."""
-    return (np.asarray(q, np.float32) * np.float32(STATE_SCALE)).astype(np.float32)
+    """int8 states (..., 16) -> float32 (exact)."""
+    return (np.asarray(q, np.float64) * STATE_SCALES).astype(np.float32)
 
 
 def multiplier_q15(real: float) -> tuple[int, int]:
@@ -182,7 +198,9 @@ def header_constants(fmt: ModelFormat) -> dict[str, int]:
     """The #defines of the generated nca_model.h (format constants + the model's)."""
     return {
         "NCA_FORMAT_VERSION": FORMAT_VERSION,
-        "NCA_STATE_FRAC": STATE_FRAC,
+        "NCA_RGBA_FRAC": RGBA_FRAC,
+        "NCA_HIDDEN_FRAC": HIDDEN_FRAC,
+        "NCA_RGBA_CHANNELS": RGBA,
         "NCA_ALIVE_Q": ALIVE_Q,
         "NCA_ALPHA_CHANNEL": ALPHA,
         "NCA_HIDDEN": HIDDEN,
@@ -201,6 +219,9 @@ def header_constants(fmt: ModelFormat) -> dict[str, int]:
 
 def describe() -> str:
     """One paragraph for --report and the README."""
-    return (f"state int8 Q{STATE_BITS - STATE_FRAC - 1}.{STATE_FRAC} (step 1/{1 << STATE_FRAC}, "
-            f"range +-{(1 << (STATE_BITS - 1 - STATE_FRAC))}), alive q > {ALIVE_Q}; weights int8 per-channel; "
+    def q(frac: int) -> str:
+        return f"Q{STATE_BITS - frac - 1}.{frac}"
+    return (f"state int8, RGBA {q(RGBA_FRAC)} (step 1/{1 << RGBA_FRAC}), hidden {q(HIDDEN_FRAC)} "
+            f"(step 1/{1 << HIDDEN_FRAC}, range +-{1 << (STATE_BITS - 1 - HIDDEN_FRAC)}), alive q > {ALIVE_Q}; "
+            f"weights int8 per-channel; "
             f"hidden uint8 by shift; int16 output accumulators; Q15 multiplier+shift output requantisation")

@@ -29,8 +29,8 @@ _GROUP = F.GROUP
 _HMAX = F.HIDDEN_MAX
 _ROT_HALF = 1 << (F.ROT_FRAC - 1)
 _ROT_FRAC = F.ROT_FRAC
-_Q_ONE = float(1 << F.STATE_FRAC)
-_Q_STEP = np.float32(F.STATE_SCALE)
+_Q_ONE = (2.0 ** F.STATE_FRACS).astype(np.float64)        # steps per unit, per channel
+_Q_STEP = F.STATE_SCALES.astype(np.float32)                # exact powers of two
 DORMANT, ZEROED, UPDATED = 0, 1, 2
 NO_ROTATION = np.zeros(3, np.int64)
 
@@ -207,24 +207,24 @@ def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
 @nb.njit(cache=True)
 def _gather(c, state, inbox, x, nbs):
     for ch in range(CHANNELS):
-        v = np.rint(np.float64(state[c, ch]) * _Q_ONE)
+        v = np.rint(np.float64(state[c, ch]) * _Q_ONE[ch])
         x[ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
         for s in range(8):
-            v = np.rint(np.float64(inbox[c, s, ch]) * _Q_ONE)
+            v = np.rint(np.float64(inbox[c, s, ch]) * _Q_ONE[ch])
             nbs[s, ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
 
 
 @nb.njit(cache=True)
 def wakeup_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot):
     """update() of cell c of a swarm's float32 arrays (state (N, 16), inbox (N, 8, 16)),
-    whose values are Q2.5 states (formats.quantize_state rounds any other)."""
+    whose values are on the state grid (formats.quantize_state rounds any other)."""
     x = np.empty(CHANNELS, np.int8)
     nbs = np.empty((8, CHANNELS), np.int8)
     _gather(c, state, inbox, x, nbs)
     r = update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot)
     if r != DORMANT:
         for ch in range(CHANNELS):
-            state[c, ch] = np.float32(x[ch]) * _Q_STEP
+            state[c, ch] = np.float32(x[ch]) * _Q_STEP[ch]
     return r
 
 
@@ -237,11 +237,12 @@ def tentative_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, out):
     _gather(c, state, inbox, x, nbs)
     tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, y)
     for ch in range(CHANNELS):
-        out[c, ch] = np.float32(y[ch]) * _Q_STEP
+        out[c, ch] = np.float32(y[ch]) * _Q_STEP[ch]
 
 
 def rgb(state: np.ndarray) -> np.ndarray:
-    """LED colour of int8 states (..., 16) -> uint8 (..., 3): clamp(q, 0, 32) * 255 / 32,
-    rounded half up (firmware nca_cell_rgb)."""
-    q = np.clip(np.asarray(state, np.int64)[..., :3], 0, 1 << F.STATE_FRAC)
-    return ((q * 255 + (1 << (F.STATE_FRAC - 1))) >> F.STATE_FRAC).astype(np.uint8)
+    """LED colour of int8 states (..., 16) -> uint8 (..., 3): clamp(q, 0, 2^f) * 255 / 2^f,
+    f = RGBA_FRAC, rounded half up (firmware nca_cell_rgb; 0.992, RGBA's largest value,
+    gives 253)."""
+    q = np.clip(np.asarray(state, np.int64)[..., :3], 0, 1 << F.RGBA_FRAC)
+    return ((q * 255 + (1 << (F.RGBA_FRAC - 1))) >> F.RGBA_FRAC).astype(np.uint8)

@@ -40,6 +40,8 @@ class FakeQuant:
     grad_shift: int
     hidden_shift: int
     q: QModel | None = field(default=None, repr=False)
+    _x_steps = (2.0 ** F.STATE_FRACS).astype(np.float32)                     # exact powers of two
+    _g_steps = np.tile(1.0 / F.GRAD_SUM_SCALES, 2).astype(np.float32)
 
     @classmethod
     def for_model(cls, model: Model) -> FakeQuant:
@@ -50,6 +52,11 @@ class FakeQuant:
         q = quantize(model)
         return cls(q.fmt.grad_shift, q.fmt.hidden_shift)
 
+    def on_grid(self, x: np.ndarray) -> np.ndarray:
+        """States (..., 16) rounded onto the firmware's state grid (the seed's 1.0 is not
+        on RGBA's): the trainer starts from these, so its states stay on the grid."""
+        return F.dequantize_state(F.quantize_state(x)).astype(x.dtype)
+
     def meta(self) -> dict[str, Any]:
         return {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift}
 
@@ -59,8 +66,7 @@ class FakeQuant:
         self.q = build_at(Model({k: params[k] for k in ("w1", "b1", "w2", "b2")}),
                           self.grad_shift, self.hidden_shift)
         q = self.q
-        self._units = np.full(PERCEPTION, F.STATE_SCALE)
-        self._units[CHANNELS:] = F.GRAD_SUM_SCALE * 2.0 ** self.grad_shift
+        self._units = q.input_units()
         self._unit_h = q.s1 * 2.0 ** self.hidden_shift
         self._w1 = q.w1.astype(np.float32)
         self._b1 = (q.b1.astype(np.float32) * np.float32(2 ** q.fmt.bias_shift))[None, :]
@@ -79,8 +85,8 @@ class FakeQuant:
         if self.q is None:
             raise RuntimeError("FakeQuant.dense before FakeQuant.weights")
         n = P.shape[0]
-        x = np.rint(P[:, :CHANNELS] * np.float32(1 << F.STATE_FRAC))             # int8 state
-        g = P[:, CHANNELS:PERCEPTION] * np.float32(1.0 / F.GRAD_SUM_SCALE)       # exact sums G
+        x = np.rint(P[:, :CHANNELS] * self._x_steps)                             # int8 state
+        g = P[:, CHANNELS:PERCEPTION] * self._g_steps                            # exact sums G
         g = np.clip(np.floor((g + np.float32((1 << self.grad_shift) >> 1))
                              * np.float32(2.0 ** -self.grad_shift)), F.STATE_MIN, F.STATE_MAX)
         pin = np.concatenate([x, g], axis=1).astype(np.float32)                  # (n, 48) ints
@@ -93,7 +99,7 @@ class FakeQuant:
         d = (acc * self._mult + (np.int64(1) << (self._tsh - 1))) >> self._tsh
         xi = x.astype(np.int64)
         new = np.clip(xi + d, F.STATE_MIN, F.STATE_MAX)
-        dx[:] = ((new - xi) * F.STATE_SCALE).astype(dx.dtype)
+        dx[:] = ((new - xi) * F.STATE_SCALES[None, :]).astype(dx.dtype)
         P[:, :PERCEPTION] = (pin * self._units[None, :]).astype(P.dtype)
         h[:] = (hq * self._unit_h[None, :]).astype(h.dtype)
 

@@ -105,8 +105,8 @@ class QModel:
 def _input_units(grad_shift: int) -> np.ndarray:
     """Real value of one integer step of each perception input."""
     u = np.empty(PERCEPTION, np.float64)
-    u[:CHANNELS] = F.STATE_SCALE
-    u[CHANNELS:] = F.GRAD_SUM_SCALE * 2.0 ** grad_shift
+    u[:CHANNELS] = F.STATE_SCALES
+    u[CHANNELS:] = np.tile(F.GRAD_SUM_SCALES, 2) * 2.0 ** grad_shift
     return u
 
 
@@ -171,13 +171,13 @@ def _bias_shift(b_steps: np.ndarray) -> int | None:
 def _float_new_states(model: Model, nbhd_q: np.ndarray) -> np.ndarray:
     """x + dx in state steps (float, saturated like the state) of the float model on
     the exact values of int8 neighbourhoods (n, 3, 3, 16): what the firmware should give."""
-    x = nbhd_q.astype(np.float64) * F.STATE_SCALE
+    x = nbhd_q.astype(np.float64) * F.STATE_SCALES
     gx = np.einsum("ab,nabc->nc", F.SOBEL_X_INT / F.SOBEL_DIV, x)
     gy = np.einsum("ab,nabc->nc", F.SOBEL_Y_INT / F.SOBEL_DIV, x)
     p = np.concatenate([x[:, 1, 1, :], gx, gy], axis=1)
     h = np.maximum(p @ model.w1.astype(np.float64) + model.b1, 0.0)
     dx = h @ model.w2.astype(np.float64) + model.b2
-    return np.clip((x[:, 1, 1, :] + dx) / F.STATE_SCALE, F.STATE_MIN, F.STATE_MAX)
+    return np.clip((x[:, 1, 1, :] + dx) / F.STATE_SCALES, F.STATE_MIN, F.STATE_MAX)
 
 
 def _fixed_new_states(q: QModel, nbhd_q: np.ndarray) -> np.ndarray:
@@ -213,7 +213,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
             if amax2[m] > 0:
                 s2[m] = amax2[m] / F.WEIGHT_MAX
             else:   # a dead output: pick a unit that represents its bias well
-                s2[m] = max(abs(B2[m]) * 2 / F.ACC_MAX, F.STATE_SCALE / 256) / 2.0 ** rs
+                s2[m] = max(abs(B2[m]) * 2 / F.ACC_MAX, F.STATE_SCALES[m] / 256) / 2.0 ** rs
             w2q[:, m] = np.clip(np.rint(V2[:, m] / s2[m]), -F.WEIGHT_MAX, F.WEIGHT_MAX)
             # acc += t >> R floors; on average that drops (1 - 2^-R)/2 per group: put it back in b2
             b2q[m] = int(np.rint(B2[m] / (s2[m] * 2.0 ** rs) + F.GROUPS * (1 - 2.0 ** -rs) / 2))
@@ -230,7 +230,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
                             f"(1..15): {reason}; the output bias b2 is too large for the weights")
     rs = rs_chosen
     for m in range(CHANNELS):
-        real = s2[m] * 2.0 ** rs / F.STATE_SCALE                      # one acc step in state steps
+        real = s2[m] * 2.0 ** rs / F.STATE_SCALES[m]                  # one acc step in state steps
         mm, t = F.multiplier_q15(real)
         if not F.OUT_SHIFT_MIN <= t <= F.OUT_SHIFT_MAX:
             raise QuantizeError(f"output {m}: requantisation scale {real:.3g} state steps per accumulator "

@@ -48,6 +48,9 @@ class Rounding(Protocol):
 
     def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None: ...
 
+    def on_grid(self, x: np.ndarray) -> np.ndarray:
+        """States rounded onto the fixed-point grid (where rollouts must start)."""
+
 
 ROW = PERCEPTION + 1            # perception row plus the ones column (bias of layer 1)
 

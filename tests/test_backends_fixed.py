@@ -128,9 +128,9 @@ def _loss(state, target):
 def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     """The firmware's arithmetic on the async SimPy swarm (40x40, seeds 0-4, step 1,000),
     against the float engine running the float regenerating lizard. Post-training
-    quantisation of that model drifts (measured 1.0e-2 vs 1.9e-4); the shipped
-    quantisation-aware fine-tuning brings it to 6.3e-4 (3.4x the float loss). Asserted:
-    the fine-tuned model within 5x of float and at least 5x better than post-training
+    quantisation of that model drifts (measured 6.9e-3 vs 1.9e-4); the shipped
+    quantisation-aware fine-tuning brings it to 5.2e-4 (2.8x the float loss). Asserted:
+    the fine-tuned model within 3.5x of float and at least 8x better than post-training
     quantisation; and the fixed-point lizard regrows after a circle cut."""
     from sim.targets import fit_target, load_target
     from sim.weights import load
@@ -148,8 +148,8 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     lf = mean_loss("float", float_model)
     lptq = mean_loss("fixed", float_model, seeds=range(2))
     lqat = mean_loss("fixed", qat_model)
-    assert lqat <= 5.0 * lf, (lf, lqat)
-    assert lqat * 5.0 <= lptq, (lptq, lqat)
+    assert lqat <= 3.5 * lf, (lf, lqat)
+    assert lqat * 8.0 <= lptq, (lptq, lqat)
 
     def cut_and_regrow(backend: str, model) -> tuple[float, float, float, int, int]:
         sw = SimPySwarm(seed_state(40, 40), make_backend(backend, model), seed=0)
@@ -165,8 +165,8 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     assert cut > before * 2 + 1e-3                      # the cut hurt (a third of the body)
     assert after < cut / 3, (before, cut, after)        # most of it grew back
     assert abs(alive1 - alive0) <= 0.1 * alive0, (alive0, alive1)
-    # as well as the float engine heals the float model from the same cut (measured: 0.0085
-    # vs 0.0135 at step 1,600; both pictures whole, the belly stripe's colours differ)
+    # as well as the float engine heals the float model from the same cut (measured: 0.0080
+    # vs 0.0140 at step 1,600; both pictures whole, the belly stripe's colours differ)
     assert after <= 1.5 * after_float, (after, after_float)
 
 

@@ -91,10 +91,10 @@ def test_wakeup_alive_rules(q):
     x[5] = 7                                     # a dead cell with leftovers: zeroed
     assert G.update(x, nbs, *a, G.NO_ROTATION) == G.ZEROED and not x.any()
     x = zero.copy()
-    x[ALPHA] = F.ALIVE_Q                         # alpha 3/32 < 0.1: not alive
+    x[ALPHA] = F.ALIVE_Q                         # alpha 12/128 < 0.1: not alive
     assert G.update(x, nbs, *a, G.NO_ROTATION) == G.ZEROED
     x = zero.copy()
-    x[ALPHA] = F.ALIVE_Q + 1                     # 4/32 > 0.1: alive, the network runs
+    x[ALPHA] = F.ALIVE_Q + 1                     # 13/128 > 0.1: alive, the network runs
     assert G.update(x, nbs, *a, G.NO_ROTATION) == G.UPDATED
     x = zero.copy()
     nb = nbs.copy()
@@ -107,10 +107,11 @@ def test_wakeup_alive_rules(q):
 
 def test_rgb(q):
     s = np.zeros((5, 16), np.int8)
-    s[:, 0] = [-5, 0, 16, 32, 127]
+    assert F.RGBA_FRAC == 7                       # Q0.7: 1.0 is not representable, 127/128 is the top
+    s[:, 0] = [-5, 0, 64, 127, 100]
     s[:, 1] = [1, 31, 33, 8, 4]
-    np.testing.assert_array_equal(G.rgb(s)[:, 0], [0, 0, 128, 255, 255])
-    np.testing.assert_array_equal(G.rgb(s)[:, 1], [8, 247, 255, 64, 32])
+    np.testing.assert_array_equal(G.rgb(s)[:, 0], [0, 0, 128, 253, 199])
+    np.testing.assert_array_equal(G.rgb(s)[:, 1], [2, 62, 66, 16, 8])
 
 
 def test_sync_step_is_the_reference_rules_on_int8(q):

@@ -26,7 +26,7 @@ def test_integer_forward_equals_the_golden_sync_step(blob):
     pq = fq.weights(blob.params)
     q = build_at(blob, fq.grad_shift, fq.hidden_shift)
     kxy = gradient_kernels(0.0)
-    x = seed_state(24, 24)[None]
+    x = fq.on_grid(seed_state(24, 24))[None]         # the seed's 1.0 is not on RGBA's grid
     xi = F.quantize_state(x[0])
     fire = np.ones((1, 1, 24, 24), bool)
     for k in range(60):
@@ -44,8 +44,9 @@ def test_backward_uses_the_dequantised_values(blob):
     ro = forward(seed_state(16, 16)[None], fq.weights(blob.params), 8, np.ones((8, 1, 16, 16), bool),
                  gradient_kernels(0.0), rounding=fq)
     P, h = ro.ws.P[:ro.rows], ro.ws.h[:ro.rows]
-    gunit = F.GRAD_SUM_SCALE * 2.0 ** fq.grad_shift
-    np.testing.assert_array_equal(np.rint(P[:, :16] * 32) / 32, P[:, :16])
+    gunit = np.tile(F.GRAD_SUM_SCALES, 2) * 2.0 ** fq.grad_shift
+    steps = 2.0 ** F.STATE_FRACS
+    np.testing.assert_array_equal(np.rint(P[:, :16] * steps) / steps, P[:, :16])
     np.testing.assert_allclose(np.rint(P[:, 16:48] / gunit) * gunit, P[:, 16:48], rtol=0, atol=1e-7)
     unit_h = fq.q.s1 * 2.0 ** fq.hidden_shift
     steps = h / unit_h[None, :]

@@ -14,6 +14,7 @@ from codegen.quantize import QuantizeError, quantize
 from sim.fixture import blob_model
 from sim.model import (
     ALIVE_THRESHOLD,
+    ALPHA,
     CHANNELS,
     HIDDEN,
     PERCEPTION,
@@ -30,7 +31,7 @@ def qblob():
 
 def test_alive_threshold_in_state_steps_is_the_float_rule():
     for q in range(F.STATE_MIN, F.STATE_MAX + 1):
-        assert (q > F.ALIVE_Q) == (np.float32(q * F.STATE_SCALE) > ALIVE_THRESHOLD)
+        assert (q > F.ALIVE_Q) == (np.float32(q * F.STATE_SCALES[ALPHA]) > ALIVE_THRESHOLD)
 
 
 def test_sobel_taps_are_the_models_kernels_times_eight():
@@ -55,11 +56,18 @@ def test_multiplier_q15_tflite_convention(real):
     assert m / 2.0 ** t == pytest.approx(real, rel=2 ** -10)
 
 
-def test_quantize_state_rounds_and_saturates():
+def test_quantize_state_rounds_and_saturates_per_channel():
     x = np.array([0.0, 1 / 32, 0.5 / 32, 1.5 / 32, -4.0, -5.0, 3.97, 100.0, -0.049])
-    assert list(F.quantize_state(x)) == [0, 1, 0, 2, -128, -128, 127, 127, -2]
-    q = np.arange(-128, 128, dtype=np.int8)
+    hidden = np.zeros((len(x), 16))
+    hidden[:, 4] = x                                              # a hidden channel: Q2.5
+    assert list(F.quantize_state(hidden)[:, 4]) == [0, 1, 0, 2, -128, -128, 127, 127, -2]
+    rgba = np.zeros((len(x), 16))
+    rgba[:, 0] = x / 4                                            # an RGBA channel: Q0.7
+    assert list(F.quantize_state(rgba)[:, 0]) == [0, 1, 0, 2, -128, -128, 127, 127, -2]
+    assert F.quantize_state(np.ones(16))[:4].tolist() == [127] * 4    # the seed's 1.0 saturates
+    q = np.repeat(np.arange(-128, 128, dtype=np.int8)[:, None], 16, axis=1)
     np.testing.assert_array_equal(F.quantize_state(F.dequantize_state(q)), q)
+    np.testing.assert_array_equal(F.dequantize_state(q)[1, :5], [-127 / 128] * 4 + [-127 / 32])
 
 
 def test_quantised_model_shapes_ranges_and_genome(qblob):

@@ -4,7 +4,8 @@
  * from each of its 8 neighbours (slot order NW N NE W E SW S SE, as
  * sim.model.NEIGHBOUR_OFFSETS) and the scratch the update needs, so that the
  * whole RAM of a cell is sizeof(nca_cell_t) plus the stack of one call.
- * A state channel is int8 Q2.5 (value = q / 32, range -4 .. 3.97).
+ * A state channel is int8: RGBA Q0.7 (value = q / 128, range -1 .. 0.992), the
+ * 12 hidden channels Q2.5 (q / 32, range -4 .. 3.97).
  *
  * Portable C99: no malloc, no floats, explicit int32_t (AVR's int is 16 bits).
  * The arithmetic is specified in codegen/formats.py and reproduced bit for bit

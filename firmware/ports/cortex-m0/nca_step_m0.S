@@ -172,14 +172,14 @@ nca_cell_rgb:
     ldrsb r3, [r0, r2]
     asrs r4, r3, #31
     bics r3, r4
-    cmp r3, #(1 << NCA_STATE_FRAC)
+    cmp r3, #(1 << NCA_RGBA_FRAC)
     bls 2f
-    movs r3, #(1 << NCA_STATE_FRAC)
+    movs r3, #(1 << NCA_RGBA_FRAC)
 2:
     lsls r4, r3, #8
     subs r4, r3
-    adds r4, #(1 << (NCA_STATE_FRAC - 1))
-    lsrs r4, r4, #NCA_STATE_FRAC
+    adds r4, #(1 << (NCA_RGBA_FRAC - 1))
+    lsrs r4, r4, #NCA_RGBA_FRAC
     strb r4, [r1, r2]
     adds r2, #1
     cmp r2, #3

@@ -57,9 +57,15 @@ void nca_host_tentative_batch(int32_t n, const int8_t *states, const int8_t *inb
     }
 }
 
-static int8_t q(float v)
+/* steps per unit of state channel i (the channel formats of codegen/formats.py) */
+static float steps(int i)
 {
-    long r = lrintf(v * (float)(1 << NCA_STATE_FRAC));   /* round half to even */
+    return (float)(1 << (i % CELL_BYTES < NCA_RGBA_CHANNELS ? NCA_RGBA_FRAC : NCA_HIDDEN_FRAC));
+}
+
+static int8_t q(float v, int i)
+{
+    long r = lrintf(v * steps(i));   /* round half to even */
     return (int8_t)(r > 127 ? 127 : (r < -128 ? -128 : r));
 }
 
@@ -67,9 +73,9 @@ static void gather(nca_cell_t *cell, int32_t c, const float *state, const float 
 {
     int i;
     for (i = 0; i < CELL_BYTES; i++)
-        cell->state[i] = q(state[CELL_BYTES * c + i]);
+        cell->state[i] = q(state[CELL_BYTES * c + i], i);
     for (i = 0; i < INBOX_BYTES; i++)
-        cell->inbox[i] = q(inbox[INBOX_BYTES * c + i]);
+        cell->inbox[i] = q(inbox[INBOX_BYTES * c + i], i);
 }
 
 /* One wake-up of swarm cell c on float32 arrays state (N x 16) and inbox (N x 8 x 16). */
@@ -82,7 +88,7 @@ int32_t nca_host_wakeup_f32(int32_t c, float *state, const float *inbox, const n
     r = nca_cell_update(&cell, rot);
     if (r != NCA_DORMANT)
         for (i = 0; i < CELL_BYTES; i++)
-            state[CELL_BYTES * c + i] = (float)cell.state[i] / (float)(1 << NCA_STATE_FRAC);
+            state[CELL_BYTES * c + i] = (float)cell.state[i] / steps(i);
     return r;
 }
 
@@ -95,5 +101,5 @@ void nca_host_tentative_f32(int32_t c, const float *state, const float *inbox,
     gather(&cell, c, state, inbox);
     nca_cell_tentative(&cell, rot);
     for (i = 0; i < CELL_BYTES; i++)
-        out[CELL_BYTES * c + i] = (float)cell.state[i] / (float)(1 << NCA_STATE_FRAC);
+        out[CELL_BYTES * c + i] = (float)cell.state[i] / steps(i);
 }
