@@ -85,7 +85,7 @@ class FakeQuant:
         if self.q is None:
             raise RuntimeError("FakeQuant.dense before FakeQuant.weights")
         n = P.shape[0]
-        x = np.rint(P[:, :CHANNELS] * self._x_steps)                             # int8 state
+        x = np.clip(np.rint(P[:, :CHANNELS] * self._x_steps), F.STATE_MIN, F.STATE_MAX)   # int8 state
         g = P[:, CHANNELS:PERCEPTION] * self._g_steps                            # exact sums G
         g = np.clip(np.floor((g + np.float32((1 << self.grad_shift) >> 1))
                              * np.float32(2.0 ** -self.grad_shift)), F.STATE_MIN, F.STATE_MAX)

@@ -41,7 +41,8 @@ def test_backward_uses_the_dequantised_values(blob):
     integers times their units (what the straight-through backward multiplies)."""
     fq = FakeQuant.for_model(blob)
     fq.weights(blob.params)
-    ro = forward(seed_state(16, 16)[None], fq.weights(blob.params), 8, np.ones((8, 1, 16, 16), bool),
+    x0 = fq.on_grid(seed_state(16, 16))[None]
+    ro = forward(x0, fq.weights(blob.params), 8, np.ones((8, 1, 16, 16), bool),
                  gradient_kernels(0.0), rounding=fq)
     P, h = ro.ws.P[:ro.rows], ro.ws.h[:ro.rows]
     gunit = np.tile(F.GRAD_SUM_SCALES, 2) * 2.0 ** fq.grad_shift
