@@ -79,25 +79,25 @@ def flash_cli(url: str, model, capsys) -> str:
     return out
 
 
+def flash_then_steps(emu, name: str, models, capsys) -> None:
+    """nca-flash a genome over the emulated board's socket, then 200 CELL steps == golden."""
+    pa, _, qa, _ = models
+    out = flash_cli(emu.url, pa, capsys)
+    assert f"({name})" in out
+    with emu.board(timeout=5) as b:
+        h = b.hello()
+        assert (h.board, h.model_hash) == (name, qa.model_hash)
+        check_200_steps(b, qa)
+
+
 @needs("cortex-m0")
 def test_cortex_m0_nca_flash_then_steps_equal_golden(m0, models, capsys):
-    pa, _, qa, _ = models
-    out = flash_cli(m0.url, pa, capsys)
-    assert "(cortex-m0)" in out
-    with m0.board(timeout=5) as b:
-        h = b.hello()
-        assert (h.board, h.model_hash) == ("cortex-m0", qa.model_hash)
-        check_200_steps(b, qa)
+    flash_then_steps(m0, "cortex-m0", models, capsys)
 
 
 @needs("avr")
 def test_avr_nca_flash_then_steps_equal_golden(avr, models, capsys):
-    pa, _, qa, _ = models
-    out = flash_cli(avr.url, pa, capsys)
-    assert "(avr)" in out
-    with avr.board(timeout=5) as b:
-        assert b.hello().model_hash == qa.model_hash
-        check_200_steps(b, qa)
+    flash_then_steps(avr, "avr", models, capsys)
 
 
 def cut_then_check(emu: B.Emulator, qa, qb, cuts, kill: bool = False) -> None:
