@@ -35,6 +35,7 @@ import numpy as np
 from sim.backends import CellBackend
 from sim.errors import UserError
 
+from . import formats as F
 from . import link as L
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
@@ -372,19 +373,24 @@ class Board:
         header = image.header()
         session = L.crc32(header + struct.pack("<I", image.model_hash))
         begin = header + struct.pack("<IB", session, L.SESSION_RESUME if resume else 0)
-        nxt = struct.unpack("<I", self.call("FLASH_BEGIN", begin, timeout=self.slow_timeout))[0]
+
+        def flash_begin() -> int:
+            """(Re)open the session; the board answers with the next offset it wants."""
+            return struct.unpack("<I", self.call("FLASH_BEGIN", begin, timeout=self.slow_timeout))[0]
+
+        nxt = flash_begin()
         resumed = nxt
         total = len(image.genome)
         writes = 0
         while True:
-            while nxt < total or stop_after is not None:
-                if stop_after is not None and (writes >= stop_after or nxt >= total):
+            while nxt < total:
+                if stop_after is not None and writes >= stop_after:
                     return FlashResult(time.perf_counter() - t0, 0, 0, 0, resumed, -1, 0, 0, 0)
                 chunk = image.genome[nxt:nxt + L.CHUNK]
                 st, d = self.request("FLASH_WRITE", struct.pack("<I", nxt) + chunk)
                 writes += 1
                 if st == L.ERR["ERR_NO_SESSION"]:
-                    nxt = struct.unpack("<I", self.call("FLASH_BEGIN", begin, timeout=self.slow_timeout))[0]
+                    nxt = flash_begin()
                     continue
                 if st in (L.ERR["OK"], L.ERR["ERR_OFFSET"]) and len(d) == 4:
                     nxt = struct.unpack("<I", d)[0]
@@ -393,12 +399,14 @@ class Board:
                                     "the previous genome stays active")
                 if progress:
                     progress(nxt, total)
+            if stop_after is not None:
+                return FlashResult(time.perf_counter() - t0, 0, 0, 0, resumed, -1, 0, 0, 0)
             st, d = self.request("FLASH_VERIFY", timeout=self.slow_timeout)
             if st == L.ERR["ERR_INCOMPLETE"]:
                 nxt = struct.unpack("<I", d)[0]
                 continue
             if st == L.ERR["ERR_NO_SESSION"]:
-                nxt = struct.unpack("<I", self.call("FLASH_BEGIN", begin, timeout=self.slow_timeout))[0]
+                nxt = flash_begin()
                 continue
             if st == L.ERR["ERR_VERIFY"]:
                 raise LinkError(f"verify failed: the slot's genome has CRC32 0x{struct.unpack('<I', d)[0]:08x}, "
@@ -446,22 +454,19 @@ def link_firmware(target: str) -> Path:
     """Build (once per source version, in the codegen cache) the link firmware of a target
     and return its artefact: libnca_link.so (host), nca_link_m0.elf or nca_link_avr.elf."""
     from .backends import cache_dir
-    from .targets import BuildError, check_toolchain
+    from .targets import make
     mk_target = "host" if target == "fuzz" else target
-    check_toolchain(mk_target)
     root = cache_dir() / f"link-{_sources_key()}" / mk_target
     art = root / ARTEFACTS[target]
     if art.exists():
         return art
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{mk_target}.", dir=root.parent))
-    r = subprocess.run(["make", "-s", "-C", str(FIRMWARE), f"TARGET={mk_target}", "APP=link",
-                        f"BUILD={tmp}"], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
+    try:
+        make(FIRMWARE, mk_target, variables=("APP=link", f"BUILD={tmp}"))
+    except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
-        lines = [ln for ln in (r.stderr + r.stdout).splitlines() if "error" in ln.lower()]
-        raise BuildError(f"link firmware for {mk_target} failed to build: "
-                         f"{(lines or r.stderr.strip().splitlines() or ['(no output)'])[0].strip()}")
+        raise
     try:
         os.replace(tmp, root)
     except OSError:
@@ -495,10 +500,7 @@ def free_port() -> int:
 def emulator_tools(target: str) -> list[tuple[str, str]]:
     """(executable, Debian package) pairs an emulated board of target lacks."""
     from .targets import missing_tools
-    miss = missing_tools(target, run=True)
-    if target == "avr" and shutil.which("gcc") is None:
-        miss.append(("gcc", "gcc"))
-    return miss
+    return missing_tools(target, run=True)
 
 
 _LIVE: set[subprocess.Popen] = set()
@@ -617,7 +619,6 @@ class Emulator:
 
 # ---------------------------------------------------------------- boards inside the simulated swarm
 def _angle(params: Any) -> float:
-    from . import formats as F
     return F.angle_of_kernels(params.kxy)
 
 
@@ -635,19 +636,16 @@ class BoardCells(CellBackend):
     name = "board"
 
     def __init__(self, base: Any, boards: dict[int, Board], model_hash: int, angle: float = 0.0):
-        from . import formats as F
         self.base = base
         self.boards = dict(boards)
         self.model_hash = model_hash
-        self._F = F
         self._set_angle(angle)
         self.calls = 0
 
     def _set_angle(self, angle: float | None) -> None:
-        self.rot = None if angle is None or angle == 0 else self._F.rotation_q14(angle)
+        self.rot = None if angle is None or angle == 0 else F.rotation_q14(angle)
 
     def _run(self, c: int, state: np.ndarray, inbox: np.ndarray, op: str) -> tuple[int, np.ndarray]:
-        F = self._F
         self.calls += 1
         return self.boards[c].cell(F.quantize_state(state[c]), F.quantize_state(inbox[c]), op, True, self.rot)
 
@@ -656,7 +654,7 @@ class BoardCells(CellBackend):
             return self.base.update(c, state, inbox)
         r, s = self._run(c, state, inbox, "update")
         if r != 0:
-            state[c] = self._F.dequantize_state(s)
+            state[c] = F.dequantize_state(s)
         return int(r)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
@@ -664,7 +662,7 @@ class BoardCells(CellBackend):
             self.base.tentative(c, state, inbox, out)
             return
         _, s = self._run(c, state, inbox, "tentative")
-        out[c] = self._F.dequantize_state(s)
+        out[c] = F.dequantize_state(s)
 
     def set_params(self, params: Any) -> None:
         from .backends import quantized

@@ -107,10 +107,11 @@ class Build:
         return self.build_dir / "libnca.so"
 
 
-def make(root: Path, target: str, jobs: int = 1) -> None:
-    """Run make in a folder that emit.write_project laid out."""
+def make(root: Path, target: str, jobs: int = 1, variables: tuple[str, ...] = ()) -> None:
+    """Run make in a folder that emit.write_project laid out (or firmware/ itself, with
+    variables such as APP=link BUILD=...)."""
     check_toolchain(target)
-    r = subprocess.run(["make", "-s", f"-j{jobs}", "-C", str(root), f"TARGET={target}"],
+    r = subprocess.run(["make", "-s", f"-j{jobs}", "-C", str(root), f"TARGET={target}", *variables],
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
         lines = [ln for ln in (r.stderr + r.stdout).splitlines() if "error" in ln.lower()]

@@ -168,8 +168,10 @@ void nca_cell_rgb(const int8_t *state, uint8_t *rgb)
     uint8_t c;
     for (c = 0; c < 3; c++) {
         int16_t v = state[c] < 0 ? 0 : state[c];
-        if (v > (1 << NCA_RGBA_FRAC))   /* 1.0; RGBA at Q0.7 never exceeds 127/128 */
+#if NCA_RGBA_FRAC < 7   /* at Q0.7 an int8 never exceeds 1.0 (127/128) */
+        if (v > (1 << NCA_RGBA_FRAC))
             v = 1 << NCA_RGBA_FRAC;
+#endif
         rgb[c] = (uint8_t)((v * 255 + (1 << (NCA_RGBA_FRAC - 1))) >> NCA_RGBA_FRAC);
     }
 }

@@ -172,10 +172,12 @@ nca_cell_rgb:
     ldrsb r3, [r0, r2]
     asrs r4, r3, #31
     bics r3, r4
+#if NCA_RGBA_FRAC < 7   /* at Q0.7 an int8 never exceeds 1.0 */
     cmp r3, #(1 << NCA_RGBA_FRAC)
     bls 2f
     movs r3, #(1 << NCA_RGBA_FRAC)
 2:
+#endif
     lsls r4, r3, #8
     subs r4, r3
     adds r4, #(1 << (NCA_RGBA_FRAC - 1))
