@@ -78,7 +78,7 @@ STATE_SCALES = 2.0 ** -STATE_FRACS   # real value of one step, per channel (floa
 STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
 if not ALPHA < RGBA:
     raise AssertionError("alpha is not an RGBA channel")
-_ALPHA_STEP = 2.0 ** -RGBA_FRAC
+_ALPHA_STEP = STATE_SCALES[ALPHA]
 ALIVE_Q = math.floor(ALIVE_THRESHOLD * (1 << RGBA_FRAC) + 1e-9)   # alive iff q > ALIVE_Q
 if not (ALIVE_Q * _ALPHA_STEP <= ALIVE_THRESHOLD < (ALIVE_Q + 1) * _ALPHA_STEP):
     raise AssertionError("alive threshold does not fall between two state steps")

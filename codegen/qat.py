@@ -89,7 +89,7 @@ class FakeQuant:
         g = P[:, CHANNELS:PERCEPTION] * self._g_steps                            # exact sums G
         g = np.clip(np.floor((g + np.float32((1 << self.grad_shift) >> 1))
                              * np.float32(2.0 ** -self.grad_shift)), F.STATE_MIN, F.STATE_MAX)
-        pin = np.concatenate([x, g], axis=1).astype(np.float32)                  # (n, 48) ints
+        pin = np.concatenate([x, g], axis=1, dtype=np.float32)                  # (n, 48) ints
         a = pin @ self._w1                                                        # exact: |a| < 2^23
         hq = np.floor((a + self._kh) * self._ks) + self._b1
         np.clip(hq, 0, F.HIDDEN_MAX, out=hq)                                     # (n, 128) uint8
