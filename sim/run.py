@@ -214,9 +214,9 @@ class _SimPyEngine(_AsyncEngine):
     """Every cell a SimPy process; equals the async engine bit for bit (float backend)."""
 
     def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig,
-                 backend: str = "float"):
-        cell = params if backend == "float" else make_backend(backend, params)
-        self.swarm = SimPySwarm(state, cell, seed, config)
+                 backend: str = "float", cell: Any = None, realtime_factor: float | None = None):
+        cell = make_backend(backend, params) if cell is None else cell
+        self.swarm = SimPySwarm(state, cell, seed, config, realtime_factor=realtime_factor)
         self._params = params
 
 
@@ -238,7 +238,7 @@ def make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_
     return _AsyncEngine(state, params, seed, config)
 
 
-class _BoardEngine(_AsyncEngine):
+class _BoardEngine(_SimPyEngine):
     """Hardware in the loop: the simpy engine whose cells at `boards` ({(x, y): URL,
     "emu:cortex-m0" | "emu:avr", or a codegen.board.Board}) run on boards over the
     cell link (codegen.board.BoardCells), the rest on `backend`; optionally paced to
@@ -273,13 +273,11 @@ class _BoardEngine(_AsyncEngine):
                     self._opened.append(b)
                 cells[y * w + x] = b
             base = make_backend(backend, params)
-            cell = board_cells(params, cells, base=base, log=log) if cells else base
-            self.backend = cell
-            self.swarm = SimPySwarm(state, cell, seed, config, realtime_factor=realtime_factor)
+            self.backend = board_cells(params, cells, base=base, log=log) if cells else base
+            super().__init__(state, params, seed, config, cell=self.backend, realtime_factor=realtime_factor)
         except BaseException:
             self.close()
             raise
-        self._params = params
 
     def close(self) -> dict[str, Any]:
         """Close the ports and stop the emulators; returns the boards' request count."""
