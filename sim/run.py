@@ -97,10 +97,20 @@ def parse_rotation(spec: str) -> Rotation:
 
 
 # ---------------------------------------------------------------- engines
-class _SyncEngine:
-    """The paper's synchronous grid; only cells near living ones are computed."""
+class _Engine:
+    """What every engine shares: nothing to inspect or release unless it says so."""
 
-    swarm = None    # no clocks or links to inspect
+    swarm: Any = None    # the AsyncSwarm or SimPySwarm of an event engine
+
+    def metrics(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        """Release what the engine opened (ports, emulators); simulate() always calls it."""
+
+
+class _SyncEngine(_Engine):
+    """The paper's synchronous grid; only cells near living ones are computed."""
 
     def __init__(self, state: np.ndarray, params: Params, seed: int, fire_rate: float):
         self.grid = SyncGrid(state, params, seed, 0, fire_rate, skip_dead=True)
@@ -131,14 +141,9 @@ class _SyncEngine:
     def cell_updates(self) -> int:
         return int(self.grid.cell_updates)
 
-    def metrics(self) -> dict[str, Any]:
-        return {}
 
-
-class _LockstepEngine:
+class _LockstepEngine(_Engine):
     """Message-passing cells at integer ticks; every fired cell runs its network."""
-
-    swarm = None    # no clocks or links to inspect
 
     def __init__(self, state: np.ndarray, params: Params, seed: int, fire_rate: float):
         self.lock = LockstepSwarm(state, params, seed, 0, fire_rate)
@@ -168,11 +173,8 @@ class _LockstepEngine:
     def cell_updates(self) -> int:
         return int(self.lock.cell_updates)
 
-    def metrics(self) -> dict[str, Any]:
-        return {}
 
-
-class _AsyncEngine:
+class _AsyncEngine(_Engine):
     """Event-driven swarm; step s is time s, and advancing to s runs the events before s."""
 
     def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig):
@@ -279,13 +281,15 @@ class _BoardEngine(_SimPyEngine):
             self.close()
             raise
 
-    def close(self) -> dict[str, Any]:
-        """Close the ports and stop the emulators; returns the boards' request count."""
-        calls = getattr(getattr(self, "backend", None), "calls", 0)
-        for o in reversed(self._opened):
+    def metrics(self) -> dict[str, Any]:
+        return {**super().metrics(), "boards": {"cells": len(getattr(self.backend, "boards", {})),
+                                                "requests": getattr(self.backend, "calls", 0)}}
+
+    def close(self) -> None:
+        """Close the ports and stop the emulators (each once, however often it is called)."""
+        opened, self._opened = self._opened, []
+        for o in reversed(opened):
             o.close()
-        self._opened = []
-        return {"cells": len(getattr(getattr(self, "backend", None), "boards", {})), "requests": calls}
 
 
 def _warm_up(engine: str, params: Params, seed: int, fire_rate: float, config: AsyncConfig,
@@ -527,46 +531,42 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
                 frames.append(Frame(s, x.copy(), hit, turned))
             if progress is not None:
                 progress(s)
-    except BaseException:
-        if isinstance(eng, _BoardEngine):   # stop the emulators and close the ports it opened
-            eng.close()
-        raise
-    wall = time.perf_counter() - t0
-    final = np.array(eng.state, np.float32)
-    updates = eng.cell_updates
-    metrics: dict[str, Any] = {
-        "engine": engine,
-        "backend": backend,
-        "steps": steps,
-        "seed": seed,
-        "height": height,
-        "width": width,
-        "rotate_deg": float(rotate),
-        "target": target_name,
-        "loss": _finite(loss_vs(final, tgt)) if tgt is not None else None,
-        "alive_cells": alive_cells(final),
-        "finite": bool(np.all(np.isfinite(final))),
-        "cell_updates": updates,
-        "wall_seconds": wall,
-        "engine_seconds": engine_seconds,
-        "cell_updates_per_second": updates / engine_seconds if engine_seconds > 0 else None,
-        "damage": damage_log,
-        "rotations": rotation_log,
-    }
-    if engine in EVENT_ENGINES:
-        metrics["async_config"] = {
-            "clock": _clock_name(config.clock), "mean_interval": config.mean_interval,
-            "jitter": config.jitter, "drift": config.drift,
-            "latency_dist": _latency_name(config.latency_kind),
-            "latency": config.latency, "latency_high": config.latency_high, "msg_loss": config.loss,
-            "mtbf": config.mtbf, "mttr": config.mttr}
-    else:
-        metrics["fire_rate"] = float(fire_rate)
-    metrics.update(eng.metrics())
-    if "swarm" in metrics:
-        metrics["messages"] = message_metrics(metrics["swarm"])
-    if isinstance(eng, _BoardEngine):
-        metrics["boards"] = eng.close()
+        wall = time.perf_counter() - t0
+        final = np.array(eng.state, np.float32)
+        updates = eng.cell_updates
+        metrics: dict[str, Any] = {
+            "engine": engine,
+            "backend": backend,
+            "steps": steps,
+            "seed": seed,
+            "height": height,
+            "width": width,
+            "rotate_deg": float(rotate),
+            "target": target_name,
+            "loss": _finite(loss_vs(final, tgt)) if tgt is not None else None,
+            "alive_cells": alive_cells(final),
+            "finite": bool(np.all(np.isfinite(final))),
+            "cell_updates": updates,
+            "wall_seconds": wall,
+            "engine_seconds": engine_seconds,
+            "cell_updates_per_second": updates / engine_seconds if engine_seconds > 0 else None,
+            "damage": damage_log,
+            "rotations": rotation_log,
+        }
+        if engine in EVENT_ENGINES:
+            metrics["async_config"] = {
+                "clock": _clock_name(config.clock), "mean_interval": config.mean_interval,
+                "jitter": config.jitter, "drift": config.drift,
+                "latency_dist": _latency_name(config.latency_kind),
+                "latency": config.latency, "latency_high": config.latency_high, "msg_loss": config.loss,
+                "mtbf": config.mtbf, "mttr": config.mttr}
+        else:
+            metrics["fire_rate"] = float(fire_rate)
+        metrics.update(eng.metrics())
+        if "swarm" in metrics:
+            metrics["messages"] = message_metrics(metrics["swarm"])
+    finally:
+        eng.close()      # the ports and emulators a board engine opened, even when a step or metric raises
     return Result(final, history, metrics, frames, eng.swarm)
 
 

@@ -23,6 +23,7 @@ from sim.fixture import blob_model
 from sim.model import seed_state
 from sim.reference import Params
 from sim.swarm import SimPySwarm
+from sim.weights import load as load_model
 
 
 def needs(target: str):
@@ -199,6 +200,34 @@ def test_sim_run_with_a_board_equals_the_fixed_backend(m0, models, tmp_path, cap
     assert "no emulated board" in capsys.readouterr().err
     assert R.main(common[:-6] + ["--engine", "sync", "--board", "1,1=emu:avr"]) == 2
     assert "--engine simpy" in capsys.readouterr().err
+
+
+@needs("cortex-m0")
+def test_simulate_reports_its_boards_and_always_stops_its_emulators(m0, models, monkeypatch):
+    """simulate() counts the board requests, and stops the emulators it started even
+    when a metric after the last step raises."""
+    from sim import run as R
+    started: list[B.Emulator] = []
+
+    class Recorded(B.Emulator):
+        def start(self) -> B.Emulator:
+            started.append(self)
+            return super().start()
+
+    monkeypatch.setattr(B, "Emulator", Recorded)
+    model = load_model(models[0])
+    kw = dict(engine="simpy", backend="fixed", steps=6, size=8, seed=2, warm_up=False)
+    res = R.simulate(model, boards={(4, 3): m0.url, (3, 4): "emu:cortex-m0"}, **kw)
+    assert res.metrics["boards"]["cells"] == 2 and res.metrics["boards"]["requests"] > 0
+    assert len(started) == 1 and started[0].proc is None
+
+    def broken(_swarm_metrics):
+        raise RuntimeError("metric failed")
+
+    monkeypatch.setattr(R, "message_metrics", broken)
+    with pytest.raises(RuntimeError, match="metric failed"):
+        R.simulate(model, boards={(3, 4): "emu:cortex-m0"}, **kw)
+    assert len(started) == 2 and started[1].proc is None
 
 
 @needs("avr")
