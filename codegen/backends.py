@@ -27,8 +27,7 @@ from sim.weights import Model, default_meta
 
 from . import formats as F
 from . import golden as G
-from .qat import recorded_shifts
-from .quantize import QModel, quantize
+from .quantize import QModel, quantize, recorded_shifts
 
 
 def _model_of(model: ModelLike) -> Model:

@@ -29,9 +29,7 @@ from sim.model import CHANNELS, PERCEPTION
 from sim.weights import Model
 
 from . import formats as F
-from .quantize import QModel, build_at, quantize
-
-META_KEY = "qat"       # meta["training"][META_KEY] = {"grad_shift": S, "hidden_shift": K}
+from .quantize import META_KEY, QModel, build_at, quantize, recorded_shifts
 
 
 @dataclass
@@ -58,7 +56,8 @@ class FakeQuant:
         return F.dequantize_state(F.quantize_state(x)).astype(x.dtype)
 
     def meta(self) -> dict[str, Any]:
-        return {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift}
+        """The model metadata's training entry that `recorded_shifts` reads back."""
+        return {META_KEY: {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift}}
 
     def weights(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantise the master weights for this iteration; returns them dequantised (what
@@ -103,13 +102,3 @@ class FakeQuant:
         P[:, :PERCEPTION] = (pin * self._units[None, :]).astype(P.dtype)
         h[:] = (hq * self._unit_h[None, :]).astype(h.dtype)
 
-
-def recorded_shifts(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(grad_shift, hidden_shift) a quantisation-aware fine-tuning recorded, if any."""
-    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
-    if not isinstance(rec, dict):
-        return None
-    try:
-        return int(rec["grad_shift"]), int(rec["hidden_shift"])
-    except (KeyError, TypeError, ValueError):
-        return None

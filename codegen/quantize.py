@@ -30,6 +30,8 @@ from sim.weights import Model, default_meta
 
 from . import formats as F
 
+META_KEY = "qat"       # meta["training"][META_KEY] = {"grad_shift": S, "hidden_shift": K}
+
 
 class QuantizeError(UserError):
     """A model that cannot be represented in the firmware's formats; the message says why."""
@@ -299,6 +301,17 @@ def _bias_correct(q: QModel, model: Model, nbhd_q: np.ndarray, target: np.ndarra
     return q, float(np.mean((got - target) ** 2))
 
 
+def recorded_shifts(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(grad_shift, hidden_shift) a quantisation-aware fine-tuning recorded, if any."""
+    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    try:
+        return int(rec["grad_shift"]), int(rec["hidden_shift"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = None,
              hidden_shift: int | None = None, grad_shift: int | None = None,
              select_cells: int = 4000) -> QModel:
@@ -311,7 +324,6 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     without bias correction."""
     trained_at = False
     if grad_shift is None and hidden_shift is None:
-        from .qat import recorded_shifts   # a quantisation-aware fine-tuning trained at these
         rec = recorded_shifts(model.meta)
         if rec is not None:
             (grad_shift, hidden_shift), trained_at = rec, True

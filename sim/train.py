@@ -406,7 +406,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         before = [float(v) for v in init.meta.get("loss_history", [])]
         settings["init"] = {"model": Path(cfg.init).name, "iterations": int(init.meta.get("iterations", 0))}
     if fq is not None:
-        settings["qat"] = fq.meta()
+        settings.update(fq.meta())   # the shifts, under the key the quantiser reads back
     if len(st.stages) > 1:   # resumed with another schedule: what ran when
         settings["stages"] = st.stages
     meta = default_meta(
