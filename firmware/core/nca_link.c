@@ -28,6 +28,8 @@ static uint16_t last_crc;
 static int8_t active = -1;
 static uint32_t active_gen, active_hash;
 
+/* The flash session.  verified, slot, next and header mean something only while
+ * open: the BEGIN that opens a session sets them, so closing one is open = 0. */
 static struct {
     uint8_t open, verified, slot;
     uint32_t session, next;
@@ -110,12 +112,22 @@ static uint8_t header_ok(const uint8_t *h)
                      && crc32_mem(h, H_HCRC) == rd32(h + H_HCRC));
 }
 
+/* The slot's start.  Slot bytes are read the way the core reads the genome
+ * (NCA_RDU8 from nca_slot_genome: LPM on AVR, a plain load elsewhere), so the
+ * ports only say where a slot is.  No volatile is needed: flash only changes
+ * inside the ports' out-of-line erase and write calls. */
+static const uint8_t *slot_bytes(uint8_t slot)
+{
+    return (const uint8_t *)(const void *)nca_slot_genome(slot) - NCA_SLOT_GENOME_OFFSET;
+}
+
 static uint32_t slot_genome_crc(uint8_t slot)
 {
+    const uint8_t *g = slot_bytes(slot) + NCA_SLOT_GENOME_OFFSET;
     uint32_t crc = 0xFFFFFFFFuL;
     uint16_t i;
     for (i = 0; i < NCA_GENOME_BYTES; i++)
-        crc = crc32_byte(crc, nca_slot_read(slot, (uint16_t)(NCA_SLOT_GENOME_OFFSET + i)));
+        crc = crc32_byte(crc, NCA_RDU8(g + i));
     return ~crc;
 }
 
@@ -124,13 +136,11 @@ static uint32_t slot_genome_crc(uint8_t slot)
 static uint8_t slot_genome_ok(uint8_t slot)
 {
     uint8_t c;
-    uint16_t off = (uint16_t)(NCA_SLOT_GENOME_OFFSET + NCA_GROUPS * NCA_GROUP_BYTES + 32);
+    const uint8_t *mt = slot_bytes(slot) + NCA_SLOT_GENOME_OFFSET + NCA_GROUPS * NCA_GROUP_BYTES + 32;
     for (c = 0; c < 16; c++) {
-        if (!in_range((uint8_t)(nca_slot_read(slot, (uint16_t)(off + 2 * c)) & 31u), NCA_OUT_SHIFT_LO,
-                      NCA_OUT_SHIFT_HI))
+        if (!in_range((uint8_t)(NCA_RDU8(mt + 2 * c) & 31u), NCA_OUT_SHIFT_LO, NCA_OUT_SHIFT_HI))
             return 0;
-        if (!in_range(nca_slot_read(slot, (uint16_t)(off + 2 * c + 1)), NCA_OUT_MULT_HIGH_LO,
-                      NCA_OUT_MULT_HIGH_HI))
+        if (!in_range(NCA_RDU8(mt + 2 * c + 1), NCA_OUT_MULT_HIGH_LO, NCA_OUT_MULT_HIGH_HI))
             return 0;
     }
     return 1;
@@ -138,9 +148,10 @@ static uint8_t slot_genome_ok(uint8_t slot)
 
 static void slot_header(uint8_t slot, uint8_t *h)
 {
+    const uint8_t *f = slot_bytes(slot) + NCA_SLOT_HEADER_OFFSET;
     uint8_t i;
     for (i = 0; i < NCA_HEADER_BYTES; i++)
-        h[i] = nca_slot_read(slot, (uint16_t)(NCA_SLOT_HEADER_OFFSET + i));
+        h[i] = NCA_RDU8(f + i);
 }
 
 static uint8_t slot_valid(uint8_t slot, uint8_t *h)
@@ -256,7 +267,6 @@ static uint8_t cmd_begin(const uint8_t *b, uint8_t n)
             same = 0;
     if (ses.open && same && ses.session == session && (b[NCA_HEADER_BYTES + 4] & NCA_SESSION_RESUME))
         return reply_u32(NCA_OK, ses.next);     /* resume (or a duplicated BEGIN): keep what is written */
-    ses.open = 0;
     ses.verified = 0;
     ses.slot = (uint8_t)(active == 0 ? 1 : 0);
     nca_slot_erase(ses.slot);
@@ -270,6 +280,7 @@ static uint8_t cmd_begin(const uint8_t *b, uint8_t n)
 
 static uint8_t cmd_write(const uint8_t *b, uint8_t n)
 {
+    const uint8_t *f;
     uint32_t off, want;
     uint8_t len, i;
     if (!ses.open)
@@ -288,11 +299,11 @@ static uint8_t cmd_write(const uint8_t *b, uint8_t n)
     if (off < ses.next)                          /* already written: a duplicate */
         return reply_u32(NCA_OK, ses.next);
     nca_slot_write(ses.slot, (uint16_t)(NCA_SLOT_GENOME_OFFSET + off), b + 4, len);
+    f = slot_bytes(ses.slot) + NCA_SLOT_GENOME_OFFSET + off;
     for (i = 0; i < len; i++)
-        if (nca_slot_read(ses.slot, (uint16_t)(NCA_SLOT_GENOME_OFFSET + off + i)) != b[4 + i])
+        if (NCA_RDU8(f + i) != b[4 + i])
             return reply_u32(NCA_ERR_FLASH, ses.next);
     ses.next = off + len;
-    ses.verified = 0;
     return reply_u32(NCA_OK, ses.next);
 }
 
@@ -308,6 +319,8 @@ static uint8_t cmd_verify(void)
         return reply_u32(NCA_ERR_VERIFY, crc);
     if (!slot_genome_ok(ses.slot))
         return reply_u32(NCA_ERR_FORMAT, crc);
+    /* stays valid: only a complete genome verifies, and a WRITE of a chunk already
+     * written is acknowledged without writing */
     ses.verified = 1;
     return reply_u32(NCA_OK, crc);
 }
@@ -325,7 +338,6 @@ static uint8_t cmd_activate(void)
     wr32(h + H_HCRC, crc32_mem(h, H_HCRC));
     nca_slot_write(ses.slot, NCA_SLOT_HEADER_OFFSET, h, NCA_HEADER_BYTES);
     ses.open = 0;
-    ses.verified = 0;
     scan_slots();
     if (active != (int8_t)ses.slot)
         return NCA_ERR_FLASH;
@@ -335,7 +347,15 @@ static uint8_t cmd_activate(void)
     return reply_u32(NCA_OK, active_gen);
 }
 
-static uint8_t cmd_step(const uint8_t *b)
+static void copy_in(int8_t *dst, const uint8_t *src, uint8_t n)
+{
+    while (n--)
+        *dst++ = (int8_t)*src++;
+}
+
+/* STEP, and CELL with cell_in (its state and neighbour states): the body is
+ * checked before anything is copied, so a refused CELL leaves the cell as it was */
+static uint8_t cmd_step(const uint8_t *b, const uint8_t *cell_in)
 {
     nca_rotation_t rot;
     uint8_t op = b[0], fire = b[1], r = 3, c;
@@ -343,6 +363,10 @@ static uint8_t cmd_step(const uint8_t *b)
         return NCA_ERR_ARG;
     if (active < 0)
         return NCA_ERR_NO_GENOME;
+    if (cell_in) {
+        copy_in(cell.state, cell_in, NCA_CHANNELS);
+        copy_in(cell.inbox, cell_in + NCA_CHANNELS, NCA_NEIGHBOURS * NCA_CHANNELS);
+    }
     rot.cos_q14 = (int16_t)(uint16_t)(b[3] | ((uint16_t)b[4] << 8));
     rot.sin_q14 = (int16_t)(uint16_t)(b[5] | ((uint16_t)b[6] << 8));
     if (fire) {
@@ -357,12 +381,6 @@ static uint8_t cmd_step(const uint8_t *b)
     for (c = 0; c < NCA_CHANNELS; c++)
         tx[tx_len++] = (uint8_t)cell.state[c];
     return NCA_OK;
-}
-
-static void copy_in(int8_t *dst, const uint8_t *src, uint8_t n)
-{
-    while (n--)
-        *dst++ = (int8_t)*src++;
 }
 
 static uint8_t dispatch(uint8_t type, const uint8_t *b, uint8_t n)
@@ -396,17 +414,11 @@ static uint8_t dispatch(uint8_t type, const uint8_t *b, uint8_t n)
         copy_in(cell.inbox, b, NCA_NEIGHBOURS * NCA_CHANNELS);
         return NCA_OK;
     case NCA_MSG_STEP:
-        return n != NCA_LINK_STEP_BODY ? NCA_ERR_LENGTH : cmd_step(b);
+        return n != NCA_LINK_STEP_BODY ? NCA_ERR_LENGTH : cmd_step(b, 0);
     case NCA_MSG_CELL:
         if (n != NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS + NCA_LINK_STEP_BODY)
             return NCA_ERR_LENGTH;
-        if (b[144] > 1 || b[145] > 1 || b[146] > 1)
-            return NCA_ERR_ARG;
-        if (active < 0)
-            return NCA_ERR_NO_GENOME;
-        copy_in(cell.state, b, NCA_CHANNELS);
-        copy_in(cell.inbox, b + NCA_CHANNELS, NCA_NEIGHBOURS * NCA_CHANNELS);
-        return cmd_step(b + NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS);
+        return cmd_step(b + NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS, b);
     case NCA_MSG_RGB:
         if (n)
             return NCA_ERR_LENGTH;
@@ -505,8 +517,6 @@ void nca_link_init(void)
     for (i = 0; i < sizeof cell; i++)
         p[i] = 0;
     ses.open = 0;
-    ses.verified = 0;
-    ses.next = 0;
     have_last = 0;
     frame_reset();
     scan_slots();

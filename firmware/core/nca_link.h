@@ -17,8 +17,9 @@ void nca_slot_erase(uint8_t slot);                  /* slot 0/1: every byte 0xFF
 /* program n bytes at offset off of the slot (erased bytes only; a port may
  * program with NOR semantics, new = old & data) */
 void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n);
-uint8_t nca_slot_read(uint8_t slot, uint16_t off);  /* one byte of the slot */
-const nca_genome_t *nca_slot_genome(uint8_t slot);   /* the slot's genome as the core reads it */
+/* where the slot's genome is, as the core reads it (NCA_RD8: program memory on AVR);
+ * the link reads every slot byte, the header too, relative to it */
+const nca_genome_t *nca_slot_genome(uint8_t slot);
 
 /* ---- the link */
 void nca_link_init(void);          /* reset the parser and the cell, pick the active slot */

@@ -43,6 +43,7 @@ static avr_t *avr;
 static avr_cycle_count_t mark0, last_tx;
 static int xon = 0;
 static int out_fd = 1;                 /* where UART output goes (-1: nowhere) */
+static int in_fd = 0;                  /* where UART input comes from (--tcp: the client, or -1) */
 static const char *flash_file;
 static uint32_t flash_lo;              /* first flash byte above the program */
 
@@ -92,6 +93,15 @@ static void gpior0_write(avr_t *a, avr_io_addr_t addr, uint8_t v, void *p)
         fprintf(stderr, "cycles %llu\n", (unsigned long long)(a->cycle - mark0));
 }
 
+/* --tcp: the client went away; the board runs on, waiting for the next one.
+ * in_fd and out_fd are the same socket: it is closed once, here, so no path
+ * closes a descriptor number the system may already have handed out again. */
+static void drop_client(void)
+{
+    close(in_fd);
+    in_fd = out_fd = -1;
+}
+
 static void tx_hook(struct avr_irq_t *irq, uint32_t v, void *p)
 {
     uint8_t c = (uint8_t)v;
@@ -102,8 +112,7 @@ static void tx_hook(struct avr_irq_t *irq, uint32_t v, void *p)
         if (write(1, &c, 1) != 1)
             exit(3);
     } else if (out_fd >= 0 && send(out_fd, &c, 1, MSG_NOSIGNAL) != 1) {
-        close(out_fd);                 /* the client went away: drop output until the next one */
-        out_fd = -1;
+        drop_client();
     }
 }
 
@@ -125,7 +134,7 @@ int main(int argc, char **argv)
     avr_irq_t *rx;
     uint8_t buf[4096];
     size_t len = 0, pos = 0;
-    int eof = 0, st = cpu_Running, i, tcp_port = 0, use_pty = 0, lsock = -1, in_fd = 0;
+    int eof = 0, st = cpu_Running, i, tcp_port = 0, use_pty = 0, lsock = -1;
     unsigned long it = 0;
     static uart_pty_t pty;
 
@@ -235,8 +244,7 @@ int main(int argc, char **argv)
                         len = (size_t)n;
                         pos = 0;
                     } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-                        close(in_fd);          /* disconnected: the board runs on, waiting for the next */
-                        in_fd = out_fd = -1;
+                        drop_client();
                     }
                 }
             }

@@ -17,6 +17,7 @@
 #include <avr/pgmspace.h>
 #include <avr/sleep.h>
 #include "nca_link.h"
+#include "uart_avr.h"
 
 #define SLOT_BASE(s) ((s) ? 0x4980u : 0x2800u)
 
@@ -52,9 +53,7 @@ static uint8_t uart_getc(void)
 
 void nca_link_putc(uint8_t c)
 {
-    while (!(UCSR0A & _BV(UDRE0))) {
-    }
-    UDR0 = c;
+    uart_avr_putc(c);
 }
 
 static void flash_changed(void)
@@ -98,11 +97,6 @@ void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n)
     flash_changed();
 }
 
-uint8_t nca_slot_read(uint8_t slot, uint16_t off)
-{
-    return pgm_read_byte(SLOT_BASE(slot) + off);
-}
-
 const nca_genome_t *nca_slot_genome(uint8_t slot)
 {
     return (const nca_genome_t *)(uintptr_t)SLOT_BASE(slot);
@@ -110,10 +104,7 @@ const nca_genome_t *nca_slot_genome(uint8_t slot)
 
 int main(void)
 {
-    UCSR0A = _BV(U2X0);
-    UBRR0 = 16;                                /* 115200 baud at 16 MHz with U2X */
-    UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
-    UCSR0C = 3 << UCSZ00;                      /* 8N1 */
+    uart_avr_init(_BV(RXCIE0));
     set_sleep_mode(SLEEP_MODE_IDLE);
     nca_link_init();
     sei();

@@ -7,13 +7,11 @@
 #include <avr/interrupt.h>
 #include <avr/sleep.h>
 #include "harness.h"
+#include "uart_avr.h"
 
 void port_init(void)
 {
-    UCSR0A = _BV(U2X0);
-    UBRR0 = 16;                                /* 115200 baud at 16 MHz with U2X */
-    UCSR0B = _BV(RXEN0) | _BV(TXEN0);
-    UCSR0C = 3 << UCSZ00;                      /* 8N1 */
+    uart_avr_init(0);
 }
 
 uint8_t port_getc(void)
@@ -25,9 +23,7 @@ uint8_t port_getc(void)
 
 void port_putc(uint8_t c)
 {
-    while (!(UCSR0A & _BV(UDRE0))) {
-    }
-    UDR0 = c;
+    uart_avr_putc(c);
 }
 
 void port_mark_start(void)

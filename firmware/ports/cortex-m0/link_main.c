@@ -54,11 +54,6 @@ void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n)
     nvmc_wait();
 }
 
-uint8_t nca_slot_read(uint8_t slot, uint16_t off)
-{
-    return *(volatile const uint8_t *)(SLOT_BASE(slot) + off);
-}
-
 const nca_genome_t *nca_slot_genome(uint8_t slot)
 {
     return (const nca_genome_t *)SLOT_BASE(slot);

@@ -37,11 +37,6 @@ void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n)
     writes++;
 }
 
-uint8_t nca_slot_read(uint8_t slot, uint16_t off)
-{
-    return off < NCA_SLOT_BYTES ? FLASH(slot)[off] : 0xFF;
-}
-
 const nca_genome_t *nca_slot_genome(uint8_t slot)
 {
     return (const nca_genome_t *)(const void *)FLASH(slot);
