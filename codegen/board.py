@@ -43,7 +43,13 @@ EMULATED = ("cortex-m0", "avr")
 
 
 class LinkError(UserError):
-    """The board refused a request or the link failed; the message says which and why."""
+    """The link failed (no reply, the port cannot be opened or was lost) or the board
+    refused a request (BoardRefused); the message says which and why."""
+
+
+class BoardRefused(LinkError):
+    """The board answered and will not do it (an error status, a CRC mismatch, a genome
+    it cannot hold or run): the same request would be refused again, so it is not retried."""
 
 
 # ---------------------------------------------------------------- transports
@@ -228,7 +234,10 @@ class Board:
         self._seq = random.randrange(256)
         self._rx = bytearray()
         self.stats = {"requests": 0, "retries": 0, "naks": 0, "tx": 0, "rx": 0}
-        self.ser.write(b"\x00")           # ends any partial frame the board holds
+        try:
+            self.ser.write(b"\x00")       # ends any partial frame the board holds
+        except OSError as e:              # serial.SerialException is an OSError
+            raise LinkError(f"lost the link to {self.url}: {e}") from None
         self.stats["tx"] += 1
 
     # -------------------------------------------------------- framing
@@ -273,7 +282,14 @@ class Board:
             self._rx += data
 
     def request(self, name: str, body: bytes = b"", timeout: float | None = None) -> tuple[int, bytes]:
-        """Send one request (retransmitted on a timeout or a NAK) -> (status, reply data)."""
+        """Send one request (retransmitted on a timeout or a NAK) -> (status, reply data).
+        LinkError when no reply comes or the port fails (a closed socket, an unplugged board)."""
+        try:
+            return self._request(name, body, timeout)
+        except OSError as e:              # serial.SerialException is an OSError
+            raise LinkError(f"lost the link to {self.url} during {name}: {e}") from None
+
+    def _request(self, name: str, body: bytes, timeout: float | None) -> tuple[int, bytes]:
         mtype = L.MSG[name]
         seq = self._seq
         self._seq = (self._seq + 1) & 0xFF
@@ -305,16 +321,21 @@ class Board:
                         f"(timeout {timeout or self.timeout:g} s each)")
 
     def call(self, name: str, body: bytes = b"", timeout: float | None = None) -> bytes:
-        """request() that raises LinkError unless the board answered OK."""
+        """request() that raises BoardRefused unless the board answered OK."""
         st, data = self.request(name, body, timeout)
         if st != L.ERR["OK"]:
-            raise LinkError(f"{name} refused by the board at {self.url}: "
-                            f"{L.ERROR_TEXT.get(st, f'error {st}')}")
+            raise BoardRefused(f"{name} refused by the board at {self.url}: "
+                               f"{L.ERROR_TEXT.get(st, f'error {st}')}")
         return data
 
     # -------------------------------------------------------- commands
     def hello(self) -> L.Hello:
-        return L.Hello.parse(self.call("HELLO"))
+        """What the board is and runs (HELLO)."""
+        d = self.call("HELLO")
+        try:
+            return L.Hello.parse(d)
+        except L.FrameError as e:         # intact frame, other layout: not this protocol's firmware
+            raise LinkError(f"unreadable HELLO reply from {self.url}: {e}") from None
 
     def get_state(self) -> np.ndarray:
         return np.frombuffer(self.call("STATE_GET"), np.int8).copy()
@@ -355,21 +376,26 @@ class Board:
 
     # -------------------------------------------------------- flashing
     def flash(self, image: L.Image, progress: Callable[[int, int], None] | None = None,
-              resume: bool = True, stop_after: int | None = None) -> FlashResult:
+              resume: bool = True, stop_after: int | None = None, hello: L.Hello | None = None
+              ) -> FlashResult:
         """Write image into the inactive slot, verify its CRC32 and activate it.
 
         A session id derived from the image lets a second run resume where an
         interrupted one stopped (the board keeps the session while it runs).
         stop_after=k stops after k chunk writes, before the verify (the tests' cut-off
-        flashes), and returns with slot -1."""
+        flashes), and returns with slot -1.  hello: this board's HELLO reply when the
+        caller has just asked for it (saves the round trip); asked here otherwise.
+        BoardRefused when the board cannot take the genome or refuses a step, LinkError
+        when the link fails; either way the previous genome stays active."""
         t0 = time.perf_counter()
         s0 = dict(self.stats)
-        hello = self.hello()
+        if hello is None:
+            hello = self.hello()
         if hello.capacity != len(image.genome):
-            raise LinkError(f"the board holds genomes of {hello.capacity} B, this one has {len(image.genome)} B")
+            raise BoardRefused(f"the board holds genomes of {hello.capacity} B, this one has {len(image.genome)} B")
         if hello.format_version != image.format_version:
-            raise LinkError(f"the board runs fixed-point format {hello.format_version}, "
-                            f"the model is format {image.format_version}")
+            raise BoardRefused(f"the board runs fixed-point format {hello.format_version}, "
+                               f"the model is format {image.format_version}")
         header = image.header()
         session = L.crc32(header + struct.pack("<I", image.model_hash))
         begin = header + struct.pack("<IB", session, L.SESSION_RESUME if resume else 0)
@@ -395,8 +421,8 @@ class Board:
                 if st in (L.ERR["OK"], L.ERR["ERR_OFFSET"]) and len(d) == 4:
                     nxt = struct.unpack("<I", d)[0]
                 elif st != L.ERR["OK"]:
-                    raise LinkError(f"FLASH_WRITE at {nxt} refused: {L.ERROR_TEXT.get(st, st)}; "
-                                    "the previous genome stays active")
+                    raise BoardRefused(f"FLASH_WRITE at {nxt} refused: {L.ERROR_TEXT.get(st, st)}; "
+                                       "the previous genome stays active")
                 if progress:
                     progress(nxt, total)
             if stop_after is not None:
@@ -409,11 +435,11 @@ class Board:
                 nxt = flash_begin()
                 continue
             if st == L.ERR["ERR_VERIFY"]:
-                raise LinkError(f"verify failed: the slot's genome has CRC32 0x{struct.unpack('<I', d)[0]:08x}, "
-                                f"the image 0x{image.crc:08x}; not activated, the previous genome stays active")
+                raise BoardRefused(f"verify failed: the slot's genome has CRC32 0x{struct.unpack('<I', d)[0]:08x}, "
+                                   f"the image 0x{image.crc:08x}; not activated, the previous genome stays active")
             if st != L.ERR["OK"]:
-                raise LinkError(f"FLASH_VERIFY refused: {L.ERROR_TEXT.get(st, st)}; "
-                                "not activated, the previous genome stays active")
+                raise BoardRefused(f"FLASH_VERIFY refused: {L.ERROR_TEXT.get(st, st)}; "
+                                   "not activated, the previous genome stays active")
             break
         st, d = self.request("FLASH_ACTIVATE", timeout=self.slow_timeout)
         if st == L.ERR["OK"]:
@@ -421,11 +447,11 @@ class Board:
         else:
             h = self.hello()           # a repeated ACTIVATE whose first reply was lost
             if st != L.ERR["ERR_NO_SESSION"] or h.model_hash != image.model_hash:
-                raise LinkError(f"FLASH_ACTIVATE refused: {L.ERROR_TEXT.get(st, st)}; "
-                                "the previous genome stays active")
+                raise BoardRefused(f"FLASH_ACTIVATE refused: {L.ERROR_TEXT.get(st, st)}; "
+                                   "the previous genome stays active")
             slot, mh, gen = h.active_slot or 0, h.model_hash or 0, h.generation
         if mh != image.model_hash:
-            raise LinkError(f"the board activated model 0x{mh:08x}, expected 0x{image.model_hash:08x}")
+            raise BoardRefused(f"the board activated model 0x{mh:08x}, expected 0x{image.model_hash:08x}")
         if progress:
             progress(total, total)
         return FlashResult(time.perf_counter() - t0,
@@ -675,9 +701,10 @@ class BoardCells(CellBackend):
 
 
 def ensure_model(board: Board, image: L.Image, log: Callable[[str], None] | None = None) -> None:
-    """Flash image unless the board already runs it."""
-    if board.hello().model_hash != image.model_hash:
-        r = board.flash(image)
+    """Flash image unless the board already runs it (one HELLO for both)."""
+    hello = board.hello()
+    if hello.model_hash != image.model_hash:
+        r = board.flash(image, hello=hello)
         if log:
             log(f"flashed model 0x{image.model_hash:08x} to {board.url} in {r.seconds:.2f} s")
 

@@ -118,7 +118,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each reply (default: %(default)s)")
     ap.add_argument("--retries", type=int, default=8, help="retransmissions per request (default: %(default)s)")
     ap.add_argument("--attempts", type=int, default=3,
-                    help="times the port is reopened and the flash resumed after a lost link (default: %(default)s)")
+                    help="times the port is opened and the flash resumed when the link fails: no reply, the "
+                         "port cannot be opened or is lost; a board's refusal is final (default: %(default)s)")
     ap.add_argument("--progress", action="store_true", default=None, help="progress bar (default: on a terminal)")
     ap.add_argument("--image", metavar="FW", help="first write the firmware image with the board's uploader")
     ap.add_argument("--board", choices=tuple(UPLOADERS), help="the board of --image: uno (avrdude), "
@@ -149,7 +150,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from sim.weights import load
 
     from .backends import quantized
-    from .board import Board, LinkError
+    from .board import Board, BoardRefused, LinkError
     if not Path(a.model).is_file():
         raise UserError(f"model {a.model} does not exist")
     try:
@@ -159,27 +160,34 @@ def _main(argv: Sequence[str] | None = None) -> int:
     image = L.image_of(quantized(model))
     bar = Bar(sys.stderr, sys.stderr.isatty() if a.progress is None else a.progress)
     last: Exception | None = None
+    was_reset = False
     for attempt in range(a.attempts):
-        board = Board(a.port, baud=a.baud, timeout=a.timeout, retries=a.retries)
         try:
-            if attempt == 0 and a.reset != "none":
+            board = Board(a.port, baud=a.baud, timeout=a.timeout, retries=a.retries)
+        except LinkError as e:
+            last = e
+            if attempt + 1 < a.attempts:
+                time.sleep(a.timeout)   # a resetting board (or one re-enumerating on USB) is back soon
+            continue
+        try:
+            if not was_reset and a.reset != "none":
                 pulse_reset(board.ser, a.reset)
+                was_reset = True
             hello = board.hello()
             if hello.model_hash == image.model_hash and not a.force:
                 print(f"{PROG}: {a.port} ({hello.board}) already runs model 0x{image.model_hash:08x} "
                       f"(slot {'AB'[hello.active_slot or 0]}, generation {hello.generation}); --force flashes again")
                 return 0
-            r = board.flash(image, progress=bar, resume=not a.no_resume)
+            r = board.flash(image, progress=bar, resume=not a.no_resume, hello=hello)
             print(f"{PROG}: flashed model 0x{r.model_hash:08x} to {a.port} ({hello.board}): slot "
                   f"{'AB'[r.slot]}, generation {r.generation}, CRC32 0x{r.crc:08x} verified, "
                   f"{len(image.genome):,} B in {r.seconds:.2f} s ({r.requests} requests, {r.retries} retries"
                   + (f", resumed at {r.resumed_from:,} B" if r.resumed_from else "") + ")")
             return 0
+        except BoardRefused:
+            raise                 # the board answered: asking again gets the same answer
         except LinkError as e:
-            last = e
-            if "refused" in str(e) or "verify failed" in str(e) or "the board holds" in str(e) \
-                    or "format" in str(e):
-                raise
+            last = e              # the link failed: reopen the port and resume
         finally:
             board.close()
     raise UserError(f"{last} (gave up after {a.attempts} attempts; the previous genome stays active)")

@@ -3,10 +3,12 @@ firmware (served by a thread here), the one-line results and errors, resume,
 --list, and the uploader wrapping of --image."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,8 +24,8 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("mak
 class HostServer:
     """The host link firmware behind a TCP port: what pyserial's socket:// reaches."""
 
-    def __init__(self):
-        self.host = B.HostLink()
+    def __init__(self, host: Any = None):
+        self.host = host if host is not None else B.HostLink()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
@@ -125,6 +127,72 @@ def test_bad_inputs_are_one_line_errors(models, capsys, tmp_path):
     one_line_error(capsys, "no reply", "HELLO", "previous genome")
     assert FL.main(["--port", "loop://", "--baud", "0", "--model", str(pa)]) == 2
     one_line_error(capsys, "--baud")
+
+
+class CountingOpens:
+    """open_port wrapped: counts the opens; the first `fail` of them fail as a board that is
+    resetting does (nothing listens), and socket:// opens are tried once instead of for 10 s."""
+
+    def __init__(self, fail: int = 0):
+        self.real, self.calls, self.fail = B.open_port, 0, fail
+
+    def __call__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Any:
+        self.calls += 1
+        if self.calls <= self.fail:
+            return self.real(f"socket://127.0.0.1:{B.free_port()}", baud, 0.0)
+        return self.real(port, baud, 0.0)
+
+
+@pytest.mark.parametrize("port", ["socket://127.0.0.1:{free}", "/dev/nonexistent-tty"])
+def test_a_port_that_cannot_be_opened_is_retried(port, models, capsys, monkeypatch):
+    opens = CountingOpens()
+    monkeypatch.setattr(B, "open_port", opens)
+    port = port.format(free=B.free_port())                  # nothing listens there
+    assert FL.main(["--port", port, "--model", str(models[0]), "--attempts", "3", "--timeout", "0.05"]) == 2
+    one_line_error(capsys, f"cannot open {port}", "gave up after 3 attempts", "previous genome stays active")
+    assert opens.calls == 3
+
+
+def test_a_board_back_after_a_failed_open_is_flashed(server, models, capsys, monkeypatch):
+    opens = CountingOpens(fail=1)
+    monkeypatch.setattr(B, "open_port", opens)
+    assert FL.main(["--port", server.url, "--model", str(models[0]), "--timeout", "0.05"]) == 0
+    assert "verified" in capsys.readouterr().out and opens.calls == 2
+
+
+def test_a_refusal_is_not_retried(server, models, capsys, monkeypatch):
+    """The board refuses the genome (an output shift T = 0): one attempt, its message, exit 2."""
+    real = L.image_of
+
+    def zero_t(q: Any) -> L.Image:
+        img = real(q)
+        g = bytearray(img.genome)
+        g[L.F.GROUPS * L.F.GROUP_BYTES + 32] &= 0xE0
+        return dataclasses.replace(img, genome=bytes(g))
+
+    opens = CountingOpens()
+    monkeypatch.setattr(B, "open_port", opens)
+    monkeypatch.setattr(L, "image_of", zero_t)
+    assert FL.main(["--port", server.url, "--model", str(models[0]), "--attempts", "3"]) == 2
+    one_line_error(capsys, "FLASH_VERIFY refused: ERR_FORMAT", "previous genome stays active")
+    assert opens.calls == 1
+    with B.Board(server.url) as b:
+        assert b.hello().active_slot is None
+
+
+def test_a_flash_sends_one_hello(models, capsys):
+    from test_link import RequestCounter
+    link = RequestCounter(B.HostLink())
+    server = HostServer(link)
+    try:
+        assert FL.main(["--port", server.url, "--model", str(models[0])]) == 0
+        assert "verified" in capsys.readouterr().out
+        assert (link.sent["HELLO"], link.sent["FLASH_BEGIN"], link.sent["FLASH_ACTIVATE"]) == (1, 1, 1)
+        assert FL.main(["--port", server.url, "--model", str(models[0])]) == 0
+        assert "already runs" in capsys.readouterr().out
+        assert link.sent["HELLO"] == 2 and link.sent["FLASH_BEGIN"] == 1
+    finally:
+        server.close()
 
 
 def test_list_ports(capsys):

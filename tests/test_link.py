@@ -5,9 +5,12 @@ atomicity at every chunk boundary, faults on the link, and the parser fuzzed
 under AddressSanitizer + UndefinedBehaviorSanitizer."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import struct
 import subprocess
+from collections import Counter
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +40,41 @@ def qb():
 @pytest.fixture
 def host():
     return B.HostLink()
+
+
+class RequestCounter:
+    """A transport that passes everything through and counts the host's requests by name."""
+
+    NAMES = {mid: name for name, mid in L.MSG.items()}
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.instant = getattr(inner, "instant", False)
+        self.sent: Counter[str] = Counter()
+        self._wbuf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._wbuf += data
+        for f in B._split_frames(self._wbuf):
+            if len(f) > 1:
+                try:
+                    self.sent[self.NAMES.get(L.decode_frame(f[:-1])[0], "?")] += 1
+                except L.FrameError:
+                    self.sent["?"] += 1
+        return self.inner.write(data)
+
+    def read(self, n: int = 1) -> bytes:
+        return self.inner.read(n)
+
+    @property
+    def in_waiting(self) -> int:
+        return self.inner.in_waiting
+
+    def reset_input_buffer(self) -> None:
+        self.inner.reset_input_buffer()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def check_cells(board: B.Board, q, n: int = 60, seed: int = 0, angle=None) -> None:
@@ -130,7 +168,7 @@ def test_every_error_is_a_reply_with_a_code(host, qa):
     E = L.ERR
     step = struct.pack("<BBBhh", 0, 1, 0, 0, 0)
     assert status_of(b, "STEP", step) == E["ERR_NO_GENOME"]
-    with pytest.raises(B.LinkError, match="ERR_NO_GENOME"):
+    with pytest.raises(B.BoardRefused, match="ERR_NO_GENOME"):
         b.step()
     assert status_of(b, "HELLO", b"x") == E["ERR_LENGTH"]
     assert status_of(b, "STATE_SET", bytes(15)) == E["ERR_LENGTH"]
@@ -210,14 +248,14 @@ def test_bad_crc_genome_is_never_activated(host, qa, qb):
     g = bytearray(good.genome)
     g[L.F.GROUPS * L.F.GROUP_BYTES + 32] &= 0xE0                 # T = 0
     zero_t = L.Image(bytes(g), good.shifts, good.model_hash)
-    with pytest.raises(B.LinkError, match="ERR_FORMAT"):
+    with pytest.raises(B.BoardRefused, match="FLASH_VERIFY refused: ERR_FORMAT"):
         b.flash(zero_t)
     assert b.hello().model_hash == qa.model_hash
     # ... and so is one whose output multiplier M is 2^15 or more (acc*M would overflow int32)
     g = bytearray(good.genome)
     g[L.F.GROUPS * L.F.GROUP_BYTES + 32 + 2 * 5 + 1] |= 0x80
     big_m = L.Image(bytes(g), good.shifts, good.model_hash)
-    with pytest.raises(B.LinkError, match="ERR_FORMAT"):
+    with pytest.raises(B.BoardRefused, match="ERR_FORMAT"):
         b.flash(big_m)
     assert b.hello().model_hash == qa.model_hash
 
@@ -292,10 +330,66 @@ def test_a_dead_link_fails_cleanly_and_keeps_the_genome(qa, qb):
     host = B.HostLink()
     B.Board(host).flash(L.image_of(qa))
     b = B.Board(B.FaultyTransport(host, seed=1, drop=0.5), retries=2)
-    with pytest.raises(B.LinkError, match=r"no reply from .* after 3 tries"):
+    with pytest.raises(B.LinkError, match=r"no reply from .* after 3 tries") as e:
         for _ in range(20):
             b.flash(L.image_of(qb))
+    assert not isinstance(e.value, B.BoardRefused)          # a lost link is worth another try
     assert B.Board(host).hello().model_hash == qa.model_hash
+
+
+class Unplugged:
+    """A port whose device went away: pyserial raises SerialException (an OSError)."""
+
+    def write(self, data: bytes) -> int:
+        import serial
+        raise serial.SerialException("write failed: [Errno 5] Input/output error")
+
+
+def test_a_port_that_fails_is_a_link_error_not_a_traceback(host):
+    with pytest.raises(B.LinkError, match="lost the link to Unplugged: write failed") as e:
+        B.Board(Unplugged())
+    assert not isinstance(e.value, B.BoardRefused)
+    b = B.Board(host)
+    b.ser = Unplugged()
+    with pytest.raises(B.LinkError, match="lost the link to HostLink during HELLO") as e:
+        b.hello()
+    assert not isinstance(e.value, B.BoardRefused)
+
+
+def test_what_the_board_refuses_is_board_refused(host, qa, qb):
+    """Every answer that the same request would get again raises BoardRefused."""
+    b = B.Board(host)
+    img_a, img_b = L.image_of(qa), L.image_of(qb)
+    b.flash(img_a)
+    h = b.hello()
+    with pytest.raises(B.BoardRefused, match=r"the board holds genomes of 100 B, this one has \d+ B"):
+        b.flash(img_b, hello=dataclasses.replace(h, capacity=100))
+    with pytest.raises(B.BoardRefused, match=f"the board runs fixed-point format {h.format_version + 1}, "):
+        b.flash(img_b, hello=dataclasses.replace(h, format_version=h.format_version + 1))
+    hdr = bytearray(img_b.header())
+    hdr[4] = 99                                                  # image version: FLASH_BEGIN says ERR_FORMAT
+    with pytest.raises(B.BoardRefused, match="FLASH_BEGIN refused by the board at HostLink: ERR_FORMAT"):
+        b.call("FLASH_BEGIN", bytes(hdr) + bytes(5))
+    # every chunk written, then a bit flipped in the slot: the resumed flash fails its verify
+    b.flash(img_b, stop_after=len(img_b.chunks()))
+    host.flash(1 - h.active_slot)[1234] ^= 0x10
+    with pytest.raises(B.BoardRefused, match=r"verify failed: .* not activated"):
+        b.flash(img_b)
+    assert b.hello().model_hash == qa.model_hash
+
+
+def test_a_flash_asks_hello_once(qa, qb):
+    """Board.flash asks HELLO itself only when the caller did not pass the reply it has."""
+    link = RequestCounter(B.HostLink())
+    b = B.Board(link)
+    b.flash(L.image_of(qa))
+    assert link.sent["HELLO"] == 1 and link.sent["FLASH_ACTIVATE"] == 1
+    h = b.hello()
+    r = b.flash(L.image_of(qb), hello=h)
+    assert link.sent["HELLO"] == 2 and link.sent["FLASH_BEGIN"] == 2 and r.model_hash == qb.model_hash
+    B.ensure_model(b, L.image_of(qa))              # HELLO says "not this model", then the flash
+    assert link.sent["HELLO"] == 3 and link.sent["FLASH_ACTIVATE"] == 3
+    assert b.hello().model_hash == qa.model_hash
 
 
 def run_fuzz(count: int, seed: int) -> str:
