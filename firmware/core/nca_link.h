@@ -17,7 +17,7 @@ void nca_slot_erase(uint8_t slot);                  /* slot 0/1: every byte 0xFF
 /* program n bytes at offset off of the slot (erased bytes only; a port may
  * program with NOR semantics, new = old & data) */
 void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n);
-/* where the slot's genome is, as the core reads it (NCA_RD8: program memory on AVR);
+/* where the slot's genome is, as the core reads it (NCA_RDU8: program memory on AVR);
  * the link reads every slot byte, the header too, relative to it */
 const nca_genome_t *nca_slot_genome(uint8_t slot);
 
