@@ -75,6 +75,7 @@ RGBA_FRAC = 7                        # Q0.7
 HIDDEN_FRAC = 5                      # Q2.5
 STATE_FRACS = np.array([RGBA_FRAC] * RGBA + [HIDDEN_FRAC] * (CHANNELS - RGBA), np.int64)
 STATE_SCALES = 2.0 ** -STATE_FRACS   # real value of one step, per channel (float64)
+STATE_STEPS = 2.0 ** STATE_FRACS     # steps per unit value, per channel (exact powers of two)
 STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
 if not ALPHA < RGBA:
     raise AssertionError("alpha is not an RGBA channel")
@@ -169,7 +170,7 @@ def quantize_state(x: np.ndarray) -> np.ndarray:
     """Float states (..., 16) -> int8 in each channel's format (round half to even,
     saturate): how a float state enters the fixed-point world; exact for states
     the firmware produced."""
-    q = np.rint(np.asarray(x, np.float64) * 2.0 ** STATE_FRACS)
+    q = np.rint(np.asarray(x, np.float64) * STATE_STEPS)
     return np.clip(q, STATE_MIN, STATE_MAX).astype(np.int8)
 
 

@@ -38,7 +38,7 @@ class FakeQuant:
     grad_shift: int
     hidden_shift: int
     q: QModel | None = field(default=None, repr=False)
-    _x_steps = (2.0 ** F.STATE_FRACS).astype(np.float32)                     # exact powers of two
+    _x_steps = F.STATE_STEPS.astype(np.float32)                              # exact powers of two
     _g_steps = np.tile(1.0 / F.GRAD_SUM_SCALES, 2).astype(np.float32)
 
     @classmethod

@@ -46,8 +46,7 @@ def test_backward_uses_the_dequantised_values(blob):
                  gradient_kernels(0.0), rounding=fq)
     P, h = ro.ws.P[:ro.rows], ro.ws.h[:ro.rows]
     gunit = np.tile(F.GRAD_SUM_SCALES, 2) * 2.0 ** fq.grad_shift
-    steps = 2.0 ** F.STATE_FRACS
-    np.testing.assert_array_equal(np.rint(P[:, :16] * steps) / steps, P[:, :16])
+    np.testing.assert_array_equal(np.rint(P[:, :16] * F.STATE_STEPS) / F.STATE_STEPS, P[:, :16])
     np.testing.assert_allclose(np.rint(P[:, 16:48] / gunit) * gunit, P[:, 16:48], rtol=0, atol=1e-7)
     unit_h = fq.q.s1 * 2.0 ** fq.hidden_shift
     steps = h / unit_h[None, :]
