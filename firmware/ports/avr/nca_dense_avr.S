@@ -184,7 +184,7 @@ group:
     ldi r17, hi8(nca_genome + OUT_BIAS)
     cpc r31, r17
     breq 3f
-    rjmp group
+    jmp group                   /* the unrolled body can exceed rjmp's +-4 KB (NCA_ACC_SHIFT < 5 or > 8) */
 3:
     clr r1
     pop r29
