@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NCA_CODEGEN_CACHE", tempfile.mkdtemp(prefix="nca-bench-cache-"))
     print(f"model: {args.model or 'sim.fixture.blob_model()'}  hash {q.model_hash:08x}  "
           f"formats {q.report['format']}")
-    print(F.describe())
+    print(F.describe(q.fmt))
     with tempfile.TemporaryDirectory() as tmp:
         rows = board_rows(q, Path(tmp))
     head = ("target kernel", "ROM code", "ROM wts", "ROM total", "RAM", "stack", "cycles/update", "note")

@@ -27,7 +27,7 @@ from sim.weights import Model, default_meta
 
 from . import formats as F
 from . import golden as G
-from .quantize import QModel, quantize, recorded_shifts
+from .quantize import QModel, quantize, recorded_format
 
 
 def _model_of(model: ModelLike) -> Model:
@@ -40,8 +40,8 @@ def _model_of(model: ModelLike) -> Model:
 
 
 def _weights_key(model: Model) -> str:
-    """The weights and what the quantiser reads of the metadata (recorded QAT shifts)."""
-    h = hashlib.sha1(repr(recorded_shifts(model.meta)).encode())
+    """The weights and what the quantiser reads of the metadata (a recorded QAT format)."""
+    h = hashlib.sha1(repr(recorded_format(model.meta)).encode())
     for k in ("w1", "b1", "w2", "b2"):
         h.update(np.ascontiguousarray(model.params[k], np.float32).tobytes())
     return h.hexdigest()

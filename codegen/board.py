@@ -661,10 +661,12 @@ class BoardCells(CellBackend):
 
     name = "board"
 
-    def __init__(self, base: Any, boards: dict[int, Board], model_hash: int, angle: float = 0.0):
+    def __init__(self, base: Any, boards: dict[int, Board], model_hash: int, fmt: F.ModelFormat,
+                 angle: float = 0.0):
         self.base = base
         self.boards = dict(boards)
         self.model_hash = model_hash
+        self.fmt = fmt              # the model's state formats (fixed by its hash)
         self._set_angle(angle)
         self.calls = 0
 
@@ -673,14 +675,15 @@ class BoardCells(CellBackend):
 
     def _run(self, c: int, state: np.ndarray, inbox: np.ndarray, op: str) -> tuple[int, np.ndarray]:
         self.calls += 1
-        return self.boards[c].cell(F.quantize_state(state[c]), F.quantize_state(inbox[c]), op, True, self.rot)
+        return self.boards[c].cell(F.quantize_state(state[c], self.fmt), F.quantize_state(inbox[c], self.fmt),
+                                   op, True, self.rot)
 
     def update(self, c: int, state: np.ndarray, inbox: np.ndarray) -> int:
         if c not in self.boards:
             return self.base.update(c, state, inbox)
         r, s = self._run(c, state, inbox, "update")
         if r != 0:
-            state[c] = F.dequantize_state(s)
+            state[c] = F.dequantize_state(s, self.fmt)
         return int(r)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
@@ -688,7 +691,7 @@ class BoardCells(CellBackend):
             self.base.tentative(c, state, inbox, out)
             return
         _, s = self._run(c, state, inbox, "tentative")
-        out[c] = F.dequantize_state(s)
+        out[c] = F.dequantize_state(s, self.fmt)
 
     def set_params(self, params: Any) -> None:
         from .backends import quantized
@@ -719,7 +722,7 @@ def board_cells(params: Any, boards: dict[int, Board], base: Any = None,
         ensure_model(b, image, log)
     angle = _angle(params)
     base = base if base is not None else FixedBackend(q, angle)
-    return BoardCells(base, boards, q.model_hash, angle)
+    return BoardCells(base, boards, q.model_hash, q.fmt, angle)
 
 
 def parse_board_spec(spec: str) -> tuple[int, int, str]:

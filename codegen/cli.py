@@ -120,14 +120,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--dequantized {a.dequantized}: cannot write ({e.strerror or e})") from None
     print(f"{PROG}: wrote {len(written)} files to {out} (model hash {q.model_hash:08x}, "
           f"formats: grad_shift {q.fmt.grad_shift}, hidden_shift {q.fmt.hidden_shift}, "
-          f"bias_shift {q.fmt.bias_shift}, acc_shift {q.fmt.acc_shift})")
+          f"bias_shift {q.fmt.bias_shift}, acc_shift {q.fmt.acc_shift}, "
+          f"hidden state fractions {list(q.fmt.state_fracs[formats.RGBA:])})")
     if a.build or a.report:
         root = out
         targets.make(root, a.target)
         print(f"{PROG}: built {a.target} in {root / 'build' / a.target}")
     if a.report:
         b = targets.Build(a.target, out)
-        print(formats.describe())
+        print(formats.describe(q.fmt))
         errs = q.report["weight_rel_rmse"]
         print(f"quantisation ({q.report['scheme']}): relative RMS weight error " +
               ", ".join(f"{k} {v:.2%}" for k, v in errs.items()))

@@ -7,18 +7,23 @@ emitter (codegen/emit.py: the generated nca_model.h takes its constants from
 (firmware/core/nca_cell.c) implements exactly this arithmetic.
 
 Why these formats (measured, see README "Fixed point" and nca_reference.md 4.2):
-- State: int8 in two formats, Q0.7 for RGBA (value q/128, range -1 .. 0.992)
-  and Q2.5 for the 12 hidden channels (q/32, -4 .. 3.97). The paper's lizard
-  survives a linear int8 state with step 1/32 and range +-4, and the hidden
-  channels need that range; RGBA lives in [0, 1] (premultiplied; no target
-  exceeds 1) and is what the loss sees, so it gets the finer step: post-training
-  quantisation of the regenerating lizard, loss at step 1,000 (sync, 3 seeds):
-  9.3e-3 with Q2.5 everywhere, 5.8e-3 with RGBA at Q1.6, 4.0e-3 at Q0.7. int16
-  would double the 128-byte neighbour buffer and break the 256-byte RAM budget.
-  A message between cells is the 16 state bytes. The channel scales are folded
-  into the first-layer weights and the output multipliers, so the core's
-  arithmetic is the same for every channel; only the alive threshold and the LED
-  colour read RGBA's format.
+- State: int8, Q0.7 for RGBA (value q/128, range -1 .. 0.992) and, per model,
+  one of Q3.4, Q2.5, Q1.6 for each of the 12 hidden channels (q/16 .. q/64; range
+  +-8 .. +-2), chosen by the quantiser (the least squared rounding + clipping error
+  on its calibration cells) and recorded in the model format. RGBA lives in [0, 1]
+  (premultiplied; no target exceeds 1) and is what the loss sees, so it gets the
+  finest step. The hidden channels' ranges differ per channel and per model: the
+  regenerating lizard's reach 5.3 at step 1,000 in three channels and stay below 2
+  in others, and saturating its hidden channels at +-4 alone (everything else
+  continuous) takes its loss at step 1,000 from 1.9e-4 to 3.1e-3; post-training
+  quantisation (sync, 40x40, 3 seeds): 4.0e-3 with Q2.5 for every hidden channel,
+  1.4e-3 with per-channel formats (9.3e-3 with Q2.5 everywhere including RGBA,
+  5.8e-3 with RGBA at Q1.6). int16 would double the 128-byte neighbour buffer and
+  break the 256-byte RAM budget. A message between cells is the 16 state bytes.
+  The channel scales are folded into the first-layer weights and the output
+  multipliers, so the core's arithmetic is the same for every channel and does
+  not know the hidden formats; only the alive threshold and the LED colour read
+  RGBA's format, and only the host's float conversions the hidden ones.
 - Perception: the Sobel kernels are the integer taps (1, 2, 1) with the /8 folded
   into the scale, so a gradient is an exact int16 sum G (|G| <= 1,024; real
   value G/8 state steps of its channel); it is rounded right by a per-model
@@ -66,20 +71,18 @@ from sim.model import (
     SOBEL_Y,
 )
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3                   # 3: per-model hidden state formats
 
 # ---------------------------------------------------------------- state
 STATE_BITS = 8
 RGBA = 4                             # channels 0..3: the picture (ALPHA among them)
 RGBA_FRAC = 7                        # Q0.7
-HIDDEN_FRAC = 5                      # Q2.5
-STATE_FRACS = np.array([RGBA_FRAC] * RGBA + [HIDDEN_FRAC] * (CHANNELS - RGBA), np.int64)
-STATE_SCALES = 2.0 ** -STATE_FRACS   # real value of one step, per channel (float64)
-STATE_STEPS = 2.0 ** STATE_FRACS     # steps per unit value, per channel (exact powers of two)
+HIDDEN_FRACS = (4, 5, 6)             # a hidden channel's candidates: Q3.4, Q2.5, Q1.6
+LEGACY_HIDDEN_FRAC = 5               # models fine-tuned before the choice were trained at Q2.5
 STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
 if not ALPHA < RGBA:
     raise AssertionError("alpha is not an RGBA channel")
-_ALPHA_STEP = STATE_SCALES[ALPHA]
+_ALPHA_STEP = 2.0 ** -RGBA_FRAC
 ALIVE_Q = math.floor(ALIVE_THRESHOLD * (1 << RGBA_FRAC) + 1e-9)   # alive iff q > ALIVE_Q
 if not (ALIVE_Q * _ALPHA_STEP <= ALIVE_THRESHOLD < (ALIVE_Q + 1) * _ALPHA_STEP):
     raise AssertionError("alive threshold does not fall between two state steps")
@@ -97,8 +100,7 @@ SOBEL_X_SLOTS = np.array([SOBEL_X_INT[dy + 1, dx + 1] for dy, dx in NEIGHBOUR_OF
 SOBEL_Y_SLOTS = np.array([SOBEL_Y_INT[dy + 1, dx + 1] for dy, dx in NEIGHBOUR_OFFSETS], np.int64)
 if SOBEL_X_INT[1, 1] or SOBEL_Y_INT[1, 1]:
     raise AssertionError("Sobel centre tap is not zero")
-GRAD_SUM_SCALES = STATE_SCALES / SOBEL_DIV   # real gradient of channel c = G * GRAD_SUM_SCALES[c]
-GRAD_SHIFTS = (0, 1, 2, 3, 4)                # candidates; input unit 2^S * GRAD_SUM_SCALES[c]
+GRAD_SHIFTS = (0, 1, 2, 3, 4)                # candidates; input unit 2^S * state_scales[c] / 8
 HIDDEN_SHIFTS = range(0, 23)                 # K: first-layer sum -> hidden step
 BIAS_SHIFTS = range(0, 8)                    # B: b1 in units of 2^B hidden steps
 ROT_FRAC = 14                                # cos/sin in Q14
@@ -146,6 +148,14 @@ GROUP_BYTES = GROUP_W1 + GROUP + CHANNELS * GROUP          # 260
 GENOME_BYTES = GROUPS * GROUP_BYTES + CHANNELS * (2 + 2)   # 8,384
 
 
+def state_fracs(hidden: tuple[int, ...] | list[int] | np.ndarray) -> tuple[int, ...]:
+    """The 16 channels' fraction bits for the 12 hidden channels' (RGBA is Q0.7)."""
+    return (RGBA_FRAC,) * RGBA + tuple(int(f) for f in hidden)
+
+
+LEGACY_STATE_FRACS = state_fracs([LEGACY_HIDDEN_FRAC] * (CHANNELS - RGBA))
+
+
 @dataclass(frozen=True)
 class ModelFormat:
     """The per-model constants (compile-time in the firmware)."""
@@ -153,8 +163,23 @@ class ModelFormat:
     hidden_shift: int      # K: h = clamp(round(a / 2^K) + (b1 << B), 0, 255)
     bias_shift: int        # B
     acc_shift: int         # R: acc += floor(t / 2^R)
+    state_fracs: tuple[int, ...]   # per channel: value = q / 2^f (RGBA_FRAC, then HIDDEN_FRACS)
+
+    @property
+    def state_steps(self) -> np.ndarray:
+        """Steps per unit value, per channel (float64, exact powers of two)."""
+        return 2.0 ** np.array(self.state_fracs, np.float64)
+
+    @property
+    def state_scales(self) -> np.ndarray:
+        """Real value of one step, per channel (float64, exact powers of two)."""
+        return 2.0 ** -np.array(self.state_fracs, np.float64)
 
     def check(self) -> ModelFormat:
+        fr = tuple(self.state_fracs)
+        if len(fr) != CHANNELS or fr[:RGBA] != (RGBA_FRAC,) * RGBA or any(f not in HIDDEN_FRACS for f in fr[RGBA:]):
+            raise ValueError(f"state fractions {fr}: RGBA must be {RGBA_FRAC}, the {CHANNELS - RGBA} hidden "
+                             f"channels one of {HIDDEN_FRACS}")
         if self.grad_shift not in GRAD_SHIFTS:
             raise ValueError(f"grad_shift {self.grad_shift} not in {GRAD_SHIFTS}")
         if self.hidden_shift not in HIDDEN_SHIFTS:
@@ -166,17 +191,29 @@ class ModelFormat:
         return self
 
 
-def quantize_state(x: np.ndarray) -> np.ndarray:
+def quantize_state(x: np.ndarray, fmt: ModelFormat) -> np.ndarray:
     """Float states (..., 16) -> int8 in each channel's format (round half to even,
     saturate): how a float state enters the fixed-point world; exact for states
     the firmware produced."""
-    q = np.rint(np.asarray(x, np.float64) * STATE_STEPS)
+    q = np.rint(np.asarray(x, np.float64) * fmt.state_steps)
     return np.clip(q, STATE_MIN, STATE_MAX).astype(np.int8)
 
 
-def dequantize_state(q: np.ndarray) -> np.ndarray:
+def dequantize_state(q: np.ndarray, fmt: ModelFormat) -> np.ndarray:
     """int8 states (..., 16) -> float32 (exact)."""
-    return (np.asarray(q, np.float64) * STATE_SCALES).astype(np.float32)
+    return (np.asarray(q, np.float64) * fmt.state_scales).astype(np.float32)
+
+
+def choose_hidden_fracs(states: np.ndarray) -> tuple[int, ...]:
+    """Per hidden channel, the candidate format with the least squared rounding +
+    clipping error over float states (..., 16) (ties: the wider range)."""
+    x = np.asarray(states, np.float64).reshape(-1, CHANNELS)[:, RGBA:]
+    out = []
+    for c in range(CHANNELS - RGBA):
+        errs = [(float(np.mean((np.clip(np.rint(x[:, c] * 2.0 ** f), STATE_MIN, STATE_MAX) * 2.0 ** -f
+                                - x[:, c]) ** 2)), f) for f in HIDDEN_FRACS]
+        out.append(min(errs)[1])
+    return tuple(out)
 
 
 def multiplier_q15(real: float) -> tuple[int, int]:
@@ -195,12 +232,11 @@ def multiplier_q15(real: float) -> tuple[int, int]:
     return m, MULT_FRAC - exp
 
 
-def header_constants(fmt: ModelFormat) -> dict[str, int]:
+def header_constants(fmt: ModelFormat) -> dict[str, int | str]:
     """The #defines of the generated nca_model.h (format constants + the model's)."""
     return {
         "NCA_FORMAT_VERSION": FORMAT_VERSION,
         "NCA_RGBA_FRAC": RGBA_FRAC,
-        "NCA_HIDDEN_FRAC": HIDDEN_FRAC,
         "NCA_RGBA_CHANNELS": RGBA,
         "NCA_ALIVE_Q": ALIVE_Q,
         "NCA_ALPHA_CHANNEL": ALPHA,
@@ -215,14 +251,17 @@ def header_constants(fmt: ModelFormat) -> dict[str, int]:
         "NCA_HIDDEN_SHIFT": fmt.hidden_shift,
         "NCA_BIAS_SHIFT": fmt.bias_shift,
         "NCA_ACC_SHIFT": fmt.acc_shift,
+        # a C initializer (host float conversions only; the cell core never reads it)
+        "NCA_STATE_FRACS": "{" + ", ".join(str(f) for f in fmt.state_fracs) + "}",
     }
 
 
-def describe() -> str:
-    """One paragraph for --report and the README."""
+def describe(fmt: ModelFormat | None = None) -> str:
+    """One paragraph for --report and the README (with a model's hidden formats)."""
     def q(frac: int) -> str:
         return f"Q{STATE_BITS - frac - 1}.{frac}"
-    return (f"state int8, RGBA {q(RGBA_FRAC)} (step 1/{1 << RGBA_FRAC}), hidden {q(HIDDEN_FRAC)} "
-            f"(step 1/{1 << HIDDEN_FRAC}, range +-{1 << (STATE_BITS - 1 - HIDDEN_FRAC)}), alive q > {ALIVE_Q}; "
-            f"weights int8 per-channel; "
+    hidden = ("Q3.4/Q2.5/Q1.6 per channel" if fmt is None
+              else "[" + " ".join(q(f) for f in fmt.state_fracs[RGBA:]) + "]")
+    return (f"state int8, RGBA {q(RGBA_FRAC)} (step 1/{1 << RGBA_FRAC}), hidden channels {hidden}, "
+            f"alive q > {ALIVE_Q}; weights int8 per-channel; "
             f"hidden uint8 by shift; int16 output accumulators; Q15 multiplier+shift output requantisation")

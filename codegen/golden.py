@@ -8,7 +8,10 @@ AVR __int24, int16 accumulators) never overflow, so the results are equal.
 
 Arrays of a quantised model (`QModel.arrays()`):
   w1 int8 (48, 128)  b1 int8 (128,)  w2 int8 (128, 16)  b2 int16 (16,)
-  mult int16 (16,) (a multiple of 32)   tsh uint8 (16,)  consts int64 [grad_shift, hidden_shift, bias_shift, acc_shift]
+  mult int16 (16,) (a multiple of 32)   tsh uint8 (16,)
+  consts int64 [grad_shift, hidden_shift, bias_shift, acc_shift, then the 16 channels'
+  state fraction bits] (the integer arithmetic reads the shifts only; the
+  conversions from and to the swarm's float arrays read the fraction bits)
 A rotation is int64 [on, cos_q14, sin_q14] (on = 0: none).
 """
 from __future__ import annotations
@@ -29,8 +32,7 @@ _GROUP = F.GROUP
 _HMAX = F.HIDDEN_MAX
 _ROT_HALF = 1 << (F.ROT_FRAC - 1)
 _ROT_FRAC = F.ROT_FRAC
-_Q_ONE = F.STATE_STEPS.copy()                              # steps per unit, per channel
-_Q_STEP = F.STATE_SCALES.astype(np.float32)                # exact powers of two
+_FRACS = 4                                                 # consts[_FRACS + c]: channel c's fraction bits
 DORMANT, ZEROED, UPDATED = 0, 1, 2
 NO_ROTATION = np.zeros(3, np.int64)
 
@@ -205,13 +207,19 @@ def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
 
 # ---------------------------------------------------------------- per-cell on float swarm arrays
 @nb.njit(cache=True)
-def _gather(c, state, inbox, x, nbs):
+def _gather(c, state, inbox, consts, x, nbs):
     for ch in range(CHANNELS):
-        v = np.rint(np.float64(state[c, ch]) * _Q_ONE[ch])
+        one = np.float64(np.int64(1) << consts[_FRACS + ch])
+        v = np.rint(np.float64(state[c, ch]) * one)
         x[ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
         for s in range(8):
-            v = np.rint(np.float64(inbox[c, s, ch]) * _Q_ONE[ch])
+            v = np.rint(np.float64(inbox[c, s, ch]) * one)
             nbs[s, ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
+
+
+@nb.njit(cache=True, inline="always")
+def _to_f32(q, consts, ch):
+    return np.float32(q) / np.float32(np.int64(1) << consts[_FRACS + ch])   # exact: a power of two
 
 
 @nb.njit(cache=True)
@@ -220,11 +228,11 @@ def wakeup_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot):
     whose values are on the state grid (formats.quantize_state rounds any other)."""
     x = np.empty(CHANNELS, np.int8)
     nbs = np.empty((8, CHANNELS), np.int8)
-    _gather(c, state, inbox, x, nbs)
+    _gather(c, state, inbox, consts, x, nbs)
     r = update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot)
     if r != DORMANT:
         for ch in range(CHANNELS):
-            state[c, ch] = np.float32(x[ch]) * _Q_STEP[ch]
+            state[c, ch] = _to_f32(x[ch], consts, ch)
     return r
 
 
@@ -234,10 +242,10 @@ def tentative_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, out):
     x = np.empty(CHANNELS, np.int8)
     nbs = np.empty((8, CHANNELS), np.int8)
     y = np.empty(CHANNELS, np.int8)
-    _gather(c, state, inbox, x, nbs)
+    _gather(c, state, inbox, consts, x, nbs)
     tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, y)
     for ch in range(CHANNELS):
-        out[c, ch] = np.float32(y[ch]) * _Q_STEP[ch]
+        out[c, ch] = _to_f32(y[ch], consts, ch)
 
 
 def rgb(state: np.ndarray) -> np.ndarray:

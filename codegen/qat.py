@@ -8,8 +8,9 @@ fixed-point swarm). Fine-tuning through that arithmetic teaches the model a
 pattern that is stable on the integer grid.
 
 `FakeQuant` (the trainer's `Rounding`) quantises the float master weights every
-iteration at the shifts fixed at the start (`quantize.build_at`: the same
-function that builds the shipped genome, recorded in the model's metadata), and
+iteration at the shifts and state formats fixed at the start (`quantize.build_at`:
+the same function that builds the shipped genome, recorded in the model's
+metadata), and
 computes each step's dense layers in exactly the golden model's integer
 arithmetic. The integers are carried in float32, which is exact: every
 intermediate is an integer below 2^24 (codegen/formats.py bounds them). The
@@ -29,41 +30,48 @@ from sim.model import CHANNELS, PERCEPTION
 from sim.weights import Model
 
 from . import formats as F
-from .quantize import META_KEY, QModel, build_at, quantize, recorded_shifts
+from .quantize import META_KEY, QModel, build_at, quantize, recorded_format
 
 
 @dataclass
 class FakeQuant:
-    """The firmware's arithmetic at fixed shifts, for sim.train_core.forward."""
+    """The firmware's arithmetic at fixed shifts and state formats, for sim.train_core.forward."""
     grad_shift: int
     hidden_shift: int
+    hidden_fracs: tuple[int, ...]
     q: QModel | None = field(default=None, repr=False)
-    _x_steps = F.STATE_STEPS.astype(np.float32)                              # exact powers of two
-    _g_steps = np.tile(1.0 / F.GRAD_SUM_SCALES, 2).astype(np.float32)
+
+    def __post_init__(self) -> None:
+        self.fmt = F.ModelFormat(self.grad_shift, self.hidden_shift, 0, 1,
+                                 F.state_fracs(self.hidden_fracs)).check()
+        self._x_steps = self.fmt.state_steps.astype(np.float32)                # exact powers of two
+        self._g_steps = np.tile(self.fmt.state_steps * F.SOBEL_DIV, 2).astype(np.float32)
+        self._x_scales = self.fmt.state_scales
 
     @classmethod
     def for_model(cls, model: Model) -> FakeQuant:
-        """The shifts recorded by an earlier fine-tuning, else those `quantize` picks."""
-        rec = recorded_shifts(model.meta)
+        """The format recorded by an earlier fine-tuning, else the one `quantize` picks."""
+        rec = recorded_format(model.meta)
         if rec is not None:
             return cls(*rec)
         q = quantize(model)
-        return cls(q.fmt.grad_shift, q.fmt.hidden_shift)
+        return cls(q.fmt.grad_shift, q.fmt.hidden_shift, q.fmt.state_fracs[F.RGBA:])
 
     def on_grid(self, x: np.ndarray) -> np.ndarray:
         """States (..., 16) rounded onto the firmware's state grid (the seed's 1.0 is not
         on RGBA's): the trainer starts from these, so its states stay on the grid."""
-        return F.dequantize_state(F.quantize_state(x)).astype(x.dtype)
+        return F.dequantize_state(F.quantize_state(x, self.fmt), self.fmt).astype(x.dtype)
 
     def meta(self) -> dict[str, Any]:
-        """The model metadata's training entry that `recorded_shifts` reads back."""
-        return {META_KEY: {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift}}
+        """The model metadata's training entry that `recorded_format` reads back."""
+        return {META_KEY: {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift,
+                           "hidden_fracs": list(self.hidden_fracs)}}
 
     def weights(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantise the master weights for this iteration; returns them dequantised (what
         the backward pass multiplies by)."""
         self.q = build_at(Model({k: params[k] for k in ("w1", "b1", "w2", "b2")}),
-                          self.grad_shift, self.hidden_shift)
+                          self.grad_shift, self.hidden_shift, self.fmt.state_fracs)
         q = self.q
         self._units = q.input_units()
         self._unit_h = q.s1 * 2.0 ** self.hidden_shift
@@ -98,7 +106,7 @@ class FakeQuant:
         d = (acc * self._mult + (np.int64(1) << (self._tsh - 1))) >> self._tsh
         xi = x.astype(np.int64)
         new = np.clip(xi + d, F.STATE_MIN, F.STATE_MAX)
-        dx[:] = ((new - xi) * F.STATE_SCALES[None, :]).astype(dx.dtype)
+        dx[:] = ((new - xi) * self._x_scales[None, :]).astype(dx.dtype)
         P[:, :PERCEPTION] = (pin * self._units[None, :]).astype(P.dtype)
         h[:] = (hq * self._unit_h[None, :]).astype(h.dtype)
 

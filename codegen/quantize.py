@@ -30,7 +30,7 @@ from sim.weights import Model, default_meta
 
 from . import formats as F
 
-META_KEY = "qat"       # meta["training"][META_KEY] = {"grad_shift": S, "hidden_shift": K}
+META_KEY = "qat"       # meta["training"][META_KEY] = {"grad_shift": S, "hidden_shift": K, "hidden_fracs": [...]}
 
 
 class QuantizeError(UserError):
@@ -56,7 +56,7 @@ class QModel:
     def arrays(self) -> tuple[np.ndarray, ...]:
         """(w1, b1, w2, b2, mult, tsh, consts) as the golden kernels take them."""
         consts = np.array([self.fmt.grad_shift, self.fmt.hidden_shift, self.fmt.bias_shift,
-                           self.fmt.acc_shift], np.int64)
+                           self.fmt.acc_shift, *self.fmt.state_fracs], np.int64)
         return self.w1, self.b1, self.w2, self.b2, self.mult, self.tsh, consts
 
     def genome(self) -> bytes:
@@ -81,11 +81,11 @@ class QModel:
     def model_hash(self) -> int:
         """CRC-32 of the genome and the format constants: what a board reports."""
         consts = bytes([F.FORMAT_VERSION, self.fmt.grad_shift, self.fmt.hidden_shift,
-                        self.fmt.bias_shift, self.fmt.acc_shift])
+                        self.fmt.bias_shift, self.fmt.acc_shift, *self.fmt.state_fracs])
         return zlib.crc32(self.genome() + consts) & 0xFFFFFFFF
 
     def input_units(self) -> np.ndarray:
-        return _input_units(self.fmt.grad_shift)
+        return _input_units(self.fmt.grad_shift, self.fmt)
 
     def dequantize(self) -> Model:
         """The quantised weights as a float model (same network, int8-rounded weights)."""
@@ -104,11 +104,12 @@ class QModel:
         return Model({n: a.astype(np.float32) for n, a in params.items()}, meta)
 
 
-def _input_units(grad_shift: int) -> np.ndarray:
-    """Real value of one integer step of each perception input."""
+def _input_units(grad_shift: int, fmt: F.ModelFormat) -> np.ndarray:
+    """Real value of one integer step of each perception input (a gradient's integer
+    sum G is in eighths of its channel's state step)."""
     u = np.empty(PERCEPTION, np.float64)
-    u[:CHANNELS] = F.STATE_SCALES
-    u[CHANNELS:] = np.tile(F.GRAD_SUM_SCALES, 2) * 2.0 ** grad_shift
+    u[:CHANNELS] = fmt.state_scales
+    u[CHANNELS:] = np.tile(fmt.state_scales / F.SOBEL_DIV, 2) * 2.0 ** grad_shift
     return u
 
 
@@ -170,16 +171,16 @@ def _bias_shift(b_steps: np.ndarray) -> int | None:
     return None
 
 
-def _float_new_states(model: Model, nbhd_q: np.ndarray) -> np.ndarray:
+def _float_new_states(model: Model, nbhd_q: np.ndarray, fmt: F.ModelFormat) -> np.ndarray:
     """x + dx in state steps (float, saturated like the state) of the float model on
     the exact values of int8 neighbourhoods (n, 3, 3, 16): what the firmware should give."""
-    x = nbhd_q.astype(np.float64) * F.STATE_SCALES
+    x = nbhd_q.astype(np.float64) * fmt.state_scales
     gx = np.einsum("ab,nabc->nc", F.SOBEL_X_INT / F.SOBEL_DIV, x)
     gy = np.einsum("ab,nabc->nc", F.SOBEL_Y_INT / F.SOBEL_DIV, x)
     p = np.concatenate([x[:, 1, 1, :], gx, gy], axis=1)
     h = np.maximum(p @ model.w1.astype(np.float64) + model.b1, 0.0)
     dx = h @ model.w2.astype(np.float64) + model.b2
-    return np.clip((x[:, 1, 1, :] + dx) / F.STATE_SCALES, F.STATE_MIN, F.STATE_MAX)
+    return np.clip((x[:, 1, 1, :] + dx) * fmt.state_steps, F.STATE_MIN, F.STATE_MAX)
 
 
 def _fixed_new_states(q: QModel, nbhd_q: np.ndarray) -> np.ndarray:
@@ -193,10 +194,11 @@ def _fixed_new_states(q: QModel, nbhd_q: np.ndarray) -> np.ndarray:
 
 
 def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1q: np.ndarray,
-           b1q: np.ndarray, bs: int) -> QModel:
+           b1q: np.ndarray, bs: int, fracs: tuple[int, ...]) -> QModel:
     """The second layer and the output stage for given first-layer choices."""
     W2 = model.w2.astype(np.float64)
     B2 = model.b2.astype(np.float64)
+    scales = 2.0 ** -np.array(fracs, np.float64)
     unit_h = s1 * 2.0 ** ks
     V2 = W2 * unit_h[:, None]            # W2 rows carry the hidden units' scales
     amax2 = np.max(np.abs(V2), axis=0)
@@ -215,7 +217,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
             if amax2[m] > 0:
                 s2[m] = amax2[m] / F.WEIGHT_MAX
             else:   # a dead output: pick a unit that represents its bias well
-                s2[m] = max(abs(B2[m]) * 2 / F.ACC_MAX, F.STATE_SCALES[m] / 256) / 2.0 ** rs
+                s2[m] = max(abs(B2[m]) * 2 / F.ACC_MAX, scales[m] / 256) / 2.0 ** rs
             w2q[:, m] = np.clip(np.rint(V2[:, m] / s2[m]), -F.WEIGHT_MAX, F.WEIGHT_MAX)
             # acc += t >> R floors; on average that drops (1 - 2^-R)/2 per group: put it back in b2
             b2q[m] = int(np.rint(B2[m] / (s2[m] * 2.0 ** rs) + F.GROUPS * (1 - 2.0 ** -rs) / 2))
@@ -232,21 +234,21 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
                             f"(1..15): {reason}; the output bias b2 is too large for the weights")
     rs = rs_chosen
     for m in range(CHANNELS):
-        real = s2[m] * 2.0 ** rs / F.STATE_SCALES[m]                  # one acc step in state steps
+        real = s2[m] * 2.0 ** rs / scales[m]                  # one acc step in state steps
         mm, t = F.multiplier_q15(real)
         if not F.OUT_SHIFT_MIN <= t <= F.OUT_SHIFT_MAX:
             raise QuantizeError(f"output {m}: requantisation scale {real:.3g} state steps per accumulator "
                                 f"step is out of range (shift {t} not in {F.OUT_SHIFT_MIN}..{F.OUT_SHIFT_MAX})")
         mult[m], tsh[m] = mm, t
-    fmt = F.ModelFormat(gs, ks, bs, rs).check()
+    fmt = F.ModelFormat(gs, ks, bs, rs, tuple(fracs)).check()
     return QModel(w1q.astype(np.int8), b1q.astype(np.int8), w2q.astype(np.int8), b2q.astype(np.int16),
                   mult.astype(np.int16), tsh.astype(np.uint8), fmt, s1, s2, per_channel,
                   meta=dict(model.meta))
 
 
-def _first_layer(W1: np.ndarray, gs: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+def _first_layer(W1: np.ndarray, gs: int, per_channel: bool, fmt: F.ModelFormat) -> tuple[np.ndarray, np.ndarray]:
     """(s1, w1q): per-hidden-unit scale and int8 weights of the first layer."""
-    V1 = W1 * _input_units(gs)[:, None]   # weights in units of the integer inputs
+    V1 = W1 * _input_units(gs, fmt)[:, None]   # weights in units of the integer inputs
     amax1 = np.max(np.abs(V1), axis=0)
     if not per_channel:
         amax1 = np.full(HIDDEN, np.max(amax1))
@@ -255,13 +257,13 @@ def _first_layer(W1: np.ndarray, gs: int, per_channel: bool) -> tuple[np.ndarray
     return s1, np.clip(np.rint(V1 / s1[None, :]), -F.WEIGHT_MAX, F.WEIGHT_MAX).astype(np.int64)
 
 
-def build_at(model: Model, gs: int, ks: int, per_channel: bool = True,
+def build_at(model: Model, gs: int, ks: int, fracs: tuple[int, ...], per_channel: bool = True,
              first: tuple[np.ndarray, np.ndarray] | None = None) -> QModel:
-    """The quantised model at given gradient and hidden shifts (no calibration, no bias
-    correction): what quantisation-aware training runs every iteration."""
+    """The quantised model at given gradient and hidden shifts and state formats (no
+    calibration, no bias correction): what quantisation-aware training runs every iteration."""
     W1 = model.w1.astype(np.float64)
     B1 = model.b1.astype(np.float64)
-    s1, w1q = first if first is not None else _first_layer(W1, gs, per_channel)
+    s1, w1q = first if first is not None else _first_layer(W1, gs, per_channel, _fmt_of(fracs))
     b_steps = B1 / (s1 * 2.0 ** ks)
     bs = _bias_shift(b_steps)
     if bs is None:
@@ -269,7 +271,12 @@ def build_at(model: Model, gs: int, ks: int, per_channel: bool = True,
         raise QuantizeError(f"first-layer bias b1[{j}] = {B1[j]:.4g} is out of range: more than "
                             f"int8 << 7 hidden steps at hidden shift {ks}")
     b1q = np.rint(b_steps / 2.0 ** bs).astype(np.int64)
-    return _build(model, per_channel, gs, ks, s1, w1q, b1q, bs)
+    return _build(model, per_channel, gs, ks, s1, w1q, b1q, bs, fracs)
+
+
+def _fmt_of(fracs: tuple[int, ...]) -> F.ModelFormat:
+    """A format carrying only the state formats (for the scales that depend on them)."""
+    return F.ModelFormat(0, 0, 0, 1, tuple(fracs)).check()
 
 
 def _acc_bound(w2col: np.ndarray, b2: int, rs: int) -> int:
@@ -301,40 +308,55 @@ def _bias_correct(q: QModel, model: Model, nbhd_q: np.ndarray, target: np.ndarra
     return q, float(np.mean((got - target) ** 2))
 
 
-def recorded_shifts(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(grad_shift, hidden_shift) a quantisation-aware fine-tuning recorded, if any."""
+def recorded_format(meta: dict[str, Any]) -> tuple[int, int, tuple[int, ...]] | None:
+    """(grad_shift, hidden_shift, the 12 hidden channels' fraction bits) a
+    quantisation-aware fine-tuning recorded, if any (fine-tunings that recorded no
+    state formats were trained at Q2.5). Raises QuantizeError for recorded formats
+    the firmware does not have."""
     rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
     if not isinstance(rec, dict):
         return None
     try:
-        return int(rec["grad_shift"]), int(rec["hidden_shift"])
+        gs, ks = int(rec["grad_shift"]), int(rec["hidden_shift"])
     except (KeyError, TypeError, ValueError):
         return None
+    fracs = rec.get("hidden_fracs", [F.LEGACY_HIDDEN_FRAC] * (CHANNELS - F.RGBA))
+    try:
+        F.ModelFormat(gs, ks, 0, 1, F.state_fracs(fracs)).check()
+    except (TypeError, ValueError) as e:
+        raise QuantizeError(f"the model's recorded fixed-point format is not one the firmware has: {e}") from None
+    return gs, ks, tuple(int(f) for f in fracs)
 
 
 def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = None,
              hidden_shift: int | None = None, grad_shift: int | None = None,
-             select_cells: int = 4000) -> QModel:
+             select_cells: int = 4000, hidden_fracs: tuple[int, ...] | None = None) -> QModel:
     """Quantise a float model; raises QuantizeError if it does not fit the formats.
 
-    The gradient shift and the hidden shift are chosen by the error of the new
-    states on calibration cells (after bias correction), not by a proxy, unless
-    given, or recorded by a quantisation-aware fine-tuning (codegen.qat): such a
-    model was trained through `build_at` at its shifts, so it is built exactly so,
-    without bias correction."""
+    The hidden channels' state formats are those with the least rounding +
+    clipping error on the calibration cells (`formats.choose_hidden_fracs`); the
+    gradient shift and the hidden shift are chosen by the error of the new states
+    on calibration cells (after bias correction), not by a proxy. Unless given, or
+    recorded by a quantisation-aware fine-tuning (codegen.qat): such a model was
+    trained through `build_at` in its format, so it is built exactly so, without
+    bias correction."""
     trained_at = False
-    if grad_shift is None and hidden_shift is None:
-        rec = recorded_shifts(model.meta)
+    if grad_shift is None and hidden_shift is None and hidden_fracs is None:
+        rec = recorded_format(model.meta)
         if rec is not None:
-            (grad_shift, hidden_shift), trained_at = rec, True
+            (grad_shift, hidden_shift, hidden_fracs), trained_at = rec, True
     W1 = model.w1.astype(np.float64)
     B1 = model.b1.astype(np.float64)
     nbhd = calibration_states(model) if calib is None else np.asarray(calib, np.float32)
-    nbhd_q = F.quantize_state(nbhd)
+    if hidden_fracs is None:
+        hidden_fracs = F.choose_hidden_fracs(nbhd[:, 1, 1, :])
+    fracs = F.state_fracs(hidden_fracs)
+    fmt0 = _fmt_of(fracs)
+    nbhd_q = F.quantize_state(nbhd, fmt0)
     sel = nbhd_q
     if len(sel) > select_cells:
         sel = sel[np.random.default_rng(1).choice(len(sel), select_cells, replace=False)]
-    target_sel = _float_new_states(model, sel)
+    target_sel = _float_new_states(model, sel, fmt0)
     Gs = _gradient_sums(nbhd_q)                                      # (n, 32)
 
     # gradient shift candidates: the two with least rounding + clipping error
@@ -348,7 +370,7 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     for gs in gs_cands:
         p = np.concatenate([nbhd_q[:, 1, 1, :].astype(np.int64),
                             np.clip(_rshift(Gs, gs), F.STATE_MIN, F.STATE_MAX)], axis=1)
-        s1, w1q = _first_layer(W1, gs, per_channel)
+        s1, w1q = _first_layer(W1, gs, per_channel, fmt0)
         a = p @ w1q
         # hidden shifts worth trying: those that keep the calibration's hidden values mostly
         # inside 0..255, from the finest up
@@ -358,7 +380,7 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
         ks_cands = [hidden_shift] if hidden_shift is not None else [k for k in range(k0 - 2, k0 + 3) if k in F.HIDDEN_SHIFTS]
         for ks in ks_cands:
             try:
-                q = build_at(model, gs, ks, per_channel, (s1, w1q))
+                q = build_at(model, gs, ks, fracs, per_channel, (s1, w1q))
             except QuantizeError as e:
                 first_error = first_error or e
                 continue
@@ -379,7 +401,8 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     q.report = {
         "scheme": "per-channel" if per_channel else "per-tensor",
         "format": {"grad_shift": q.fmt.grad_shift, "hidden_shift": q.fmt.hidden_shift,
-                   "bias_shift": q.fmt.bias_shift, "acc_shift": q.fmt.acc_shift},
+                   "bias_shift": q.fmt.bias_shift, "acc_shift": q.fmt.acc_shift,
+                   "state_fracs": list(q.fmt.state_fracs)},
         "calibration_cells": len(nbhd),
         "grad_shift_mse": gs_err,
         "candidates_mse": tried,

@@ -50,10 +50,10 @@ def test_lockstep_swarm_on_the_fixed_backend_equals_the_golden_grid():
     sw = SimPySwarm(seed_state(14, 14), make_backend("fixed", m), seed=5, mode="lockstep")
     sw.run(25)
     q = make_backend("fixed", m).q
-    x = F.quantize_state(seed_state(14, 14))
+    x = F.quantize_state(seed_state(14, 14), q.fmt)
     for k in range(25):
         x = G.sync_step(x, 5, k, 0.5, *q.arrays(), G.NO_ROTATION)
-    np.testing.assert_array_equal(sw.grid, F.dequantize_state(x))
+    np.testing.assert_array_equal(sw.grid, F.dequantize_state(x, q.fmt))
     assert (x[..., ALPHA] > F.ALIVE_Q).sum() > 20
 
 
@@ -89,10 +89,10 @@ def test_rotation_through_set_params_in_both_backends():
         grids.append(sw.grid.copy())
     np.testing.assert_array_equal(grids[0], grids[1])
     q = make_backend("fixed", m).q
-    x = F.quantize_state(seed_state(16, 16))
+    x = F.quantize_state(seed_state(16, 16), q.fmt)
     for k in range(20):
         x = G.sync_step(x, 2, k, 0.5, *q.arrays(), G.rotation_array(90.0 if k >= 6 else None))
-    np.testing.assert_array_equal(grids[0], F.dequantize_state(x))
+    np.testing.assert_array_equal(grids[0], F.dequantize_state(x, q.fmt))
 
 
 def test_fixed_backend_starting_at_an_angle():
@@ -185,12 +185,12 @@ def test_persistent_lizard_grows_in_fixed_point():
     target = fit_target(load_target("lizard"), 40, 40)
     q = quantized(model)
     for seed in range(3):
-        x = F.quantize_state(seed_state(40, 40))
+        x = F.quantize_state(seed_state(40, 40), q.fmt)
         for k in range(1000):
             x = G.sync_step(x, seed, k, 0.5, *q.arrays(), G.NO_ROTATION)
         g = SyncGrid(seed_state(40, 40), Params.from_model(model), seed)
         g.run(1000)
-        xf = F.dequantize_state(x)
+        xf = F.dequantize_state(x, q.fmt)
         assert _loss(xf, target) < 0.005
         na, nf = int((x[..., ALPHA] > F.ALIVE_Q).sum()), int((g.state[..., ALPHA] > 0.1).sum())
         assert abs(na - nf) <= 0.05 * nf

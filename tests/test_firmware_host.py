@@ -123,7 +123,7 @@ def firmware_sync_step(hostfw, x: np.ndarray, seed: int, step: int) -> np.ndarra
 
 def test_whole_40x40_swarm_trajectory_of_300_steps_is_bit_exact(q, hostfw):
     a = q.arrays()
-    xg = F.quantize_state(seed_state(40, 40))
+    xg = F.quantize_state(seed_state(40, 40), q.fmt)
     xf = xg.copy()
     for k in range(300):
         xg = G.sync_step(xg, 11, k, 0.5, *a, G.NO_ROTATION)

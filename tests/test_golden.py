@@ -118,7 +118,7 @@ def test_sync_step_is_the_reference_rules_on_int8(q):
     """sync_step: pre-alive, counter-based fire mask, x + dx, post-alive - checked on a
     grid against cells recomputed one by one with tentative()."""
     a = q.arrays()
-    x = F.quantize_state(seed_state(12, 12))
+    x = F.quantize_state(seed_state(12, 12), q.fmt)
     for k in range(15):
         x = G.sync_step(x, 7, k, 0.5, *a, G.NO_ROTATION)
     y = G.sync_step(x, 7, 15, 0.5, *a, G.NO_ROTATION)
@@ -144,14 +144,14 @@ def test_fixed_point_swarm_stays_close_to_the_float_one(q):
     """Blob fixture, 40x40, 300 synchronous steps from the seed with the same fire
     masks: the fixed-point state's error stays bounded and the living region agrees."""
     g = SyncGrid(seed_state(40, 40), Params.from_model(blob_model()), 0)
-    x = F.quantize_state(seed_state(40, 40))
+    x = F.quantize_state(seed_state(40, 40), q.fmt)
     a = q.arrays()
     errs = []
     for k in range(300):
         x = G.sync_step(x, 0, k, 0.5, *a, G.NO_ROTATION)
         g.run(1)
         if k % 50 == 49:
-            errs.append(float(np.mean(np.abs(F.dequantize_state(x) - g.state))))
+            errs.append(float(np.mean(np.abs(F.dequantize_state(x, q.fmt) - g.state))))
     alive_f = g.state[..., ALPHA] > 0.1
     alive_q = x[..., ALPHA] > F.ALIVE_Q
     assert max(errs) < 0.12, errs

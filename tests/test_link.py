@@ -101,10 +101,10 @@ def test_generated_header_equals_the_python_definition():
     for k, (lo, hi) in L.SHIFT_LIMITS.items():
         if k != "OUT":
             args = {"GRAD": (lo, 0, 0, 1), "HIDDEN": (0, lo, 0, 1), "BIAS": (0, 0, lo, 1), "ACC": (0, 0, 0, lo)}[k]
-            L.F.ModelFormat(*args).check()
+            L.F.ModelFormat(*args, L.F.LEGACY_STATE_FRACS).check()
             with pytest.raises(ValueError):
                 L.F.ModelFormat(*[a + (hi - lo + 1 if a == lo and i == "GRAD HIDDEN BIAS ACC".split().index(k)
-                                       else 0) for i, a in enumerate(args)]).check()
+                                       else 0) for i, a in enumerate(args)], L.F.LEGACY_STATE_FRACS).check()
 
 
 def test_frames_roundtrip_and_reject_damage():

@@ -1,5 +1,5 @@
 """Quantisation-aware fine-tuning: the trainer's integer forward equals the golden
-model bit for bit, the fine-tuned model records its shifts and `quantize` builds
+model bit for bit, the fine-tuned model records its format and `quantize` builds
 exactly what was trained, and a short fine-tuning lowers the fixed-point loss."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from codegen import formats as F
 from codegen import golden as G
-from codegen.qat import FakeQuant, recorded_shifts
+from codegen.qat import FakeQuant, recorded_format
 from codegen.quantize import build_at, quantize
 from sim import weights
 from sim.backends import make_backend
@@ -24,15 +24,15 @@ def test_integer_forward_equals_the_golden_sync_step(blob):
     model's sync step exactly) is bit for bit the golden model's."""
     fq = FakeQuant.for_model(blob)
     pq = fq.weights(blob.params)
-    q = build_at(blob, fq.grad_shift, fq.hidden_shift)
+    q = build_at(blob, fq.grad_shift, fq.hidden_shift, fq.fmt.state_fracs)
     kxy = gradient_kernels(0.0)
     x = fq.on_grid(seed_state(24, 24))[None]         # the seed's 1.0 is not on RGBA's grid
-    xi = F.quantize_state(x[0])
+    xi = F.quantize_state(x[0], q.fmt)
     fire = np.ones((1, 1, 24, 24), bool)
     for k in range(60):
         x = forward(x, pq, 1, fire, kxy, rounding=fq).x
         xi = G.sync_step(xi, 0, k, 1.0, *q.arrays(), G.NO_ROTATION)
-        np.testing.assert_array_equal(x[0], F.dequantize_state(xi), err_msg=f"step {k}")
+        np.testing.assert_array_equal(x[0], F.dequantize_state(xi, q.fmt), err_msg=f"step {k}")
     assert np.count_nonzero(xi[..., 3] > F.ALIVE_Q) > 20          # it grew: a real trajectory
 
 
@@ -45,8 +45,9 @@ def test_backward_uses_the_dequantised_values(blob):
     ro = forward(x0, fq.weights(blob.params), 8, np.ones((8, 1, 16, 16), bool),
                  gradient_kernels(0.0), rounding=fq)
     P, h = ro.ws.P[:ro.rows], ro.ws.h[:ro.rows]
-    gunit = np.tile(F.GRAD_SUM_SCALES, 2) * 2.0 ** fq.grad_shift
-    np.testing.assert_array_equal(np.rint(P[:, :16] * F.STATE_STEPS) / F.STATE_STEPS, P[:, :16])
+    gunit = np.tile(fq.fmt.state_scales / F.SOBEL_DIV, 2) * 2.0 ** fq.grad_shift
+    steps = fq.fmt.state_steps
+    np.testing.assert_array_equal(np.rint(P[:, :16] * steps) / steps, P[:, :16])
     np.testing.assert_allclose(np.rint(P[:, 16:48] / gunit) * gunit, P[:, 16:48], rtol=0, atol=1e-7)
     unit_h = fq.q.s1 * 2.0 ** fq.hidden_shift
     steps = h / unit_h[None, :]
@@ -58,10 +59,10 @@ def _fixed_loss(model, target: np.ndarray, steps: int = 14, seeds=(0, 1, 2)) -> 
     q = quantize(model)
     out = []
     for s in seeds:
-        x = F.quantize_state(seed_state(*target.shape[:2]))
+        x = F.quantize_state(seed_state(*target.shape[:2]), q.fmt)
         for k in range(steps):
             x = G.sync_step(x, s, k, 0.5, *q.arrays(), G.NO_ROTATION)
-        d = F.dequantize_state(x)[..., :4].astype(np.float64) - target
+        d = F.dequantize_state(x, q.fmt)[..., :4].astype(np.float64) - target
         out.append(float(np.mean(d * d)))
     return float(np.mean(out))
 
@@ -78,12 +79,12 @@ def test_fine_tuning_lowers_the_fixed_point_loss(disc_png, tmp_path):
     train(cfg_q, tuned, checkpoint_every=0, stream=io.StringIO())
     m0, m1 = weights.load(base), weights.load(tuned)
     fq = FakeQuant.for_model(m0)
-    assert recorded_shifts(m1.meta) == (fq.grad_shift, fq.hidden_shift)
+    assert recorded_format(m1.meta) == (fq.grad_shift, fq.hidden_shift, fq.hidden_fracs)
     assert m1.meta["iterations"] == 250 and len(m1.meta["loss_history"]) == 250
     assert m1.meta["training"]["init"]["iterations"] == 150
-    # quantize builds exactly what was trained: the recorded shifts, no bias correction
+    # quantize builds exactly what was trained: the recorded format, no bias correction
     q = quantize(m1)
-    ref = build_at(m1, fq.grad_shift, fq.hidden_shift)
+    ref = build_at(m1, fq.grad_shift, fq.hidden_shift, fq.fmt.state_fracs)
     for a, b in zip(q.arrays(), ref.arrays()):
         np.testing.assert_array_equal(a, b)
     # ... and so do the swarm's fixed-point backends, from the model or from its Params
@@ -102,3 +103,21 @@ def test_qat_needs_a_model_to_start_from(capsys, tmp_path):
     assert "--init" in err and len(err.splitlines()) == 1
     assert main(["--qat", "--init", str(tmp_path / "none.npz"), "--out", str(tmp_path / "m.npz")]) == 2
     assert "none.npz" in capsys.readouterr().err
+
+
+def test_recorded_formats_old_and_bad(blob):
+    """A fine-tuning recorded before per-channel state formats was trained at Q2.5 and is
+    built so; a recorded format the firmware lacks is refused with the reason."""
+    import pytest
+
+    from codegen.quantize import QuantizeError
+    from sim.weights import Model, default_meta
+
+    old = Model(dict(blob.params), default_meta(training={"qat": {"grad_shift": 2, "hidden_shift": 7}}))
+    assert recorded_format(old.meta) == (2, 7, (F.LEGACY_HIDDEN_FRAC,) * 12)
+    assert quantize(old).fmt.state_fracs == F.LEGACY_STATE_FRACS
+    for bad in ([5] * 11, [5] * 11 + [7], [3] * 12, "Q2.5"):
+        m = Model(dict(blob.params), default_meta(training={"qat": {"grad_shift": 2, "hidden_shift": 7,
+                                                                    "hidden_fracs": bad}}))
+        with pytest.raises(QuantizeError, match="recorded fixed-point format"):
+            quantize(m)

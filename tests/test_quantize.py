@@ -14,7 +14,6 @@ from codegen.quantize import QuantizeError, quantize
 from sim.fixture import blob_model
 from sim.model import (
     ALIVE_THRESHOLD,
-    ALPHA,
     CHANNELS,
     HIDDEN,
     PERCEPTION,
@@ -31,7 +30,7 @@ def qblob():
 
 def test_alive_threshold_in_state_steps_is_the_float_rule():
     for q in range(F.STATE_MIN, F.STATE_MAX + 1):
-        assert (q > F.ALIVE_Q) == (np.float32(q * F.STATE_SCALES[ALPHA]) > ALIVE_THRESHOLD)
+        assert (q > F.ALIVE_Q) == (np.float32(q * 2.0 ** -F.RGBA_FRAC) > ALIVE_THRESHOLD)
 
 
 def test_sobel_taps_are_the_models_kernels_times_eight():
@@ -57,17 +56,36 @@ def test_multiplier_q15_tflite_convention(real):
 
 
 def test_quantize_state_rounds_and_saturates_per_channel():
+    fmt = F.ModelFormat(0, 0, 0, 1, F.state_fracs([5, 4, 6] * 4))   # channels 4, 5, 6: Q2.5, Q3.4, Q1.6
     x = np.array([0.0, 1 / 32, 0.5 / 32, 1.5 / 32, -4.0, -5.0, 3.97, 100.0, -0.049])
-    hidden = np.zeros((len(x), 16))
-    hidden[:, 4] = x                                              # a hidden channel: Q2.5
-    assert list(F.quantize_state(hidden)[:, 4]) == [0, 1, 0, 2, -128, -128, 127, 127, -2]
+    want = [0, 1, 0, 2, -128, -128, 127, 127, -2]
+    for ch, k in ((4, 1), (5, 2), (6, 0.5)):                     # the same steps in each format
+        hidden = np.zeros((len(x), 16))
+        hidden[:, ch] = x * k
+        assert list(F.quantize_state(hidden, fmt)[:, ch]) == want
     rgba = np.zeros((len(x), 16))
     rgba[:, 0] = x / 4                                            # an RGBA channel: Q0.7
-    assert list(F.quantize_state(rgba)[:, 0]) == [0, 1, 0, 2, -128, -128, 127, 127, -2]
-    assert F.quantize_state(np.ones(16))[:4].tolist() == [127] * 4    # the seed's 1.0 saturates
+    assert list(F.quantize_state(rgba, fmt)[:, 0]) == want
+    assert F.quantize_state(np.ones(16), fmt)[:4].tolist() == [127] * 4    # the seed's 1.0 saturates
     q = np.repeat(np.arange(-128, 128, dtype=np.int8)[:, None], 16, axis=1)
-    np.testing.assert_array_equal(F.quantize_state(F.dequantize_state(q)), q)
-    np.testing.assert_array_equal(F.dequantize_state(q)[1, :5], [-127 / 128] * 4 + [-127 / 32])
+    np.testing.assert_array_equal(F.quantize_state(F.dequantize_state(q, fmt), fmt), q)
+    np.testing.assert_array_equal(F.dequantize_state(q, fmt)[1, :7], [-127 / 128] * 4 + [-127 / 32, -127 / 16, -127 / 64])
+
+
+def test_hidden_state_formats_fit_each_channels_range():
+    """Each hidden channel gets the format with the least rounding + clipping error: the
+    widest range its values need, the finest step that holds them."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((5000, 16))
+    x[:, :4] = rng.uniform(0, 1, (5000, 4))        # RGBA: always Q0.7, whatever it holds
+    x[:, 4] = rng.uniform(-6, 6, 5000)             # needs +-8: Q3.4
+    x[:, 5] = rng.uniform(-3, 3, 5000)             # Q2.5
+    x[:, 6] = rng.uniform(-1.5, 1.5, 5000)         # Q1.6
+    x[:, 7] = np.where(rng.uniform(size=5000) < 0.002, 7.0, rng.uniform(-1, 1, 5000))   # rare peaks
+    fr = F.choose_hidden_fracs(x)
+    assert fr[:3] == (4, 5, 6) and fr[3] in (4, 5) and fr[4:] == (4,) * 8     # all-zero: the widest
+    with pytest.raises(ValueError, match="state fractions"):
+        F.ModelFormat(0, 0, 0, 1, F.state_fracs(fr[:11])).check()
 
 
 def test_quantised_model_shapes_ranges_and_genome(qblob):
@@ -166,7 +184,7 @@ def _with(params: dict, **over) -> Model:
 def test_refuses_output_bias_that_overflows_the_accumulator():
     base = blob_model().params
     b2 = base["b2"].copy()
-    b2[5] = 1e6
+    b2[5] = 1e9
     with pytest.raises(QuantizeError, match="accumulator"):
         quantize(_with(base, b2=b2))
 

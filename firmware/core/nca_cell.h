@@ -4,8 +4,9 @@
  * from each of its 8 neighbours (slot order NW N NE W E SW S SE, as
  * sim.model.NEIGHBOUR_OFFSETS) and the scratch the update needs, so that the
  * whole RAM of a cell is sizeof(nca_cell_t) plus the stack of one call.
- * A state channel is int8: RGBA Q0.7 (value = q / 128, range -1 .. 0.992), the
- * 12 hidden channels Q2.5 (q / 32, range -4 .. 3.97).
+ * A state channel is int8: RGBA Q0.7 (value = q / 128, range -1 .. 0.992), each
+ * of the 12 hidden channels Q3.4, Q2.5 or Q1.6 as the model's quantiser chose
+ * (the scales are folded into the weights: the core does not read them).
  *
  * Portable C99: no malloc, no floats, explicit int32_t (AVR's int is 16 bits).
  * The arithmetic is specified in codegen/formats.py and reproduced bit for bit

@@ -76,9 +76,8 @@
 #define NCA_OUT_MULT_HIGH_HI 0x7F
 
 /* the fixed-point format (codegen/formats.py) the board's cell core is built for */
-#define NCA_FORMAT_VERSION 2
+#define NCA_FORMAT_VERSION 3
 #define NCA_RGBA_FRAC 7
-#define NCA_HIDDEN_FRAC 5
 #define NCA_RGBA_CHANNELS 4
 #define NCA_ALIVE_Q 12
 #define NCA_ALPHA_CHANNEL 3

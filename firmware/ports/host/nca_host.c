@@ -57,10 +57,13 @@ void nca_host_tentative_batch(int32_t n, const int8_t *states, const int8_t *inb
     }
 }
 
-/* steps per unit of state channel i (the channel formats of codegen/formats.py) */
+/* the model's state formats (codegen/formats.py): channel c's value is q / 2^frac[c] */
+static const unsigned char state_frac[CELL_BYTES] = NCA_STATE_FRACS;
+
+/* steps per unit of state channel i */
 static float steps(int i)
 {
-    return (float)(1 << (i % CELL_BYTES < NCA_RGBA_CHANNELS ? NCA_RGBA_FRAC : NCA_HIDDEN_FRAC));
+    return (float)(1 << state_frac[i % CELL_BYTES]);
 }
 
 static int8_t q(float v, int i)
