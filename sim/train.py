@@ -52,7 +52,7 @@ from .weights import Model, default_meta, load as load_model, save as save_model
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
-SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "damage_n")   # --resume may change these
+SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "damage_n", "distill")   # --resume may change these
 
 
 class CheckpointError(UserError):
@@ -78,6 +78,7 @@ class TrainConfig:
     damage_n: int = DAMAGE_N
     init: str | None = None          # start from this model's weights (fine-tuning)
     qat: bool = False                # the firmware's rounding in the loop (codegen.qat)
+    distill: float = 0.0             # weight of the pull towards the --init model's float rollout
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -99,6 +100,10 @@ class TrainConfig:
             raise UserError("--lr must be a positive number")
         if self.qat and self.init is None:
             raise UserError("--qat fine-tunes a trained model: give it with --init MODEL")
+        if not (self.distill >= 0 and math.isfinite(self.distill)):
+            raise UserError(f"--distill must be a number >= 0, got {self.distill}")
+        if self.distill > 0 and not self.qat:
+            raise UserError("--distill pulls a quantisation-aware fine-tuning towards its --init model: add --qat")
         if self.qat and self.rotate_train:
             raise UserError("--qat trains the unrotated integer perception; drop --rotate-train")
         if self.init is not None and not Path(self.init).is_file():
@@ -332,6 +337,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         from codegen.qat import FakeQuant   # the firmware's formats live in codegen
         fq = FakeQuant.for_model(init)
         seed = fq.on_grid(seed)
+    teacher = dict(init.params) if init is not None and cfg.distill > 0 else None
     if resume:
         st = load_checkpoint(ckpt, cfg, digest)
         print(f"resuming {ckpt} at iteration {st.iteration}", file=stream, flush=True)
@@ -370,7 +376,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
             run_params = st.params if fq is None else fq.weights(st.params)
             losses, xN, grads, rows = core.loss_and_grads(
                 x0, target, run_params, steps, gen, M.gradient_kernels(angle), np.float32, ws,
-                rounding=fq)
+                rounding=fq, teacher=teacher, teacher_weight=cfg.distill)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
@@ -481,6 +487,9 @@ def _parser() -> ArgParser:
                          "firmware's integer arithmetic (int8 weights, gradient inputs, hidden units and "
                          "state), the gradients pass its rounding straight through, so that nca-codegen's "
                          "fixed-point cell keeps the pattern")
+    ap.add_argument("--distill", type=float, default=0.0, metavar="W",
+                    help="with --qat: also pull the integer rollout's 16 channels towards the --init "
+                         "model's float rollout from the same states (weight W, e.g. 0.1; default: off)")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings and "
@@ -507,7 +516,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
-                      damage_n=args.damage_n, init=args.init, qat=args.qat)
+                      damage_n=args.damage_n, init=args.init, qat=args.qat,
+                      distill=args.distill)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

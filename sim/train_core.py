@@ -451,12 +451,27 @@ def loss_grad(x: np.ndarray, target: np.ndarray) -> np.ndarray:
 def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndarray], steps: int,
                    fire, kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
                    masks: tuple[np.ndarray, np.ndarray] | None = None,
-                   rounding: Rounding | None = None
+                   rounding: Rounding | None = None,
+                   teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.0
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
-    """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used)."""
+    """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used).
+
+    teacher: float parameters whose rollout from x0, with the same fire masks and
+    without rounding, the final state is also pulled towards, in all 16 channels,
+    with the loss teacher_weight * mean((x_N - x_teacher)^2) (distillation: the
+    integer rollout learns the float model's hidden channels, not only its picture).
+    The returned losses are the picture's alone."""
+    if teacher is not None and teacher_weight > 0:
+        B, H, W, _ = np.shape(x0)
+        if isinstance(fire, np.random.Generator):   # the masks forward() would draw, in its order
+            fire = np.stack([_fire_fn(fire, (B, H, W))(t) for t in range(steps)])
+        x_teacher = forward(x0, teacher, steps, fire, kxy, dtype, ws, masks).x.copy()
     ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding)
     losses = loss_per_sample(ro.x, target)
-    grads = backward(ro, params, loss_grad(ro.x, target))
+    g = loss_grad(ro.x, target)
+    if teacher is not None and teacher_weight > 0:
+        g += (teacher_weight * 2.0 / ro.x.size) * (ro.x - x_teacher.astype(ro.x.dtype))
+    grads = backward(ro, params, g)
     return losses, ro.x, grads, ro.rows
 
 

@@ -121,3 +121,13 @@ def test_recorded_formats_old_and_bad(blob):
                                                                     "hidden_fracs": bad}}))
         with pytest.raises(QuantizeError, match="recorded fixed-point format"):
             quantize(m)
+
+
+def test_distill_needs_qat_and_a_sane_weight(capsys, tmp_path, blob):
+    init = tmp_path / "blob.npz"
+    weights.save(init, blob)
+    for extra, words in ((["--distill", "0.1"], "--qat"), (["--qat", "--distill", "-1"], ">= 0"),
+                         (["--qat", "--distill", "nan"], ">= 0")):
+        assert main(["--init", str(init), "--out", str(tmp_path / "m.npz"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and "--distill" in err and len(err.splitlines()) == 1, err

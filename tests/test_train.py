@@ -65,6 +65,50 @@ def test_gradients_equal_central_differences():
         assert norm_err < 1e-4 and elem_err < 1e-4, (name, norm_err, elem_err)
 
 
+def test_distillation_gradient_and_its_masks():
+    """The teacher term: its gradient equals central differences of picture loss +
+    w * mean((x_N - x_teacher)^2) along random directions; a teacher equal to the model
+    adds nothing; with a Generator, the teacher runs on the very fire masks the model
+    draws (the same generator state gives the same masks)."""
+    r = np.random.default_rng(3)
+    B, H, W, N = 2, 10, 10, 5
+    params = {k: v.astype(np.float64) for k, v in M.init_params(r).items()}
+    params["w2"] = r.normal(0, 0.1, (128, 16))
+    params["b2"] = r.normal(0, 0.05, 16)
+    teacher = {k: v + r.normal(0, 0.05, v.shape) for k, v in params.items()}
+    x0 = np.zeros((B, H, W, 16))
+    x0[:, 3:7, 3:7] = r.uniform(-1, 1, (B, 4, 4, 16))
+    x0[:, 3:7, 3:7, 3] = r.uniform(0.2, 1, (B, 4, 4))
+    fire = r.random((N, B, H, W)) <= 0.5
+    kxy = M.gradient_kernels(0.0).astype(np.float64)
+    target = r.uniform(0, 1, (H, W, 4))
+    ro = core.forward(x0, params, N, fire, kxy, np.float64)
+    masks = (ro.pre.copy(), ro.keep.copy())
+    w = 0.7
+    _, _, grads, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks,
+                                         teacher=teacher, teacher_weight=w)
+    xt = core.forward(x0, teacher, N, fire, kxy, np.float64, masks=masks).x
+
+    def loss(p):
+        x = core.forward(x0, p, N, fire, kxy, np.float64, masks=masks).x
+        return core.loss_per_sample(x, target).mean() + w * np.mean((x - xt) ** 2)
+
+    eps = 1e-6
+    for _ in range(3):
+        d = {k: r.normal(0, 1, v.shape) for k, v in params.items()}
+        fd = (loss({k: params[k] + eps * d[k] for k in params})
+              - loss({k: params[k] - eps * d[k] for k in params})) / (2 * eps)
+        an = sum(float(np.sum(grads[k] * d[k])) for k in params)
+        assert abs(an - fd) < 1e-5 * abs(fd) and abs(fd) > 1e-4, (an, fd)
+    # a teacher equal to the model: no pull; the Generator path draws the masks it would draw
+    _, x1, g1, _ = core.loss_and_grads(x0, target, params, N, np.random.default_rng(9), kxy, np.float64)
+    _, x2, g2, _ = core.loss_and_grads(x0, target, params, N, np.random.default_rng(9), kxy, np.float64,
+                                       teacher=params, teacher_weight=w)
+    np.testing.assert_array_equal(x1, x2)
+    for k in params:
+        np.testing.assert_array_equal(g1[k], g2[k])
+
+
 def test_float32_gradients_match_float64():
     """The training dtype gives the same gradients as the float64 path, to float32 accuracy."""
     r = np.random.default_rng(3)
