@@ -18,7 +18,7 @@ generator's state, loss history) lets --resume continue exactly where it left
 off. The checkpoint lives next to the output (OUT.ckpt.npz), is written
 atomically every --checkpoint-every iterations and on Ctrl-C / SIGTERM, and is
 removed after the model is saved unless --keep-checkpoint is given. A resumed
-run may change the schedule (learning rates, --damage-n): fine-tuning in
+run may change the schedule (learning rates, --damage-n, --distill): fine-tuning in
 stages, each recorded with the iteration it began at.
 """
 from __future__ import annotations
@@ -492,8 +492,8 @@ def _parser() -> ArgParser:
                          "model's float rollout from the same states (weight W, e.g. 0.1; default: off)")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
-                    help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings and "
-                         "--damage-n may differ (a new stage, recorded in the model's metadata)")
+                    help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
+                         "--damage-n and --distill may differ (a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
     ap.add_argument("--keep-checkpoint", action="store_true",

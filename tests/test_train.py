@@ -23,11 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------ gradients
 
-def test_gradients_equal_central_differences():
-    """BPTT through 6 steps in float64 on 12x12 (fire and alive masks held fixed)
-    against central differences of every entry of every tensor."""
-    r = np.random.default_rng(0)
-    B, H, W, N = 1, 12, 12, 6
+def _random_problem(r: np.random.Generator, B: int, H: int, W: int, N: int):
+    """float64 parameters with live second layers, a 4x4 patch of random live cells,
+    fire masks, kernels, a random target and the rollout: for gradient checks."""
     params = {k: v.astype(np.float64) for k, v in M.init_params(r).items()}
     params["b1"] = r.normal(0, 0.1, 128)
     params["w2"] = r.normal(0, 0.1, (128, 16))
@@ -38,7 +36,15 @@ def test_gradients_equal_central_differences():
     fire = r.random((N, B, H, W)) <= 0.5
     kxy = M.gradient_kernels(0.0).astype(np.float64)
     target = r.uniform(0, 1, (H, W, 4))
-    ro = core.forward(x0, params, N, fire, kxy, np.float64)
+    return params, x0, fire, kxy, target, core.forward(x0, params, N, fire, kxy, np.float64)
+
+
+def test_gradients_equal_central_differences():
+    """BPTT through 6 steps in float64 on 12x12 (fire and alive masks held fixed)
+    against central differences of every entry of every tensor."""
+    r = np.random.default_rng(0)
+    B, H, W, N = 1, 12, 12, 6
+    params, x0, fire, kxy, target, ro = _random_problem(r, B, H, W, N)
     masks = (ro.pre.copy(), ro.keep.copy())
     assert 0 < ro.keep[-1].sum() < H * W          # some cells alive, some dead at the end
     _, _, grads, rows = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks)
@@ -72,18 +78,9 @@ def test_distillation_gradient_and_its_masks():
     draws (the same generator state gives the same masks)."""
     r = np.random.default_rng(3)
     B, H, W, N = 2, 10, 10, 5
-    params = {k: v.astype(np.float64) for k, v in M.init_params(r).items()}
-    params["w2"] = r.normal(0, 0.1, (128, 16))
-    params["b2"] = r.normal(0, 0.05, 16)
-    teacher = {k: v + r.normal(0, 0.05, v.shape) for k, v in params.items()}
-    x0 = np.zeros((B, H, W, 16))
-    x0[:, 3:7, 3:7] = r.uniform(-1, 1, (B, 4, 4, 16))
-    x0[:, 3:7, 3:7, 3] = r.uniform(0.2, 1, (B, 4, 4))
-    fire = r.random((N, B, H, W)) <= 0.5
-    kxy = M.gradient_kernels(0.0).astype(np.float64)
-    target = r.uniform(0, 1, (H, W, 4))
-    ro = core.forward(x0, params, N, fire, kxy, np.float64)
+    params, x0, fire, kxy, target, ro = _random_problem(r, B, H, W, N)
     masks = (ro.pre.copy(), ro.keep.copy())
+    teacher = {k: v + r.normal(0, 0.05, v.shape) for k, v in params.items()}
     w = 0.7
     _, _, grads, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks,
                                          teacher=teacher, teacher_weight=w)
