@@ -198,7 +198,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
     """The second layer and the output stage for given first-layer choices."""
     W2 = model.w2.astype(np.float64)
     B2 = model.b2.astype(np.float64)
-    scales = 2.0 ** -np.array(fracs, np.float64)
+    scales = _fmt_of(fracs).state_scales
     unit_h = s1 * 2.0 ** ks
     V2 = W2 * unit_h[:, None]            # W2 rows carry the hidden units' scales
     amax2 = np.max(np.abs(V2), axis=0)
@@ -365,29 +365,39 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
         raise first_error   # type: ignore[misc]
     if len(built) == 1:
         return built[0]
-    errs = [run_error(q, model) for q in built]
+    refs = float_runs(model)
+    errs = [run_error(q, refs) for q in built]
     q = built[int(np.argmin(errs))]
     q.report["state_formats_run_mse"] = {" ".join(map(str, b.fmt.state_fracs[F.RGBA:])): e
                                          for b, e in zip(built, errs)}
     return q
 
 
-def run_error(q: QModel, model: Model, size: int = 40, steps: int = 160, seeds: tuple[int, ...] = (0, 1)) -> float:
-    """Mean squared RGBA difference between the fixed-point and the float synchronous
-    grid after `steps` from the seed (same fire masks; the calibration's runs). Over
-    the three lizards it ranks Q2.5-for-all against per-channel formats as their
-    losses at step 1,000 do."""
-    from . import golden as G  # numba; imported on use
+def float_runs(model: Model, size: int = 40, steps: int = 160,
+               seeds: tuple[int, ...] = (0, 1)) -> dict[int, tuple[int, np.ndarray]]:
+    """{seed: (steps, RGBA)} of the float synchronous grid after `steps` from the seed
+    (the calibration's runs): what `run_error` compares candidates against."""
     params = Params.from_model(model)
-    a = q.arrays()
-    out = []
+    out = {}
     for seed in seeds:
         g = SyncGrid(seed_state(size, size), params, seed)
         g.run(steps)
-        x = F.quantize_state(seed_state(size, size), q.fmt)
+        out[seed] = (steps, np.nan_to_num(np.clip(g.state[..., :F.RGBA].astype(np.float64), -1e3, 1e3)))
+    return out
+
+
+def run_error(q: QModel, refs: dict[int, tuple[int, np.ndarray]]) -> float:
+    """Mean squared RGBA difference between the fixed-point synchronous grid and the
+    float one (`float_runs`) after the same steps from the seed with the same fire
+    masks. Over the three lizards it ranks Q2.5-for-all against per-channel formats
+    as their losses at step 1,000 do."""
+    from . import golden as G  # numba; imported on use
+    a = q.arrays()
+    out = []
+    for seed, (steps, ref) in refs.items():
+        x = F.quantize_state(seed_state(*ref.shape[:2]), q.fmt)
         for k in range(steps):
             x = G.sync_step(x, seed, k, FIRE_RATE, *a, G.NO_ROTATION)
-        ref = np.nan_to_num(np.clip(g.state[..., :F.RGBA].astype(np.float64), -1e3, 1e3))
         out.append(float(np.mean((F.dequantize_state(x, q.fmt)[..., :F.RGBA] - ref) ** 2)))
     return float(np.mean(out))
 
