@@ -132,6 +132,14 @@ ACC1_LIMIT = 1 << 23                         # |first-layer sum| bound (fits __i
 ACC_BITS = 16                                # second-layer accumulator
 ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
 ACC_SHIFTS = range(1, 16)
+
+
+def floor_mean(acc_shift: int) -> float:
+    """What the GROUPS floors of `acc += t >> R` drop on average (t an integer):
+    the quantiser adds it to b2 (in accumulator steps)."""
+    return GROUPS * (1 - 2.0 ** -acc_shift) / 2
+
+
 MULT_FRAC = 15                               # output multiplier Q15 in [2^14, 2^15)
 MULT_LOW_BITS = 5                            # ... with its 5 low bits zero: they hold T in the genome
 OUT_SHIFT_MIN, OUT_SHIFT_MAX = 1, 30         # T: total right shift of the output requantisation

@@ -175,7 +175,7 @@ def _alive_grid(x, out):
             out[y, xx] = m
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)   # tune.rollout_losses runs seeds in threads
 def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
     """One synchronous step of an (H, W, 16) int8 grid (sim.reference.SyncGrid's
     semantics: pre-alive, fire mask u(seed, FIRE, y*W+x, step) < rate, x + dx,

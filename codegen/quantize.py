@@ -95,7 +95,7 @@ class QModel:
         b1 = self.b1.astype(np.float64) * 2.0 ** self.fmt.bias_shift * unit_h
         w2 = self.w2.astype(np.float64) * self.s2[None, :] / unit_h[:, None]
         rs = self.fmt.acc_shift
-        b2 = (self.b2.astype(np.float64) - F.GROUPS * (1 - 2.0 ** -rs) / 2) * self.s2 * 2.0 ** rs
+        b2 = (self.b2.astype(np.float64) - F.floor_mean(rs)) * self.s2 * 2.0 ** rs
         params = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
         meta = dict(self.meta)
         meta["origin"] = (f"codegen.quantize: int8 weights ({'per-channel' if self.per_channel else 'per-tensor'}) "
@@ -220,7 +220,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
                 s2[m] = max(abs(B2[m]) * 2 / F.ACC_MAX, scales[m] / 256) / 2.0 ** rs
             w2q[:, m] = np.clip(np.rint(V2[:, m] / s2[m]), -F.WEIGHT_MAX, F.WEIGHT_MAX)
             # acc += t >> R floors; on average that drops (1 - 2^-R)/2 per group: put it back in b2
-            b2q[m] = int(np.rint(B2[m] / (s2[m] * 2.0 ** rs) + F.GROUPS * (1 - 2.0 ** -rs) / 2))
+            b2q[m] = int(np.rint(B2[m] / (s2[m] * 2.0 ** rs) + F.floor_mean(rs)))
             if _acc_bound(w2q[:, m], b2q[m], rs) > F.ACC_MAX:
                 ok = False
                 reason = (f"output {m}: accumulator bound {_acc_bound(w2q[:, m], b2q[m], rs)} > {F.ACC_MAX} "

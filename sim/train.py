@@ -2,6 +2,8 @@
 
     nca-train --target lizard --kind regenerating --iterations 8000
     python -m sim.train --target my.png --kind persistent --out weights/my.npz
+    nca-train --init M.npz --qat --out M_qat.npz          # then, for the firmware:
+    nca-train --tune-biases --init M_qat.npz --out M_qat.npz
 
 The recipe (shared/research/nca_reference.md section 1): Adam (0.9, 0.999, 1e-7),
 lr 2e-3 then 2e-4 after 2,000 iterations, every gradient tensor divided by
@@ -490,6 +492,12 @@ def _parser() -> ArgParser:
     ap.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="with --qat: also pull the integer rollout's 16 channels towards the --init "
                          "model's float rollout from the same states (weight W, e.g. 0.1; default: off)")
+    ap.add_argument("--tune-biases", action="store_true",
+                    help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
+                         "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
+                         "regrowth after a cut kept (codegen.tune); writes the tuned model to --out")
+    ap.add_argument("--tune-sweeps", type=int, default=4, metavar="N",
+                    help="with --tune-biases: at most N sweeps over the 16 channels (default: %(default)s)")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
@@ -499,6 +507,39 @@ def _parser() -> ArgParser:
     ap.add_argument("--keep-checkpoint", action="store_true",
                     help="keep OUT.ckpt.npz after the model is saved (to extend the run later)")
     return ap
+
+
+def _tune_biases(args: Any) -> int:
+    """nca-train --tune-biases: codegen.tune on the --init model, written to --out."""
+    from codegen.quantize import QuantizeError
+    from codegen.tune import tune_output_biases
+
+    if not args.init:
+        raise UserError("--tune-biases needs --init MODEL (a model fine-tuned with --qat)")
+    if args.qat or args.resume or args.distill:
+        raise UserError("--tune-biases does not train: drop --qat, --distill and --resume")
+    if args.tune_sweeps < 1:
+        raise UserError(f"--tune-sweeps must be >= 1, got {args.tune_sweeps}")
+    out = Path(args.out) if args.out else _default_out(args.target, args.kind)
+    _check_writable(out)
+    model = load_model(args.init)
+    target = load_target(args.target)       # 40 x 40: the swarm's grid
+    trained = model.meta.get("training", {})
+    if "target_digest" in trained and "pad" in trained:
+        if _target_digest(pad_target(target, int(trained["pad"]))) != trained["target_digest"]:
+            raise UserError(f"--init {args.init} was trained for another picture than --target "
+                            f"{args.target}; give the target it was trained for")
+    t0 = time.time()
+    try:
+        tuned, entry = tune_output_biases(model, target, sweeps=args.tune_sweeps,
+                                          log=lambda s: print(s, flush=True))
+    except QuantizeError as e:
+        raise UserError(f"--init {args.init}: {e}") from None
+    save_model(out, tuned)
+    print(f"saved {out}: pattern loss {entry['loss_before']:.3e} -> {entry['loss_after']:.3e}, regrowth "
+          f"{entry['regrow_before']:.3e} -> {entry['regrow_after']:.3e} ({entry['sweeps']} sweeps, "
+          f"{time.time() - t0:.0f} s; changes {entry['b2_changes']})", flush=True)
+    return 0
 
 
 def _default_out(target: str, kind: str) -> Path:
@@ -512,6 +553,8 @@ def _default_out(target: str, kind: str) -> Path:
 def _main(argv: Sequence[str] | None = None) -> int:
     """nca-train entry point."""
     args = _parser().parse_args(argv)
+    if args.tune_biases:
+        return _tune_biases(args)
     cfg = TrainConfig(target=args.target, kind=args.kind, iterations=args.iterations,
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
