@@ -129,10 +129,11 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     """The firmware's arithmetic on the async SimPy swarm (40x40, seeds 0-4, step 1,000),
     against the float engine running the float regenerating lizard. Post-training
     quantisation of that model drifts (measured 2.6e-3 vs 1.9e-4; seeds 0-1: 4.3e-3);
-    the shipped quantisation-aware fine-tuning (distilled, per-channel state formats)
-    brings it to 4.4e-4 (2.3x the float loss). Asserted: the fine-tuned model within
-    2.6x of float and at least 4x better than post-training quantisation; and the
-    fixed-point lizard regrows after a circle cut."""
+    the shipped quantisation-aware fine-tuning (distilled, per-channel state formats,
+    output biases tuned on other seeds) brings it to 3.95e-4 (2.1x the float loss; 4.4e-4
+    before the bias tuning). Asserted: the fine-tuned model within 2.3x of float and at
+    least 4x better than post-training quantisation; and the fixed-point lizard regrows
+    after a circle cut as the float one does (seeds 0-2)."""
     from sim.targets import fit_target, load_target
     from sim.weights import load
     float_model, qat_model = load(LIZARD), load(LIZARD_QAT)
@@ -149,11 +150,11 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     lf = mean_loss("float", float_model)
     lptq = mean_loss("fixed", float_model, seeds=range(2))
     lqat = mean_loss("fixed", qat_model)
-    assert lqat <= 2.6 * lf, (lf, lqat)
+    assert lqat <= 2.3 * lf, (lf, lqat)
     assert lqat * 4.0 <= lptq, (lptq, lqat)
 
-    def cut_and_regrow(backend: str, model) -> tuple[float, float, float, int, int]:
-        sw = SimPySwarm(seed_state(40, 40), make_backend(backend, model), seed=0)
+    def cut_and_regrow(backend: str, model, seed: int) -> tuple[float, float, float, int, int]:
+        sw = SimPySwarm(seed_state(40, 40), make_backend(backend, model), seed=seed)
         sw.run(1000)
         before, alive0 = _loss(sw.grid, target), int(np.count_nonzero(sw.grid[..., ALPHA] > 0.1))
         sw.damage(Damage("circle", (20.0, 20.0, 8.0), 1000).mask(40, 40))
@@ -161,14 +162,17 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
         sw.run(1600)
         return before, cut, _loss(sw.grid, target), alive0, int(np.count_nonzero(sw.grid[..., ALPHA] > 0.1))
 
-    before, cut, after, alive0, alive1 = cut_and_regrow("fixed", qat_model)
-    _, _, after_float, _, _ = cut_and_regrow("float", float_model)
-    assert cut > before * 2 + 1e-3                      # the cut hurt (a third of the body)
-    assert after < cut / 3, (before, cut, after)        # most of it grew back
-    assert abs(alive1 - alive0) <= 0.1 * alive0, (alive0, alive1)
-    # as well as the float engine heals the float model from the same cut (measured: 0.0080
-    # vs 0.0140 at step 1,600; both pictures whole, the belly stripe's colours differ)
-    assert after <= 1.5 * after_float, (after, after_float)
+    # The float model itself does not always heal this cut exactly: on seeds 0 and 1 it
+    # settles at 1.5e-2 (the picture whole, the belly stripe's colours off), on seed 2 at
+    # 1.9e-4; so the fixed point is held to the float engine's regrowth over three seeds.
+    fixed = [cut_and_regrow("fixed", qat_model, s) for s in range(3)]
+    after_float = np.mean([cut_and_regrow("float", float_model, s)[2] for s in range(3)])
+    for before, cut, after, alive0, alive1 in fixed:
+        assert cut > before * 2 + 1e-3                  # the cut hurt (a third of the body)
+        assert after < cut / 2, (before, cut, after)    # most of it grew back
+        assert abs(alive1 - alive0) <= 0.1 * alive0, (alive0, alive1)
+    after = np.mean([f[2] for f in fixed])
+    assert after <= 1.25 * after_float, (after, after_float)
 
 
 @pytest.mark.slow
