@@ -10,9 +10,8 @@ pattern that is stable on the integer grid.
 `FakeQuant` (the trainer's `Rounding`) quantises the float master weights every
 iteration at the shifts and state formats fixed at the start (`quantize.build_at`:
 the same function that builds the shipped genome, recorded in the model's
-metadata), and
-computes each step's dense layers in exactly the golden model's integer
-arithmetic. The integers are carried in float32, which is exact: every
+metadata), and computes each step's dense layers in exactly the golden model's
+integer arithmetic. The integers are carried in float32, which is exact: every
 intermediate is an integer below 2^24 (codegen/formats.py bounds them). The
 trainer then sees a state change that equals the firmware's bit for bit, and
 the backward pass uses the dequantised perception and hidden values with the

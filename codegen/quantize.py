@@ -221,7 +221,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
             w2q[:, m] = np.clip(np.rint(V2[:, m] / s2[m]), -F.WEIGHT_MAX, F.WEIGHT_MAX)
             # acc += t >> R floors; on average that drops (1 - 2^-R)/2 per group: put it back in b2
             b2q[m] = int(np.rint(B2[m] / (s2[m] * 2.0 ** rs) + F.floor_mean(rs)))
-            if _acc_bound(w2q[:, m], b2q[m], rs) > F.ACC_MAX:
+            if not output_bias_fits(w2q[:, m], b2q[m], rs):
                 ok = False
                 reason = (f"output {m}: accumulator bound {_acc_bound(w2q[:, m], b2q[m], rs)} > {F.ACC_MAX} "
                           f"at shift {rs}")
@@ -285,6 +285,12 @@ def _acc_bound(w2col: np.ndarray, b2: int, rs: int) -> int:
     return abs(int(b2)) + int(np.sum((tg >> rs) + 1))
 
 
+def output_bias_fits(w2col: np.ndarray, b2: int, rs: int) -> bool:
+    """Whether an output bias keeps its int16 accumulator from overflowing on any input
+    (the worst-case bound includes |b2|, so b2 itself fits int16 too)."""
+    return _acc_bound(w2col, b2, rs) <= F.ACC_MAX
+
+
 def _bias_correct(q: QModel, model: Model, nbhd_q: np.ndarray, target: np.ndarray) -> tuple[QModel, float]:
     """Empirical bias correction (Nagel et al. 2019): move b2 by the mean error of the
     new states on the calibration cells, so that rounding does not drift the pattern.
@@ -299,7 +305,7 @@ def _bias_correct(q: QModel, model: Model, nbhd_q: np.ndarray, target: np.ndarra
         shift = np.rint(mean / steps_per_acc).astype(np.int64)
         b2 = q.b2.astype(np.int64) - shift
         for m in range(CHANNELS):
-            if abs(b2[m]) > F.ACC_MAX or _acc_bound(q.w2[:, m], b2[m], q.fmt.acc_shift) > F.ACC_MAX:
+            if not output_bias_fits(q.w2[:, m], b2[m], q.fmt.acc_shift):
                 b2[m] = q.b2[m]
         if np.array_equal(b2, q.b2):
             break

@@ -29,7 +29,7 @@ from sim.model import CHANNELS, FIRE_RATE, seed_state
 from sim.weights import Model
 
 from . import formats as F
-from .quantize import QModel, QuantizeError, _acc_bound, quantize, recorded_format
+from .quantize import QModel, QuantizeError, output_bias_fits, quantize, recorded_format
 
 DEFAULT_SEEDS = tuple(range(1000, 1006))   # disjoint from the tests' and the README's seeds 0..4
 DEFAULT_CHECKPOINTS = (400, 500, 600)      # the pattern has grown by 400 (loss flat from there)
@@ -151,7 +151,7 @@ def tune_output_biases(model: Model, target: np.ndarray, sweeps: int = 4,
             for d in deltas:
                 v = cur.copy()
                 v[m] += d
-                if abs(v[m]) > F.ACC_MAX or _acc_bound(q.w2[:, m], int(v[m]), q.fmt.acc_shift) > F.ACC_MAX:
+                if not output_bias_fits(q.w2[:, m], int(v[m]), q.fmt.acc_shift):
                     continue
                 pattern, regrown = run(v)
                 if pattern < best * (1 - min_gain) and regrown <= regrow0 * (1 + regrow_slack):
