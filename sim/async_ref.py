@@ -139,14 +139,34 @@ def neighbour_table(height, width):
     return nbr, back
 
 
+@nb.njit(cache=True, inline="always")
+def alive_known(c, x, box):
+    """The alive rule on what cell c knows: its own alpha in x[c] or one of the 8
+    it received in box[c] (a missing neighbour's slot is zero)."""
+    m = alive_value(x[c, ALPHA])
+    for s in range(8):
+        if alive_value(box[c, s, ALPHA]):
+            m = True
+    return m
+
+
+@nb.njit(cache=True, inline="always")
+def gather(c, state, inbox, nbhd):
+    """The 3x3 neighbourhood cell c perceives: its state at the centre, its inbox
+    slots (model.NEIGHBOUR_OFFSETS order) around it."""
+    for s in range(8):
+        i = _OFFS[s, 0] + 1
+        j = _OFFS[s, 1] + 1
+        for ch in range(CHANNELS):
+            nbhd[i, j, ch] = inbox[c, s, ch]
+    for ch in range(CHANNELS):
+        nbhd[1, 1, ch] = state[c, ch]
+
+
 @nb.njit(cache=True)
 def cell_wakeup(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx):
     """One wake-up of cell c on what it knows. Returns 0 dormant, 1 zeroed, 2 updated."""
-    pre = alive_value(state[c, ALPHA])
-    for s in range(8):
-        if alive_value(inbox[c, s, ALPHA]):
-            pre = True
-    if not pre:
+    if not alive_known(c, state, inbox):
         zero = True
         for ch in range(CHANNELS):
             if state[c, ch] != 0.0:
@@ -156,13 +176,7 @@ def cell_wakeup(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx):
         for ch in range(CHANNELS):
             state[c, ch] = 0.0
         return 1
-    for s in range(8):
-        i = _OFFS[s, 0] + 1
-        j = _OFFS[s, 1] + 1
-        for ch in range(CHANNELS):
-            nbhd[i, j, ch] = inbox[c, s, ch]
-    for ch in range(CHANNELS):
-        nbhd[1, 1, ch] = state[c, ch]
+    gather(c, state, inbox, nbhd)
     cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
     post = alive_value(state[c, ALPHA] + dx[ALPHA])
     for s in range(8):
@@ -175,6 +189,27 @@ def cell_wakeup(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx):
         for ch in range(CHANNELS):
             state[c, ch] = 0.0
     return 2
+
+
+@nb.njit(cache=True)
+def tentative(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx, out):
+    """out[c] = state[c] + dx of the network on what c knows (a fired lockstep cell)."""
+    gather(c, state, inbox, nbhd)
+    cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
+    for ch in range(CHANNELS):
+        out[c, ch] = state[c, ch] + dx[ch]
+
+
+@nb.njit(cache=True)
+def keep_or_zero(c, state, tent, tinbox, pre):
+    """Lockstep phase C: c keeps its tentative state iff it was alive before (pre[c])
+    and is after (its own and its neighbours' tentative alphas), else it is zeroed."""
+    if pre[c] and alive_known(c, tent, tinbox):
+        for ch in range(CHANNELS):
+            state[c, ch] = tent[c, ch]
+    else:
+        for ch in range(CHANNELS):
+            state[c, ch] = 0.0
 
 
 # ---------------------------------------------------------------- heap of (time, seq) events
@@ -537,38 +572,16 @@ def _lockstep_tick(state, inbox, tent, tinbox, nbr, back, seed, step, fire_rate,
     fill_inbox(state, nbr, back, inbox)                     # phase 0
     fired = 0
     for c in range(n):                                      # phase A
-        m = alive_value(state[c, ALPHA])
-        for s in range(8):
-            if alive_value(inbox[c, s, ALPHA]):
-                m = True
-        pre[c] = m
+        pre[c] = alive_known(c, state, inbox)
         if rng.uniform(seed, rng.FIRE, c, step) < fire_rate:
             fired += 1
-            for s in range(8):
-                i = _OFFS[s, 0] + 1
-                j = _OFFS[s, 1] + 1
-                for ch in range(CHANNELS):
-                    nbhd[i, j, ch] = inbox[c, s, ch]
-            for ch in range(CHANNELS):
-                nbhd[1, 1, ch] = state[c, ch]
-            cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
-            for ch in range(CHANNELS):
-                tent[c, ch] = state[c, ch] + dx[ch]
+            tentative(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx, tent)
         else:
             for ch in range(CHANNELS):
                 tent[c, ch] = state[c, ch]
     fill_inbox(tent, nbr, back, tinbox)                     # phase B
     for c in range(n):                                      # phase C
-        post = alive_value(tent[c, ALPHA])
-        for s in range(8):
-            if alive_value(tinbox[c, s, ALPHA]):
-                post = True
-        if pre[c] and post:
-            for ch in range(CHANNELS):
-                state[c, ch] = tent[c, ch]
-        else:
-            for ch in range(CHANNELS):
-                state[c, ch] = 0.0
+        keep_or_zero(c, state, tent, tinbox, pre)
     return fired
 
 

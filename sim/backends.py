@@ -28,13 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numba as nb
 import numpy as np
 
-from .async_ref import _OFFS, cell_wakeup
-from .cell import cell_delta, scratch
+from .async_ref import cell_wakeup, tentative
+from .cell import scratch
 from .errors import UserError
-from .model import CHANNELS
 from .reference import Params
 from .weights import Model
 
@@ -65,22 +63,6 @@ class CellBackend:
         raise NotImplementedError(f"backend {self.name!r} cannot change its model at run time")
 
 
-@nb.njit(cache=True)
-def _tentative(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx, out):
-    """out[c] = state[c] + dx, the neighbourhood built exactly as in cell_wakeup
-    and async_ref._lockstep_tick."""
-    for s in range(8):
-        i = _OFFS[s, 0] + 1
-        j = _OFFS[s, 1] + 1
-        for ch in range(CHANNELS):
-            nbhd[i, j, ch] = inbox[c, s, ch]
-    for ch in range(CHANNELS):
-        nbhd[1, 1, ch] = state[c, ch]
-    cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
-    for ch in range(CHANNELS):
-        out[c, ch] = state[c, ch] + dx[ch]
-
-
 class FloatBackend(CellBackend):
     """The float32 model through the shared numba kernel (`async_ref.cell_wakeup`),
     which is what makes the swarm bit-identical to the numba references."""
@@ -98,8 +80,8 @@ class FloatBackend(CellBackend):
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
         pr = self.params
-        _tentative(c, state, inbox, pr.w1, pr.b1, pr.w2, pr.b2, pr.kxy, self._nbhd, self._p,
-                   self._dx, out)
+        tentative(c, state, inbox, pr.w1, pr.b1, pr.w2, pr.b2, pr.kxy, self._nbhd, self._p,
+                  self._dx, out)
 
     def set_params(self, params: Params) -> None:
         self.params = params

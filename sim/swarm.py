@@ -198,11 +198,7 @@ def _lock_send(c, src, dst, nbr, back, stats):
 def _lock_pre(c, seed, step, fire_rate, state, inbox, pre, tent, stats):
     """Phase A without the network: pre-alive from what c received; returns
     whether c fires (then the backend writes tent[c]); else tent[c] = state[c]."""
-    m = alive_value(state[c, ALPHA])
-    for s in range(8):
-        if alive_value(inbox[c, s, ALPHA]):
-            m = True
-    pre[c] = m
+    pre[c] = A.alive_known(c, state, inbox)
     stats[A.ST_WAKEUPS] += 1
     if rng.uniform(seed, rng.FIRE, c, step) < fire_rate:
         stats[A.ST_UPDATES] += 1
@@ -210,21 +206,6 @@ def _lock_pre(c, seed, step, fire_rate, state, inbox, pre, tent, stats):
     for ch in range(CHANNELS):
         tent[c, ch] = state[c, ch]
     return False
-
-
-@nb.njit(cache=True)
-def _lock_keep(c, state, tent, tinbox, pre):
-    """Phase C: keep the tentative state iff alive before and after."""
-    post = alive_value(tent[c, ALPHA])
-    for s in range(8):
-        if alive_value(tinbox[c, s, ALPHA]):
-            post = True
-    if pre[c] and post:
-        for ch in range(CHANNELS):
-            state[c, ch] = tent[c, ch]
-    else:
-        for ch in range(CHANNELS):
-            state[c, ch] = 0.0
 
 
 # ---------------------------------------------------------------- the swarm
@@ -553,7 +534,7 @@ class SimPySwarm:
             yield phases[2]
             _lock_send(c, tent, tinbox, nbr, back, stats)
             yield phases[3]
-            _lock_keep(c, state, tent, tinbox, pre)
+            A.keep_or_zero(c, state, tent, tinbox, pre)
 
     @property
     def step_count(self) -> int:
