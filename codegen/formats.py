@@ -201,6 +201,14 @@ class ModelFormat:
         return self
 
 
+def partial_format(state_fracs: tuple[int, ...] | list[int], grad_shift: int = GRAD_SHIFTS[0],
+                   hidden_shift: int = HIDDEN_SHIFTS[0]) -> ModelFormat:
+    """A checked format whose bias and accumulator shifts are placeholders (the
+    quantiser derives them from the weights): for what depends only on the state
+    formats and the shifts given."""
+    return ModelFormat(grad_shift, hidden_shift, BIAS_SHIFTS[0], ACC_SHIFTS[0], tuple(state_fracs)).check()
+
+
 def quantize_state(x: np.ndarray, fmt: ModelFormat) -> np.ndarray:
     """Float states (..., 16) -> int8 in each channel's format (round half to even,
     saturate): how a float state enters the fixed-point world; exact for states

@@ -20,7 +20,7 @@ import numba as nb
 import numpy as np
 
 from sim import rng
-from sim.model import ALPHA, CHANNELS, HIDDEN, NEIGHBOUR_OFFSETS, PERCEPTION
+from sim.model import ALPHA, CHANNELS, FIRE_RATE, HIDDEN, NEIGHBOUR_OFFSETS, PERCEPTION
 
 from . import formats as F
 
@@ -203,6 +203,16 @@ def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
                 for c in range(CHANNELS):
                     out[y, xx, c] = 0
     return out
+
+
+def sync_run(x: np.ndarray, seed: int, steps: int, arrays: tuple[np.ndarray, ...], step0: int = 0,
+             rot: np.ndarray = NO_ROTATION, fire_rate: float = FIRE_RATE) -> np.ndarray:
+    """The (H, W, 16) int8 grid x after synchronous steps step0 .. step0 + steps - 1
+    with the FIRE draws of seed (arrays: `QModel.arrays()`): how the quantiser, the
+    bias tuning and the tests grow a fixed-point pattern."""
+    for k in range(step0, step0 + int(steps)):
+        x = sync_step(x, seed, k, fire_rate, *arrays, rot)
+    return x
 
 
 # ---------------------------------------------------------------- per-cell on float swarm arrays

@@ -41,8 +41,7 @@ class FakeQuant:
     q: QModel | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.fmt = F.ModelFormat(self.grad_shift, self.hidden_shift, 0, 1,
-                                 F.state_fracs(self.hidden_fracs)).check()
+        self.fmt = F.partial_format(F.state_fracs(self.hidden_fracs), self.grad_shift, self.hidden_shift)
         self._x_steps = self.fmt.state_steps.astype(np.float32)                # exact powers of two
         self._g_steps = np.tile(self.fmt.state_steps * F.SOBEL_DIV, 2).astype(np.float32)
         self._x_scales = self.fmt.state_scales

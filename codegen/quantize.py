@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import UserError
-from sim.model import CHANNELS, FIRE_RATE, HIDDEN, NEIGHBOUR_OFFSETS, PERCEPTION, seed_state
+from sim.model import CHANNELS, HIDDEN, NEIGHBOUR_OFFSETS, PERCEPTION, seed_state
 from sim.reference import Params, SyncGrid
 from sim.weights import Model, default_meta
 
@@ -198,7 +198,7 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
     """The second layer and the output stage for given first-layer choices."""
     W2 = model.w2.astype(np.float64)
     B2 = model.b2.astype(np.float64)
-    scales = _fmt_of(fracs).state_scales
+    scales = F.partial_format(fracs).state_scales
     unit_h = s1 * 2.0 ** ks
     V2 = W2 * unit_h[:, None]            # W2 rows carry the hidden units' scales
     amax2 = np.max(np.abs(V2), axis=0)
@@ -263,7 +263,7 @@ def build_at(model: Model, gs: int, ks: int, fracs: tuple[int, ...], per_channel
     calibration, no bias correction): what quantisation-aware training runs every iteration."""
     W1 = model.w1.astype(np.float64)
     B1 = model.b1.astype(np.float64)
-    s1, w1q = first if first is not None else _first_layer(W1, gs, per_channel, _fmt_of(fracs))
+    s1, w1q = first if first is not None else _first_layer(W1, gs, per_channel, F.partial_format(fracs))
     b_steps = B1 / (s1 * 2.0 ** ks)
     bs = _bias_shift(b_steps)
     if bs is None:
@@ -272,11 +272,6 @@ def build_at(model: Model, gs: int, ks: int, fracs: tuple[int, ...], per_channel
                             f"int8 << 7 hidden steps at hidden shift {ks}")
     b1q = np.rint(b_steps / 2.0 ** bs).astype(np.int64)
     return _build(model, per_channel, gs, ks, s1, w1q, b1q, bs, fracs)
-
-
-def _fmt_of(fracs: tuple[int, ...]) -> F.ModelFormat:
-    """A format carrying only the state formats (for the scales that depend on them)."""
-    return F.ModelFormat(0, 0, 0, 1, tuple(fracs)).check()
 
 
 def _acc_bound(w2col: np.ndarray, b2: int, rs: int) -> int:
@@ -328,7 +323,7 @@ def recorded_format(meta: dict[str, Any]) -> tuple[int, int, tuple[int, ...]] | 
         return None
     fracs = rec.get("hidden_fracs", [F.LEGACY_HIDDEN_FRAC] * (CHANNELS - F.RGBA))
     try:
-        F.ModelFormat(gs, ks, 0, 1, F.state_fracs(fracs)).check()
+        F.partial_format(F.state_fracs(fracs), gs, ks)
     except (TypeError, ValueError) as e:
         raise QuantizeError(f"the model's recorded fixed-point format is not one the firmware has: {e}") from None
     return gs, ks, tuple(int(f) for f in fracs)
@@ -401,9 +396,7 @@ def run_error(q: QModel, refs: dict[int, tuple[int, np.ndarray]]) -> float:
     a = q.arrays()
     out = []
     for seed, (steps, ref) in refs.items():
-        x = F.quantize_state(seed_state(*ref.shape[:2]), q.fmt)
-        for k in range(steps):
-            x = G.sync_step(x, seed, k, FIRE_RATE, *a, G.NO_ROTATION)
+        x = G.sync_run(F.quantize_state(seed_state(*ref.shape[:2]), q.fmt), seed, steps, a)
         out.append(float(np.mean((F.dequantize_state(x, q.fmt)[..., :F.RGBA] - ref) ** 2)))
     return float(np.mean(out))
 
@@ -415,7 +408,7 @@ def _quantize_in(model: Model, per_channel: bool, nbhd: np.ndarray, hidden_fracs
     W1 = model.w1.astype(np.float64)
     B1 = model.b1.astype(np.float64)
     fracs = F.state_fracs(hidden_fracs)
-    fmt0 = _fmt_of(fracs)
+    fmt0 = F.partial_format(fracs)
     nbhd_q = F.quantize_state(nbhd, fmt0)
     sel = nbhd_q
     if len(sel) > select_cells:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sim.damage import Damage
-from sim.model import CHANNELS, FIRE_RATE, seed_state
+from sim.model import CHANNELS, seed_state
 from sim.weights import Model
 
 from . import formats as F
@@ -64,14 +64,14 @@ def rollout_losses(q: QModel, target: np.ndarray, seeds: Sequence[int] = DEFAULT
 
     def one(seed: int) -> tuple[float, float]:
         x = F.quantize_state(seed_state(h, w), q.fmt)
-        pattern = regrown = 0.0
-        for k in range(marks[-1] + (after[-1] if after else 0)):
-            if after and k == marks[-1]:
-                x[cut_of(seed, marks[-1], h, w).mask(h, w)] = 0
-            x = G.sync_step(x, seed, k, FIRE_RATE, *arrays, G.NO_ROTATION)
-            if k + 1 in marks:
-                pattern += loss(x) / len(marks)
-            elif after and k + 1 - marks[-1] in after:
+        k, pattern, regrown = 0, 0.0, 0.0
+        for m in marks:
+            x, k = G.sync_run(x, seed, m - k, arrays, k), m
+            pattern += loss(x) / len(marks)
+        if after:
+            x[cut_of(seed, k, h, w).mask(h, w)] = 0
+            for a in after:
+                x, k = G.sync_run(x, seed, marks[-1] + a - k, arrays, k), marks[-1] + a
                 regrown += loss(x) / len(after)
         return pattern, regrown
 

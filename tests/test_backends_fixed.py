@@ -50,9 +50,7 @@ def test_lockstep_swarm_on_the_fixed_backend_equals_the_golden_grid():
     sw = SimPySwarm(seed_state(14, 14), make_backend("fixed", m), seed=5, mode="lockstep")
     sw.run(25)
     q = make_backend("fixed", m).q
-    x = F.quantize_state(seed_state(14, 14), q.fmt)
-    for k in range(25):
-        x = G.sync_step(x, 5, k, 0.5, *q.arrays(), G.NO_ROTATION)
+    x = G.sync_run(F.quantize_state(seed_state(14, 14), q.fmt), 5, 25, q.arrays())
     np.testing.assert_array_equal(sw.grid, F.dequantize_state(x, q.fmt))
     assert (x[..., ALPHA] > F.ALIVE_Q).sum() > 20
 
@@ -191,9 +189,7 @@ def test_persistent_lizard_grows_in_fixed_point():
     target = fit_target(load_target("lizard"), 40, 40)
     q = quantized(model)
     for seed in range(3):
-        x = F.quantize_state(seed_state(40, 40), q.fmt)
-        for k in range(1000):
-            x = G.sync_step(x, seed, k, 0.5, *q.arrays(), G.NO_ROTATION)
+        x = G.sync_run(F.quantize_state(seed_state(40, 40), q.fmt), seed, 1000, q.arrays())
         g = SyncGrid(seed_state(40, 40), Params.from_model(model), seed)
         g.run(1000)
         xf = F.dequantize_state(x, q.fmt)

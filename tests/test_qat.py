@@ -59,9 +59,7 @@ def _fixed_loss(model, target: np.ndarray, steps: int = 14, seeds=(0, 1, 2)) -> 
     q = quantize(model)
     out = []
     for s in seeds:
-        x = F.quantize_state(seed_state(*target.shape[:2]), q.fmt)
-        for k in range(steps):
-            x = G.sync_step(x, s, k, 0.5, *q.arrays(), G.NO_ROTATION)
+        x = G.sync_run(F.quantize_state(seed_state(*target.shape[:2]), q.fmt), s, steps, q.arrays())
         d = F.dequantize_state(x, q.fmt)[..., :4].astype(np.float64) - target
         out.append(float(np.mean(d * d)))
     return float(np.mean(out))

@@ -57,7 +57,7 @@ def test_multiplier_q15_tflite_convention(real):
 
 
 def test_quantize_state_rounds_and_saturates_per_channel():
-    fmt = F.ModelFormat(0, 0, 0, 1, F.state_fracs([5, 4, 6] * 4))   # channels 4, 5, 6: Q2.5, Q3.4, Q1.6
+    fmt = F.partial_format(F.state_fracs([5, 4, 6] * 4))   # channels 4, 5, 6: Q2.5, Q3.4, Q1.6
     x = np.array([0.0, 1 / 32, 0.5 / 32, 1.5 / 32, -4.0, -5.0, 3.97, 100.0, -0.049])
     want = [0, 1, 0, 2, -128, -128, 127, 127, -2]
     for ch, k in ((4, 1), (5, 2), (6, 0.5)):                     # the same steps in each format
