@@ -91,6 +91,21 @@ def test_host_library_equals_golden_on_10000_cells(q, hostfw, angle):
     np.testing.assert_array_equal(tent, gt)
 
 
+def test_host_library_equals_golden_at_zero_rounding_shifts(monkeypatch, tmp_path):
+    """Gradient and hidden shifts 0 and a bias shift (the blob's own format: 1, 7, 0):
+    the core's round-and-shift steps at their edge."""
+    monkeypatch.setenv("NCA_CODEGEN_CACHE", str(tmp_path))
+    from codegen.backends import HostFirmware
+    q0 = quantize(blob_model(), grad_shift=0, hidden_shift=0)
+    assert (q0.fmt.grad_shift, q0.fmt.hidden_shift) == (0, 0) and q0.fmt.bias_shift > 0
+    xs, nbs = adversarial_cells(3000, seed=77)
+    codes, out = HostFirmware(q0).update(xs, nbs, 30.0)
+    gc, go = golden_update(q0, xs, nbs, 30.0)
+    np.testing.assert_array_equal(codes, gc)
+    np.testing.assert_array_equal(out, go)
+    assert (gc == G.UPDATED).sum() > 1000
+
+
 def test_stdin_harness_equals_golden_and_identifies_the_model(q, hostbuild):
     xs, nbs = adversarial_cells(300, seed=9)
     r = T.run_cells(hostbuild, xs, nbs, F.rotation_q14(20.0))

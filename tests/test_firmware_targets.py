@@ -60,6 +60,19 @@ def check_rgb_and_identity(q, b: T.Build) -> None:
     assert T.identify(b) == (1, q.model_hash)
 
 
+@pytest.fixture(scope="module")
+def q_other(q):
+    """The blob at the other side of every format switch of the assembly kernels:
+    gradient and hidden shifts 0 (no rounding shift), a bias shift, an accumulator
+    shift in the AVR kernel's unrolled range. With the blob's own format (q) each
+    #if of nca_step_m0.S and nca_dense_avr.S is built and run both ways."""
+    o = quantize(blob_model(), grad_shift=0, hidden_shift=0)
+    a, b = q.fmt, o.fmt
+    assert a.grad_shift > 0 and a.hidden_shift > 0 and a.bias_shift == 0 and not 5 <= a.acc_shift <= 8
+    assert b.grad_shift == 0 and b.hidden_shift == 0 and b.bias_shift > 0 and 5 <= b.acc_shift <= 8
+    return o
+
+
 # ---------------------------------------------------------------- Cortex-M0
 @pytest.fixture(scope="module")
 def m0(q, tmp_path_factory):
@@ -112,6 +125,11 @@ def test_cortex_m0_portable_c_core_is_bit_exact_too(q, tmp_path):
     np.testing.assert_array_equal(r.codes, gc)
 
 
+@needs("cortex-m0")
+def test_cortex_m0_equals_golden_at_the_other_formats(q_other, tmp_path):
+    check_bit_exact(q_other, T.build(q_other, "cortex-m0", tmp_path), seed=41, angle=20.0)
+
+
 # ---------------------------------------------------------------- AVR
 @pytest.fixture(scope="module")
 def avr(q, tmp_path_factory):
@@ -146,6 +164,11 @@ def test_avr_budgets(q, avr):
     assert data < 512
 
 
+@needs("avr")
+def test_avr_equals_golden_at_the_other_formats(q_other, tmp_path):
+    check_bit_exact(q_other, T.build(q_other, "avr", tmp_path), seed=43, angle=-110.0)
+
+
 # ---------------------------------------------------------------- Arduino sketch
 @pytest.mark.skipif(shutil.which("avr-gcc") is None, reason="needs avr-gcc")
 def test_arduino_sketch_folder_builds(q, tmp_path):
@@ -156,3 +179,4 @@ def test_arduino_sketch_folder_builds(q, tmp_path):
     T.make(tmp_path, "arduino")
     assert (tmp_path / "build" / "arduino" / "nca_cell.o").is_file()
     assert "nca_cell_update(&cell, NULL)" in (sketch / "nca_cell.ino").read_text()
+
