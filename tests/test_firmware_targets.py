@@ -60,16 +60,17 @@ def check_rgb_and_identity(q, b: T.Build) -> None:
     assert T.identify(b) == (1, q.model_hash)
 
 
-@pytest.fixture(scope="module")
-def q_other(q):
-    """The blob at the other side of every format switch of the assembly kernels:
-    gradient and hidden shifts 0 (no rounding shift), a bias shift, an accumulator
-    shift in the AVR kernel's unrolled range. With the blob's own format (q) each
-    #if of nca_step_m0.S and nca_dense_avr.S is built and run both ways."""
-    o = quantize(blob_model(), grad_shift=0, hidden_shift=0)
+@pytest.fixture(scope="module", params=[(0, 0), (4, 1)], ids=["no-rounding-shifts", "every-shift"])
+def q_other(q, request):
+    """The blob at the other side of every format switch of the assembly kernels,
+    (gradient, hidden) shifts (0, 0): no rounding shifts; (4, 1): every shift on, the
+    longest code, whose loops' branches must still reach. Both take a bias shift and
+    an accumulator shift in the AVR kernel's unrolled range; with the blob's own
+    format (q) each #if of nca_step_m0.S and nca_dense_avr.S is built and run both ways."""
+    o = quantize(blob_model(), grad_shift=request.param[0], hidden_shift=request.param[1])
     a, b = q.fmt, o.fmt
     assert a.grad_shift > 0 and a.hidden_shift > 0 and a.bias_shift == 0 and not 5 <= a.acc_shift <= 8
-    assert b.grad_shift == 0 and b.hidden_shift == 0 and b.bias_shift > 0 and 5 <= b.acc_shift <= 8
+    assert (b.grad_shift, b.hidden_shift) == request.param and b.bias_shift > 0 and 5 <= b.acc_shift <= 8
     return o
 
 
