@@ -117,6 +117,9 @@ def _parser() -> ArgParser:
     ap.add_argument("--no-resume", action="store_true", help="start from the first chunk")
     ap.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each reply (default: %(default)s)")
     ap.add_argument("--retries", type=int, default=8, help="retransmissions per request (default: %(default)s)")
+    ap.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                    help="seconds a socket:// port is tried, per attempt, until the emulated board behind it "
+                         "listens (default: %(default)s)")
     ap.add_argument("--attempts", type=int, default=3,
                     help="times the port is opened and the flash resumed when the link fails: no reply, the "
                          "port cannot be opened or is lost; a board's refusal is final (default: %(default)s)")
@@ -145,8 +148,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--port is required (a pyserial URL or device; --list shows the ports)")
     if not a.model:
         raise UserError("--model is required (a weights .npz)")
-    if a.baud <= 0 or a.timeout <= 0 or a.retries < 0 or a.attempts < 1:
-        raise UserError("--baud and --timeout must be > 0, --retries >= 0 and --attempts >= 1")
+    if a.baud <= 0 or a.timeout <= 0 or a.retries < 0 or a.attempts < 1 or not a.connect_timeout >= 0:
+        raise UserError("--baud and --timeout must be > 0, --retries and --connect-timeout >= 0 and --attempts >= 1")
     from sim.weights import load
 
     from .backends import quantized
@@ -163,7 +166,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     was_reset = False
     for attempt in range(a.attempts):
         try:
-            board = Board(a.port, baud=a.baud, timeout=a.timeout, retries=a.retries)
+            board = Board(a.port, baud=a.baud, timeout=a.timeout, retries=a.retries,
+                          connect_timeout=a.connect_timeout)
         except LinkError as e:
             last = e
             if attempt + 1 < a.attempts:

@@ -127,6 +127,9 @@ def test_bad_inputs_are_one_line_errors(models, capsys, tmp_path):
     one_line_error(capsys, "no reply", "HELLO", "previous genome")
     assert FL.main(["--port", "loop://", "--baud", "0", "--model", str(pa)]) == 2
     one_line_error(capsys, "--baud")
+    for bad in ("-1", "nan"):
+        assert FL.main(["--port", "loop://", "--connect-timeout", bad, "--model", str(pa)]) == 2
+        one_line_error(capsys, "--connect-timeout")
 
 
 class CountingOpens:
@@ -134,10 +137,11 @@ class CountingOpens:
     resetting does (nothing listens), and socket:// opens are tried once instead of for 10 s."""
 
     def __init__(self, fail: int = 0):
-        self.real, self.calls, self.fail = B.open_port, 0, fail
+        self.real, self.calls, self.fail, self.connect_timeouts = B.open_port, 0, fail, []
 
     def __call__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Any:
         self.calls += 1
+        self.connect_timeouts.append(connect_timeout)
         if self.calls <= self.fail:
             return self.real(f"socket://127.0.0.1:{B.free_port()}", baud, 0.0)
         return self.real(port, baud, 0.0)
@@ -150,7 +154,12 @@ def test_a_port_that_cannot_be_opened_is_retried(port, models, capsys, monkeypat
     port = port.format(free=B.free_port())                  # nothing listens there
     assert FL.main(["--port", port, "--model", str(models[0]), "--attempts", "3", "--timeout", "0.05"]) == 2
     one_line_error(capsys, f"cannot open {port}", "gave up after 3 attempts", "previous genome stays active")
-    assert opens.calls == 3
+    assert opens.calls == 3 and opens.connect_timeouts == [10.0] * 3
+    opens.calls, opens.connect_timeouts = 0, []
+    assert FL.main(["--port", port, "--model", str(models[0]), "--attempts", "2", "--timeout", "0.05",
+                    "--connect-timeout", "0.5"]) == 2
+    one_line_error(capsys, f"cannot open {port}", "gave up after 2 attempts")
+    assert opens.connect_timeouts == [0.5, 0.5]
 
 
 def test_a_board_back_after_a_failed_open_is_flashed(server, models, capsys, monkeypatch):
