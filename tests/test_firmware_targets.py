@@ -180,4 +180,3 @@ def test_arduino_sketch_folder_builds(q, tmp_path):
     T.make(tmp_path, "arduino")
     assert (tmp_path / "build" / "arduino" / "nca_cell.o").is_file()
     assert "nca_cell_update(&cell, NULL)" in (sketch / "nca_cell.ino").read_text()
-
