@@ -205,13 +205,13 @@ def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
     return out
 
 
-def sync_run(x: np.ndarray, seed: int, steps: int, arrays: tuple[np.ndarray, ...], step0: int = 0,
-             rot: np.ndarray = NO_ROTATION, fire_rate: float = FIRE_RATE) -> np.ndarray:
+def sync_run(x: np.ndarray, seed: int, steps: int, arrays: tuple[np.ndarray, ...],
+             step0: int = 0) -> np.ndarray:
     """The (H, W, 16) int8 grid x after synchronous steps step0 .. step0 + steps - 1
-    with the FIRE draws of seed (arrays: `QModel.arrays()`): how the quantiser, the
-    bias tuning and the tests grow a fixed-point pattern."""
+    with the FIRE draws of seed, unrotated (arrays: `QModel.arrays()`): how the
+    quantiser, the bias tuning and the tests grow a fixed-point pattern."""
     for k in range(step0, step0 + int(steps)):
-        x = sync_step(x, seed, k, fire_rate, *arrays, rot)
+        x = sync_step(x, seed, k, FIRE_RATE, *arrays, NO_ROTATION)
     return x
 
 

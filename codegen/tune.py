@@ -88,13 +88,14 @@ def cut_of(seed: int, step: int, height: int = 40, width: int = 40) -> Damage:
     return Damage("circle", (float(cx), float(cy), float(r.uniform(6, 9))), step)
 
 
-def with_output_biases(model: Model, b2: np.ndarray) -> Model:
+def with_output_biases(model: Model, b2: np.ndarray, q: QModel | None = None) -> Model:
     """The model with float output biases that quantise to the int16 b2 (checked).
     Only for a model with a recorded fixed-point format: any other is quantised with
-    bias correction, which would move the integers again."""
+    bias correction, which would move the integers again. q: the model quantised,
+    where the caller has it."""
     if recorded_format(model.meta) is None:
         raise QuantizeError(NOT_FINE_TUNED)
-    q = quantize(model)
+    q = quantize(model) if q is None else q
     want = np.asarray(b2, np.int64)
     if want.shape != (CHANNELS,) or np.any(np.abs(want) > F.ACC_MAX):
         raise QuantizeError(f"output biases must be {CHANNELS} int16 values")
@@ -161,7 +162,7 @@ def tune_output_biases(model: Model, target: np.ndarray, sweeps: int = 4,
                             f"regrowth {regrown:.3e}")
         if not changed:
             break
-    tuned = with_output_biases(model, cur)
+    tuned = with_output_biases(model, cur, q)
     entry = {"seeds": [int(s) for s in seeds], "checkpoints": [int(c) for c in checkpoints],
              "regrow": [int(c) for c in regrow], "sweeps": done,
              "loss_before": before, "loss_after": best, "regrow_before": regrow0, "regrow_after": best_regrow,

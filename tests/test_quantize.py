@@ -86,7 +86,7 @@ def test_hidden_state_formats_fit_each_channels_range():
     fr = F.choose_hidden_fracs(x)
     assert fr[:3] == (4, 5, 6) and fr[3] in (4, 5) and fr[4:] == (4,) * 8     # all-zero: the widest
     with pytest.raises(ValueError, match="state fractions"):
-        F.ModelFormat(0, 0, 0, 1, F.state_fracs(fr[:11])).check()
+        F.partial_format(F.state_fracs(fr[:11]))
 
 
 def test_state_formats_are_chosen_by_a_short_fixed_point_run():
