@@ -15,7 +15,6 @@ is set to zero without computing; this equals the dense path bit for bit.
 """
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass, field, replace
 
 import numba as nb
@@ -23,6 +22,7 @@ import numpy as np
 
 from . import rng
 from .cell import alive_value, cell_delta
+from .jit import compiled_variant
 from .model import ALPHA, CHANNELS, FIRE_RATE, PARAM_SHAPES, PERCEPTION, gradient_kernels
 from .weights import Model
 
@@ -59,6 +59,8 @@ class Params:
         return self.w1, self.b1, self.w2, self.b2, self.kxy
 
 
+# The dilation passes are written out in each kernel (here and in train_core): a
+# shared njit helper taking the arrays made them ~15x slower (per-call reference counting).
 def _alive_masks(x, pre, active, skip_dead, tmp):
     """pre-alive mask; `active` = cells within one cell of a pre-alive cell.
     Both 3x3 dilations are separable: a row pass into tmp, then a column pass."""
@@ -151,17 +153,10 @@ def _finalise(out, pre, post):
                     out[b, y, xx, c] = 0.0
 
 
-def _variant(f, suffix: str, parallel: bool):
-    """A separately cached compilation of f (the on-disk cache is keyed by name)."""
-    g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + suffix)
-    g.__qualname__ = f.__qualname__ + suffix
-    return nb.njit(cache=True, parallel=parallel)(g)
-
-
 # Each pass compiled twice: thread start-up costs more than a small grid's work.
 _PASSES = (_alive_masks, _tentative, _finalise)
-_SERIAL = {f.__name__: _variant(f, "_serial", False) for f in _PASSES}
-_PARALLEL = {f.__name__: _variant(f, "_parallel", True) for f in _PASSES}
+_SERIAL = {f.__name__: compiled_variant(f, "_serial", False) for f in _PASSES}
+_PARALLEL = {f.__name__: compiled_variant(f, "_parallel", True) for f in _PASSES}
 PARALLEL_MIN_CELLS = 16384
 
 

@@ -38,6 +38,7 @@ from typing import Protocol
 import numba as nb
 import numpy as np
 
+from .jit import compiled_variant
 from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
 
 
@@ -236,19 +237,12 @@ def _stencil_transpose(g, idx, gp, kxy, rowmap):
                     g[b, y, xx, c] += gp[rq, c]
 
 
-def _variant(f, suffix: str, parallel: bool):
-    """A separately cached compilation of f (numba's disk cache is keyed by name)."""
-    g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + suffix)
-    g.__qualname__ = f.__qualname__ + suffix
-    return nb.njit(cache=True, parallel=parallel)(g)
-
-
 # Every kernel compiled twice: waking the worker threads costs more than a small
 # grid's work (the gradient check runs ~10^5 tiny rollouts).
 _KERNELS = (_alive, _index, _gather_perception, _relu, _mask_only, _add_rows,
             _bwd_mask_gather, _relu_bwd, _stencil_transpose)
-_SERIAL = types.SimpleNamespace(**{f.__name__: _variant(f, "_serial", False) for f in _KERNELS})
-_PARALLEL = types.SimpleNamespace(**{f.__name__: _variant(f, "_parallel", True) for f in _KERNELS})
+_SERIAL = types.SimpleNamespace(**{f.__name__: compiled_variant(f, "_serial", False) for f in _KERNELS})
+_PARALLEL = types.SimpleNamespace(**{f.__name__: compiled_variant(f, "_parallel", True) for f in _KERNELS})
 PARALLEL_MIN_CELLS = 16384
 
 
