@@ -72,12 +72,40 @@ def test_rollout_losses_are_the_golden_grids_losses(qat, lizard):
     assert len(cuts) == 50 and all(14 <= cx <= 26 and 14 <= cy <= 26 and 6 <= r <= 9 for cx, cy, r in cuts)
 
 
+def test_rollout_losses_stop_once_the_pattern_cannot_win(qat, lizard):
+    q = quantize(qat)
+    args = (q, lizard, (3, 4, 5), (40, 60), (20, 30))
+    full = rollout_losses(*args)
+    assert rollout_losses(*args, pattern_limit=full[0] * 1.01) == full
+    lower, regrown = rollout_losses(*args, pattern_limit=full[0] * 0.99)
+    assert np.isnan(regrown) and full[0] * 0.99 <= lower <= full[0]
+    one_seed = rollout_losses(q, lizard, (3,), (40, 60), (20, 30))[0]
+    # seed 3 alone already puts the mean of three above a third of its loss: 4 and 5 skipped
+    lower, _ = rollout_losses(*args, pattern_limit=one_seed / 3 * 0.5, workers=1)
+    assert lower == pytest.approx(one_seed / 3, rel=1e-12)
+
+
+def test_pruning_leaves_the_search_unchanged(qat, lizard):
+    """The shipped model with two biases pushed off, searched with and without pruning:
+    the same changes, losses and sweeps (some candidates win, most lose)."""
+    bad = quantize(qat).b2.astype(np.int64)
+    bad[F.ALPHA] += 6
+    bad[0] -= 3
+    m = with_output_biases(qat, bad)
+    kw = dict(sweeps=2, seeds=(1000, 1001), checkpoints=(200, 300), regrow=(100,), deltas=(-3, 3, 6, -6),
+              channels=(0, F.ALPHA, 5))
+    pruned = tune_output_biases(m, lizard, **kw)[1]
+    full = tune_output_biases(m, lizard, prune=False, **kw)[1]
+    assert pruned == full
+    assert pruned["b2_changes"], pruned
+
+
 def test_a_bias_that_slows_regrowth_is_not_taken(qat, lizard):
     """The rule on fake losses: b2[0] + 1 sharpens the pattern but doubles the regrowth
     loss (refused); b2[0] - 1 sharpens it less and keeps regrowth within 10% (taken)."""
     base = quantize(qat).b2.astype(np.int64)
 
-    def fake(q, target, seeds, checkpoints, regrow, b2, workers):
+    def fake(q, target, seeds, checkpoints, regrow, b2, workers, pattern_limit):
         d = int(b2[0] - base[0]) if np.array_equal(b2[1:], base[1:]) else 99
         return {0: (1.0, 1.0), 1: (0.5, 2.0), -1: (0.8, 1.05)}.get(d, (2.0, 1.0))
 
