@@ -2,7 +2,8 @@
 (nca_cell_t + rotation + .data/.bss + worst stack), stack and cycles per cell
 update, for the hand-written assembly kernels (the budget builds) and the
 portable C core alone; then the speed of the golden model and of the host build
-in cell updates per second (batches, and one call per wake-up in the SimPy swarm).
+in cell updates per second (batches, and one call per wake-up in the SimPy swarm);
+last the output-bias search (`nca-train --tune-biases`) with and without pruning.
 
     python bench/bench_codegen.py [--model weights/....npz] [--quick]
 
@@ -125,6 +126,27 @@ def speed_rows(q, quick: bool) -> list[tuple]:
     return rows
 
 
+def tuning_row(quick: bool) -> str:
+    """The output-bias search on the shipped fine-tuned lizard with and without pruning
+    (a candidate's seeds stop once its pattern loss cannot win): time and same result."""
+    from codegen.tune import DEFAULT_DELTAS, DEFAULT_SEEDS, tune_output_biases
+    from sim.targets import load_target
+    path = Path(__file__).resolve().parent.parent / "weights" / "lizard_regenerating_qat.npz"
+    model, target = load(path), load_target("lizard")
+    kw = dict(sweeps=1, channels=(0, 3) if quick else (0, 3, 6, 10))   # the tuning's seeds and steps
+    tune_output_biases(model, target, sweeps=1, seeds=(1000,), checkpoints=(2,), regrow=(1,),
+                       channels=(0,), deltas=(1,))                             # compile
+    times, entries = [], []
+    for prune in (True, False):
+        t = time.perf_counter()
+        entries.append(tune_output_biases(model, target, prune=prune, **kw)[1])
+        times.append(time.perf_counter() - t)
+    n = len(kw["channels"]) * len(DEFAULT_DELTAS)
+    return (f"bias search, {n} candidates ({len(DEFAULT_SEEDS)} seeds): pruned {times[0]:.1f} s, "
+            f"full {times[1]:.1f} s, {times[1] / times[0]:.1f}x; same result: "
+            f"{'yes' if entries[0] == entries[1] else 'NO'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="weights .npz (default: the blob fixture)")
@@ -149,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, rate in speed_rows(q, args.quick):
         print(f"{name:<45} {rate:>12,.0f} cell updates/s")
+    print()
+    print(tuning_row(args.quick))
     return 0
 
 
