@@ -140,10 +140,10 @@ def neighbour_table(height, width):
 
 
 @nb.njit(cache=True, inline="always")
-def alive_known(c, x, box):
-    """The alive rule on what cell c knows: its own alpha in x[c] or one of the 8
-    it received in box[c] (a missing neighbour's slot is zero)."""
-    m = alive_value(x[c, ALPHA])
+def alive_known(own_alpha, c, box):
+    """The alive rule on what cell c knows: its own alpha or one of the 8 it
+    received in box[c] (a missing neighbour's slot is zero)."""
+    m = alive_value(own_alpha)
     for s in range(8):
         if alive_value(box[c, s, ALPHA]):
             m = True
@@ -166,7 +166,7 @@ def gather(c, state, inbox, nbhd):
 @nb.njit(cache=True)
 def cell_wakeup(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx):
     """One wake-up of cell c on what it knows. Returns 0 dormant, 1 zeroed, 2 updated."""
-    if not alive_known(c, state, inbox):
+    if not alive_known(state[c, ALPHA], c, inbox):
         zero = True
         for ch in range(CHANNELS):
             if state[c, ch] != 0.0:
@@ -178,11 +178,7 @@ def cell_wakeup(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx):
         return 1
     gather(c, state, inbox, nbhd)
     cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
-    post = alive_value(state[c, ALPHA] + dx[ALPHA])
-    for s in range(8):
-        if alive_value(inbox[c, s, ALPHA]):
-            post = True
-    if post:
+    if alive_known(state[c, ALPHA] + dx[ALPHA], c, inbox):
         for ch in range(CHANNELS):
             state[c, ch] = state[c, ch] + dx[ch]
     else:
@@ -204,7 +200,7 @@ def tentative(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx, out):
 def keep_or_zero(c, state, tent, tinbox, pre):
     """Lockstep phase C: c keeps its tentative state iff it was alive before (pre[c])
     and is after (its own and its neighbours' tentative alphas), else it is zeroed."""
-    if pre[c] and alive_known(c, tent, tinbox):
+    if pre[c] and alive_known(tent[c, ALPHA], c, tinbox):
         for ch in range(CHANNELS):
             state[c, ch] = tent[c, ch]
     else:
@@ -572,7 +568,7 @@ def _lockstep_tick(state, inbox, tent, tinbox, nbr, back, seed, step, fire_rate,
     fill_inbox(state, nbr, back, inbox)                     # phase 0
     fired = 0
     for c in range(n):                                      # phase A
-        pre[c] = alive_known(c, state, inbox)
+        pre[c] = alive_known(state[c, ALPHA], c, inbox)
         if rng.uniform(seed, rng.FIRE, c, step) < fire_rate:
             fired += 1
             tentative(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx, tent)

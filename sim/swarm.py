@@ -198,7 +198,7 @@ def _lock_send(c, src, dst, nbr, back, stats):
 def _lock_pre(c, seed, step, fire_rate, state, inbox, pre, tent, stats):
     """Phase A without the network: pre-alive from what c received; returns
     whether c fires (then the backend writes tent[c]); else tent[c] = state[c]."""
-    pre[c] = A.alive_known(c, state, inbox)
+    pre[c] = A.alive_known(state[c, ALPHA], c, inbox)
     stats[A.ST_WAKEUPS] += 1
     if rng.uniform(seed, rng.FIRE, c, step) < fire_rate:
         stats[A.ST_UPDATES] += 1
