@@ -2,7 +2,8 @@
 
     nca-train --target lizard --kind regenerating --iterations 8000
     python -m sim.train --target my.png --kind persistent --out weights/my.npz
-    nca-train --init M.npz --qat --out M_qat.npz          # then, for the firmware:
+    nca-train --init M.npz --state-noise 1 --out M_noise.npz   # then, for the firmware:
+    nca-train --init M_noise.npz --qat --out M_qat.npz
     nca-train --tune-biases --init M_qat.npz --out M_qat.npz
 
 The recipe (shared/research/nca_reference.md section 1): Adam (0.9, 0.999, 1e-7),
@@ -81,6 +82,7 @@ class TrainConfig:
     init: str | None = None          # start from this model's weights (fine-tuning)
     qat: bool = False                # the firmware's rounding in the loop (codegen.qat)
     distill: float = 0.0             # weight of the pull towards the --init model's float rollout
+    state_noise: float = 0.0         # uniform noise on each update, in the fixed-point state's steps
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -106,6 +108,12 @@ class TrainConfig:
             raise UserError(f"--distill must be a number >= 0, got {self.distill}")
         if self.distill > 0 and not self.qat:
             raise UserError("--distill pulls a quantisation-aware fine-tuning towards its --init model: add --qat")
+        if not (self.state_noise >= 0 and math.isfinite(self.state_noise)):
+            raise UserError(f"--state-noise must be a number >= 0, got {self.state_noise}")
+        if self.state_noise > 0 and (self.qat or self.init is None):
+            raise UserError("--state-noise trains a float --init model against the fixed-point state's "
+                            "step; --qat has the real rounding instead" if self.qat else
+                            "--state-noise takes its state formats from a trained model: give it with --init MODEL")
         if self.qat and self.rotate_train:
             raise UserError("--qat trains the unrotated integer perception; drop --rotate-train")
         if self.init is not None and not Path(self.init).is_file():
@@ -226,10 +234,11 @@ def load_checkpoint(path: Path, cfg: TrainConfig, digest: str) -> TrainState:
     except Exception as e:   # zip errors, missing keys, bad JSON, bad shapes: all "corrupt"
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {e})") from None
     want = cfg.resume_keys()
-    diff = [k for k in want if saved_cfg.get(k) != want[k]]
+    defaults = asdict(TrainConfig())   # a setting added since the checkpoint was written had its default
+    diff = [k for k in want if saved_cfg.get(k, defaults[k]) != want[k]]
     if diff:
         k = diff[0]
-        raise CheckpointError(f"{path}: was written with {k}={saved_cfg.get(k)!r}, this run has "
+        raise CheckpointError(f"{path}: was written with {k}={saved_cfg.get(k, defaults[k])!r}, this run has "
                               f"{k}={want[k]!r}; use the same settings or another --out")
     if saved_digest != digest:
         raise CheckpointError(f"{path}: was written for a different target picture")
@@ -334,11 +343,15 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
     ckpt = checkpoint_path(out)
     seed = M.seed_state(H, W)
     init = load_model(cfg.init) if cfg.init is not None else None
-    fq = None
-    if cfg.qat and init is not None:
+    fq = noise_fq = noise_widths = None
+    if (cfg.qat or cfg.state_noise > 0) and init is not None:
         from codegen.qat import FakeQuant   # the firmware's formats live in codegen
-        fq = FakeQuant.for_model(init)
-        seed = fq.on_grid(seed)
+        if cfg.qat:
+            fq = FakeQuant.for_model(init)
+            seed = fq.on_grid(seed)
+        else:
+            noise_fq = FakeQuant.for_model(init)
+            noise_widths = (cfg.state_noise / noise_fq.fmt.state_steps).astype(np.float32)
     teacher = dict(init.params) if init is not None and cfg.distill > 0 else None
     if resume:
         st = load_checkpoint(ckpt, cfg, digest)
@@ -376,9 +389,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                     dmg = make_circle_masks(gen, cfg.damage_n, H, W)
                     x0[-cfg.damage_n:] *= (~dmg)[..., None]
             run_params = st.params if fq is None else fq.weights(st.params)
+            rounding = fq if noise_widths is None else core.StateNoise(st.params, noise_widths, gen)
             losses, xN, grads, rows = core.loss_and_grads(
                 x0, target, run_params, steps, gen, M.gradient_kernels(angle), np.float32, ws,
-                rounding=fq, teacher=teacher, teacher_weight=cfg.distill)
+                rounding=rounding, teacher=teacher, teacher_weight=cfg.distill)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
@@ -413,14 +427,15 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
     if init is not None:
         before = [float(v) for v in init.meta.get("loss_history", [])]
         settings["init"] = {"model": Path(cfg.init).name, "iterations": int(init.meta.get("iterations", 0))}
-    if fq is not None:
-        settings.update(fq.meta())   # the shifts, under the key the quantiser reads back
+    if fq is not None or noise_fq is not None:   # the shifts, under the key the quantiser reads back,
+        settings.update((fq or noise_fq).meta())  # so a later --qat keeps the formats trained against
     if len(st.stages) > 1:   # resumed with another schedule: what ran when
         settings["stages"] = st.stages
     meta = default_meta(
         kind=cfg.kind, target=cfg.target, iterations=len(before) + st.iteration,
         loss_history=before + [float(v) for v in h],
-        origin="nca-train" + (" (fine-tuned, quantisation-aware)" if fq is not None else ""), training=dict(
+        origin="nca-train" + (" (fine-tuned, quantisation-aware)" if fq is not None else
+                              " (fine-tuned against state noise)" if noise_fq is not None else ""), training=dict(
             settings, grid=[H, W], fire_rate=M.FIRE_RATE, optimizer="adam(0.9,0.999,1e-7)",
             grad_norm="per-tensor L2", target_digest=digest, seconds=round(st.seconds, 1),
             s_per_iter=round(st.seconds / max(st.iteration, 1), 4), skipped_nonfinite=st.skipped,
@@ -492,6 +507,11 @@ def _parser() -> ArgParser:
     ap.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="with --qat: also pull the integer rollout's 16 channels towards the --init "
                          "model's float rollout from the same states (weight W, e.g. 0.1; default: off)")
+    ap.add_argument("--state-noise", type=float, default=0.0, metavar="W",
+                    help="float fine-tuning of the --init model with uniform noise W steps of its "
+                         "fixed-point state format wide added to every state change (e.g. 1.0: the "
+                         "rounding's size), so that the pattern survives the firmware's rounding; a "
+                         "start for --qat, which keeps the formats it records (default: off)")
     ap.add_argument("--tune-biases", action="store_true",
                     help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
                          "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
@@ -516,8 +536,8 @@ def _tune_biases(args: Any) -> int:
 
     if not args.init:
         raise UserError("--tune-biases needs --init MODEL (a model fine-tuned with --qat)")
-    if args.qat or args.resume or args.distill:
-        raise UserError("--tune-biases does not train: drop --qat, --distill and --resume")
+    if args.qat or args.resume or args.distill or args.state_noise:
+        raise UserError("--tune-biases does not train: drop --qat, --distill, --state-noise and --resume")
     if args.tune_sweeps < 1:
         raise UserError(f"--tune-sweeps must be >= 1, got {args.tune_sweeps}")
     out = Path(args.out) if args.out else _default_out(args.target, args.kind)
@@ -560,7 +580,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
                       damage_n=args.damage_n, init=args.init, qat=args.qat,
-                      distill=args.distill)
+                      distill=args.distill, state_noise=args.state_noise)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

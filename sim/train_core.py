@@ -56,6 +56,28 @@ class Rounding(Protocol):
 ROW = PERCEPTION + 1            # perception row plus the ones column (bias of layer 1)
 
 
+class StateNoise:
+    """A float cell's dense layers plus uniform noise on each state change, widths[c]
+    wide on channel c (a `Rounding` for forward): training through it makes the float
+    model robust to errors of the fixed-point state's size (the width in state steps of
+    codegen's formats). The noise is additive, so the backward pass is the float one."""
+
+    def __init__(self, params: dict[str, np.ndarray], widths: np.ndarray, rng: np.random.Generator) -> None:
+        self.p = cast_params(params, np.float32)
+        self.widths = np.asarray(widths, np.float32).reshape(1, CHANNELS)
+        self.rng = rng
+
+    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None:
+        np.matmul(P, self.p["w1aug"], out=h)
+        np.maximum(h, 0.0, out=h)
+        np.matmul(h, self.p["w2"], out=dx)
+        dx += self.p["b2"]
+        dx += (self.rng.random(dx.shape, dtype=np.float32) - np.float32(0.5)) * self.widths
+
+    def on_grid(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
 # ------------------------------------------------------------------------------ numba kernels
 
 def _alive(x, out, tmp):

@@ -127,10 +127,10 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     """The firmware's arithmetic on the async SimPy swarm (40x40, seeds 0-4, step 1,000),
     against the float engine running the float regenerating lizard. Post-training
     quantisation of that model drifts (measured 2.6e-3 vs 1.9e-4; seeds 0-1: 4.3e-3);
-    the shipped quantisation-aware fine-tuning (distilled, per-channel state formats,
-    output biases tuned on other seeds) brings it to 3.95e-4 (2.1x the float loss; 4.4e-4
-    before the bias tuning, most of that gain these seeds' luck: 2% over 25). Asserted:
-    the fine-tuned model within 2.3x of float and at least 4x better than post-training
+    the shipped fine-tuning (float against state noise, then quantisation-aware and
+    distilled, per-channel state formats, output biases tuned on other seeds) brings it
+    to 3.20e-4 (1.70x the float loss; 3.27e-4 before the bias tuning). Asserted: the
+    fine-tuned model within 1.85x of float and at least 4x better than post-training
     quantisation; and the fixed-point lizard regrows after a circle cut as the float one
     does (seeds 0-2)."""
     from sim.targets import fit_target, load_target
@@ -149,7 +149,7 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     lf = mean_loss("float", float_model)
     lptq = mean_loss("fixed", float_model, seeds=range(2))
     lqat = mean_loss("fixed", qat_model)
-    assert lqat <= 2.3 * lf, (lf, lqat)
+    assert lqat <= 1.85 * lf, (lf, lqat)
     assert lqat * 4.0 <= lptq, (lptq, lqat)
 
     def cut_and_regrow(backend: str, model, seed: int) -> tuple[float, float, float, int, int]:

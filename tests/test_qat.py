@@ -129,3 +129,89 @@ def test_distill_needs_qat_and_a_sane_weight(capsys, tmp_path, blob):
         assert main(["--init", str(init), "--out", str(tmp_path / "m.npz"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and "--distill" in err and len(err.splitlines()) == 1, err
+
+
+def test_state_noise_is_uniform_within_the_state_steps(blob):
+    """StateNoise adds to the float state change a uniform error at most half a width
+    wide per channel, zero-mean, and none where the width is 0."""
+    from sim.train_core import StateNoise
+    rng = np.random.default_rng(3)
+    P = rng.normal(size=(4000, 49)).astype(np.float32)
+    P[:, -1] = 1.0
+    widths = np.zeros(16, np.float32)
+    widths[4:] = 1 / 32
+    widths[7] = 1 / 16
+    clean, noisy = np.empty((4000, 16), np.float32), np.empty((4000, 16), np.float32)
+    h = np.empty((4000, 128), np.float32)
+    StateNoise(blob.params, np.zeros(16), rng).dense(P, h, clean)
+    StateNoise(blob.params, widths, rng).dense(P, h, noisy)
+    want = np.maximum(P[:, :48] @ blob.params["w1"] + blob.params["b1"], 0) @ blob.params["w2"] + blob.params["b2"]
+    np.testing.assert_allclose(clean, want, rtol=1e-4, atol=1e-5)
+    err = noisy - clean
+    assert np.all(err[:, :4] == 0)
+    assert np.all(np.abs(err) <= widths / 2 + 1e-6)
+    assert np.all(np.abs(err[:, 4:]).max(0) > 0.45 * widths[4:])          # spread over the width
+    assert np.all(np.abs(err[:, 4:].mean(0)) < 0.05 * widths[4:])          # and centred
+
+
+def test_state_noise_training_records_the_formats_that_qat_then_keeps(disc_png, tmp_path):
+    """A noise fine-tuning trains against the --init model's state formats and records
+    them, so that the --qat fine-tuning after it rounds to the same steps; the noise
+    reaches the rollouts (the run differs from the same run without it)."""
+    base = tmp_path / "disc.npz"
+    small = dict(target=str(disc_png), kind="growing", pad=4, min_steps=12, max_steps=16)
+    train(TrainConfig(iterations=60, seed=0, lr=5e-3, **small), base, checkpoint_every=0, stream=io.StringIO())
+    noisy, plain = tmp_path / "noisy.npz", tmp_path / "plain.npz"
+    for out, w in ((noisy, 1.0), (plain, 0.0)):
+        train(TrainConfig(iterations=20, seed=1, lr=1e-3, init=str(base), state_noise=w, **small), out,
+              checkpoint_every=0, stream=io.StringIO())
+    fq = FakeQuant.for_model(weights.load(base))
+    m = weights.load(noisy)
+    assert recorded_format(m.meta) == (fq.grad_shift, fq.hidden_shift, fq.hidden_fracs)
+    assert m.meta["training"]["state_noise"] == 1.0 and "state noise" in m.meta["origin"]
+    assert recorded_format(weights.load(plain).meta) is None
+    assert not np.array_equal(m.params["w1"], weights.load(plain).params["w1"])
+    assert FakeQuant.for_model(m) == fq
+
+
+def test_state_noise_refuses_bad_settings(capsys, tmp_path, blob):
+    init = tmp_path / "blob.npz"
+    weights.save(init, blob)
+    out = ["--out", str(tmp_path / "m.npz")]
+    for extra, words in ((["--state-noise", "1"], "--init"),
+                         (["--init", str(init), "--state-noise", "-1"], ">= 0"),
+                         (["--init", str(init), "--state-noise", "inf"], ">= 0"),
+                         (["--init", str(init), "--qat", "--state-noise", "1"], "--qat"),
+                         (["--init", str(init), "--tune-biases", "--state-noise", "1"], "does not train")):
+        assert main([*extra, *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_state_noise_is_a_setting_a_checkpoint_keeps(disc_png, tmp_path):
+    """--resume refuses to change the noise width; a checkpoint written before the
+    setting existed resumes as one without noise."""
+    import json
+
+    import pytest
+
+    from sim.train import CheckpointError, checkpoint_path
+    base, out = tmp_path / "disc.npz", tmp_path / "noisy.npz"
+    small = dict(target=str(disc_png), kind="growing", pad=4, min_steps=12, max_steps=16, seed=1)
+    train(TrainConfig(iterations=30, lr=5e-3, **small), base, checkpoint_every=0, stream=io.StringIO())
+    cfg = TrainConfig(iterations=4, lr=1e-3, init=str(base), state_noise=1.0, **small)
+    train(cfg, out, checkpoint_every=0, keep_checkpoint=True, stream=io.StringIO())
+    with pytest.raises(CheckpointError, match="state_noise=1.0, this run has state_noise=0.0"):
+        train(TrainConfig(iterations=6, lr=1e-3, init=str(base), **small), out, resume=True,
+              stream=io.StringIO())
+    ck = checkpoint_path(out)
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["config"]["state_noise"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(ck, **arrays)
+    m = train(TrainConfig(iterations=6, lr=1e-3, init=str(base), **small), out, resume=True,
+              stream=io.StringIO())
+    assert m.meta["iterations"] == 30 + 6
