@@ -351,7 +351,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
             seed = fq.on_grid(seed)
         else:
             noise_fq = FakeQuant.for_model(init)
-            noise_widths = (cfg.state_noise / noise_fq.fmt.state_steps).astype(np.float32)
+            noise_widths = cfg.state_noise / noise_fq.fmt.state_steps
     teacher = dict(init.params) if init is not None and cfg.distill > 0 else None
     if resume:
         st = load_checkpoint(ckpt, cfg, digest)
@@ -363,6 +363,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
             params = {k: init.params[k].astype(np.float32, copy=True) for k in M.PARAM_SHAPES}
         pool = np.repeat(seed[None], cfg.pool, 0) if cfg.kind != "growing" else None
         st = TrainState(params, core.Adam(params), pool, 0, gen, [], stages=[{"from": 0, **cfg.schedule()}])
+    noise = None if noise_widths is None else core.StateNoise(noise_widths, st.rng)   # the run's draws
     ws = core.Workspace()
     prog = Progress(cfg.iterations, stream)
     last_batch = np.repeat(seed[None], cfg.batch, 0)
@@ -389,10 +390,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                     dmg = make_circle_masks(gen, cfg.damage_n, H, W)
                     x0[-cfg.damage_n:] *= (~dmg)[..., None]
             run_params = st.params if fq is None else fq.weights(st.params)
-            rounding = fq if noise_widths is None else core.StateNoise(st.params, noise_widths, gen)
             losses, xN, grads, rows = core.loss_and_grads(
                 x0, target, run_params, steps, gen, M.gradient_kernels(angle), np.float32, ws,
-                rounding=rounding, teacher=teacher, teacher_weight=cfg.distill)
+                rounding=fq, noise=noise, teacher=teacher, teacher_weight=cfg.distill)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))

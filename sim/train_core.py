@@ -57,25 +57,17 @@ ROW = PERCEPTION + 1            # perception row plus the ones column (bias of l
 
 
 class StateNoise:
-    """A float cell's dense layers plus uniform noise on each state change, widths[c]
-    wide on channel c (a `Rounding` for forward): training through it makes the float
-    model robust to errors of the fixed-point state's size (the width in state steps of
-    codegen's formats). The noise is additive, so the backward pass is the float one."""
+    """Uniform noise widths[c] wide added in place to each float state change of
+    channel c (forward's `noise`): training through it makes the float model robust to
+    errors of the fixed-point state's size (the width in state steps of codegen's
+    formats). The noise is additive, so the backward pass is the float one."""
 
-    def __init__(self, params: dict[str, np.ndarray], widths: np.ndarray, rng: np.random.Generator) -> None:
-        self.p = cast_params(params, np.float32)
+    def __init__(self, widths: np.ndarray, rng: np.random.Generator) -> None:
         self.widths = np.asarray(widths, np.float32).reshape(1, CHANNELS)
         self.rng = rng
 
-    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None:
-        np.matmul(P, self.p["w1aug"], out=h)
-        np.maximum(h, 0.0, out=h)
-        np.matmul(h, self.p["w2"], out=dx)
-        dx += self.p["b2"]
+    def __call__(self, dx: np.ndarray) -> None:
         dx += (self.rng.random(dx.shape, dtype=np.float32) - np.float32(0.5)) * self.widths
-
-    def on_grid(self, x: np.ndarray) -> np.ndarray:
-        return x
 
 
 # ------------------------------------------------------------------------------ numba kernels
@@ -339,7 +331,7 @@ def _fire_fn(fire, shape: tuple[int, int, int]) -> Callable[[int], np.ndarray]:
 def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
             masks: tuple[np.ndarray, np.ndarray] | None = None,
-            rounding: Rounding | None = None) -> Rollout:
+            rounding: Rounding | None = None, noise: StateNoise | None = None) -> Rollout:
     """Run `steps` CA steps from x0 (B, H, W, 16), keeping what backward needs.
 
     fire: (N, B, H, W) bool array, a callable t -> (B, H, W) bool, or a numpy
@@ -349,12 +341,15 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     them). rounding: a fixed-point cell's arithmetic for the dense layers
     (quantisation-aware training, codegen.qat.FakeQuant; x0 must then be on the
     state grid, and stays on it); the backward pass treats its rounding as the
-    identity (straight-through). x0 is not modified.
+    identity (straight-through). noise: added to each float state change (with the
+    bias; not with rounding, which has the real errors). x0 is not modified.
     """
     dtype = np.dtype(dtype)
     x = np.array(x0, dtype=dtype, copy=True, order="C")
     if x.ndim != 4 or x.shape[-1] != CHANNELS:
         raise ValueError(f"state must be (B, H, W, {CHANNELS}), got {x.shape}")
+    if noise is not None and rounding is not None:
+        raise ValueError("noise is for the float cell; the rounding has its own errors")
     B, H, W, _ = x.shape
     p = cast_params(params, dtype)
     k = np.ascontiguousarray(kxy, dtype)
@@ -391,6 +386,10 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             K._relu(h)
             np.matmul(h, p["w2"], out=dx)
             b2 = p["b2"]
+            if noise is not None:
+                dx += b2
+                noise(dx)
+                b2 = zero_b2
         else:
             rounding.dense(P, h, dx)
             b2 = zero_b2
@@ -467,7 +466,7 @@ def loss_grad(x: np.ndarray, target: np.ndarray) -> np.ndarray:
 def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndarray], steps: int,
                    fire, kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
                    masks: tuple[np.ndarray, np.ndarray] | None = None,
-                   rounding: Rounding | None = None,
+                   rounding: Rounding | None = None, noise: StateNoise | None = None,
                    teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.0
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used).
@@ -482,7 +481,7 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
         if isinstance(fire, np.random.Generator):   # the masks forward() would draw, in its order
             fire = np.stack([_fire_fn(fire, (B, H, W))(t) for t in range(steps)])
         x_teacher = forward(x0, teacher, steps, fire, kxy, dtype, ws, masks).x.copy()
-    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding)
+    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding, noise)
     losses = loss_per_sample(ro.x, target)
     g = loss_grad(ro.x, target)
     if teacher is not None and teacher_weight > 0:

@@ -132,26 +132,28 @@ def test_distill_needs_qat_and_a_sane_weight(capsys, tmp_path, blob):
 
 
 def test_state_noise_is_uniform_within_the_state_steps(blob):
-    """StateNoise adds to the float state change a uniform error at most half a width
-    wide per channel, zero-mean, and none where the width is 0."""
+    """A float step with StateNoise changes each updated cell's state by the float
+    change plus a uniform error at most half a width wide per channel, zero-mean,
+    and none where the width is 0; with a rounding it is refused."""
+    import pytest
+
     from sim.train_core import StateNoise
     rng = np.random.default_rng(3)
-    P = rng.normal(size=(4000, 49)).astype(np.float32)
-    P[:, -1] = 1.0
+    x0 = rng.normal(size=(1, 40, 40, 16)).astype(np.float32)
+    x0[..., 3] = 1.0
+    on = np.ones((1, 1, 40, 40), bool)
     widths = np.zeros(16, np.float32)
     widths[4:] = 1 / 32
     widths[7] = 1 / 16
-    clean, noisy = np.empty((4000, 16), np.float32), np.empty((4000, 16), np.float32)
-    h = np.empty((4000, 128), np.float32)
-    StateNoise(blob.params, np.zeros(16), rng).dense(P, h, clean)
-    StateNoise(blob.params, widths, rng).dense(P, h, noisy)
-    want = np.maximum(P[:, :48] @ blob.params["w1"] + blob.params["b1"], 0) @ blob.params["w2"] + blob.params["b2"]
-    np.testing.assert_allclose(clean, want, rtol=1e-4, atol=1e-5)
-    err = noisy - clean
-    assert np.all(err[:, :4] == 0)
+    args = (x0, blob.params, 1, on, gradient_kernels(0.0), np.float32, None, (on, on))
+    clean = forward(*args).x
+    err = forward(*args, noise=StateNoise(widths, rng)).x - clean
+    assert np.all(err[..., :4] == 0)
     assert np.all(np.abs(err) <= widths / 2 + 1e-6)
-    assert np.all(np.abs(err[:, 4:]).max(0) > 0.45 * widths[4:])          # spread over the width
-    assert np.all(np.abs(err[:, 4:].mean(0)) < 0.05 * widths[4:])          # and centred
+    assert np.all(np.abs(err[..., 4:]).max((0, 1, 2)) > 0.45 * widths[4:])    # spread over the width
+    assert np.all(np.abs(err[..., 4:].mean((0, 1, 2))) < 0.05 * widths[4:])    # and centred
+    with pytest.raises(ValueError, match="noise"):
+        forward(*args, rounding=FakeQuant.for_model(blob), noise=StateNoise(widths, rng))
 
 
 def test_state_noise_training_records_the_formats_that_qat_then_keeps(disc_png, tmp_path):
