@@ -35,16 +35,18 @@ from sim.fixture import blob_model
 from sim.weights import load
 
 
-def cells(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cells(n: int, seed: int = 0, ef_bits: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n cells' own states (int16 with ef_bits random low bits) and int8 neighbour states."""
     r = np.random.default_rng(seed)
-    xs = r.integers(-128, 128, (n, 16)).astype(np.int8)
+    xs = r.integers(-128, 128, (n, 16)).astype(np.int16)
     xs[:, 3] = 32                                   # alpha 1.0: every update runs the network
+    xs = (xs << ef_bits) + r.integers(0, 1 << ef_bits, xs.shape).astype(np.int16)
     return xs, r.integers(-128, 128, (n, 8, 16)).astype(np.int8)
 
 
 def board_rows(q, root: Path) -> list[tuple]:
     rows = []
-    xs, nbs = cells(16, 1)
+    xs, nbs = cells(16, 1, q.fmt.ef_bits)
     for target in ("cortex-m0", "avr"):
         if T.missing_tools(target, run=True):
             print(f"  ({target}: skipped, tools missing: {T.APT_COMMAND})")
@@ -54,7 +56,7 @@ def board_rows(q, root: Path) -> list[tuple]:
             emit.write_project(q, target, d)
             subprocess.run(["make", "-s", "-C", str(d), f"TARGET={target}", f"KERNEL={kernel}"], check=True,
                            capture_output=True)
-            b = T.Build(target, d)
+            b = T.Build(target, d, q.fmt.ef_bits)
             m = T.measure(b) if kernel == "asm" else _measure_c(b)
             ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
             r = T.run_cells(b, xs, nbs, F.rotation_q14(30.0))
@@ -82,15 +84,15 @@ def _measure_c(b: T.Build) -> dict:
             code += n
     su = T._stack_usage(b.build_dir)
     ret = 2 if b.target == "avr" else 0
-    leaf = max(su.get("perceive", 0), su.get("nca_dense", 0), su.get("apply", 0)) + ret
+    leaf = max(su.get("perceive", 0), su.get("nca_dense", 0), su.get("apply", 0), su.get("feedback", 0)) + ret
     stack = ret + su.get("nca_cell_update", 0) + ret + su.get("nca_cell_tentative", 0) + leaf
     return {"rom_code": code, "rom_weights": weights, "rom_total": code + weights, "ram_static": 0,
-            "cell_struct": T.CELL_STRUCT_BYTES, "rotation": T.ROTATION_BYTES, "stack_static": stack}
+            "cell_struct": T.cell_struct_bytes(b.ef_bits), "rotation": T.ROTATION_BYTES, "stack_static": stack}
 
 
 def speed_rows(q, quick: bool) -> list[tuple]:
     n = 2000 if quick else 20000
-    xs, nbs = cells(n, 2)
+    xs, nbs = cells(n, 2, q.fmt.ef_bits)
     a = q.arrays()
     rows = []
     out = xs.copy()

@@ -5,9 +5,10 @@
               ctypes (firmware/ports/host/nca_host.c), one call per wake-up.
 
 Both take the swarm's float32 arrays as they are: every state they write is on
-the state grid (q/128 for RGBA, q/32 for the hidden channels: exact in float32),
-and a value that is not (the float seed's 1.0 on RGBA) is rounded to the nearest
-state step, saturating, on the way in. Importing
+the state grid (q/128 for RGBA, q/32 for the hidden channels: exact in float32;
+with error feedback 16 times finer), and a value that is not (the float seed's 1.0
+on RGBA) is rounded to the nearest step, saturating, on the way in. A message is
+the sender's whole state, of which the receiving cell takes the int8 part. Importing
 this module registers both names with sim.backends.register_backend.
 """
 from __future__ import annotations
@@ -22,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from sim.backends import CellBackend, ModelLike, as_params, register_backend
+from sim.errors import UserError
 from sim.reference import Params
 from sim.weights import Model, default_meta
 
 from . import formats as F
 from . import golden as G
-from .quantize import QModel, quantize, recorded_format
+from .quantize import QModel, quantize, recorded_error_feedback, recorded_format
 
 
 def _model_of(model: ModelLike) -> Model:
@@ -40,8 +42,9 @@ def _model_of(model: ModelLike) -> Model:
 
 
 def _weights_key(model: Model) -> str:
-    """The weights and what the quantiser reads of the metadata (a recorded QAT format)."""
-    h = hashlib.sha1(repr(recorded_format(model.meta)).encode())
+    """The weights and what the quantiser reads of the metadata (a recorded QAT format,
+    error feedback)."""
+    h = hashlib.sha1(repr((recorded_format(model.meta), recorded_error_feedback(model.meta))).encode())
     for k in ("w1", "b1", "w2", "b2"):
         h.update(np.ascontiguousarray(model.params[k], np.float32).tobytes())
     return h.hexdigest()
@@ -69,6 +72,14 @@ def _angle_of(model: ModelLike, angle: float | None) -> float:
     return 0.0
 
 
+def _lockstep_check(q: QModel) -> None:
+    """Lockstep mode applies the alive rule itself, on the swarm's float states; a cell
+    with error feedback decides it on the int8 part of its state, which that cannot see."""
+    if q.fmt.ef_bits:
+        raise UserError("lockstep mode decides the alive rule on the swarm's float states, which differ "
+                        "from what a cell with error feedback decides it on; run this model asynchronously")
+
+
 class FixedBackend(CellBackend):
     """The golden model of the firmware's integer arithmetic."""
 
@@ -83,6 +94,7 @@ class FixedBackend(CellBackend):
         return G.wakeup_f32(c, state, inbox, *self._args, self.rot)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
+        _lockstep_check(self.q)
         G.tentative_f32(c, state, inbox, *self._args, self.rot, out)
 
     def set_params(self, params: Params) -> None:
@@ -128,8 +140,8 @@ def host_library(q: QModel) -> ctypes.CDLL:
     lib.nca_host_cell_bytes.restype = ctypes.c_uint32
     if lib.nca_host_model_hash() != h:
         raise RuntimeError(f"{lib_path} reports model hash {lib.nca_host_model_hash():08x}, expected {h:08x}")
-    if lib.nca_host_cell_bytes() != targets.CELL_STRUCT_BYTES:
-        raise RuntimeError("nca_cell_t size differs from codegen.targets.CELL_STRUCT_BYTES")
+    if lib.nca_host_cell_bytes() != targets.cell_struct_bytes(q.fmt.ef_bits):
+        raise RuntimeError("nca_cell_t size differs from codegen.targets.cell_struct_bytes")
     fp = ctypes.c_void_p
     lib.nca_host_wakeup_f32.argtypes = [ctypes.c_int32, fp, fp, fp]
     lib.nca_host_wakeup_f32.restype = ctypes.c_int32
@@ -158,8 +170,10 @@ class HostFirmware:
 
     def update(self, states: np.ndarray, inboxes: np.ndarray, angle: float | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """(codes, new states) of n independent cells (int8 (n, 16) and (n, 8, 16))."""
-        s = np.ascontiguousarray(states, np.int8).reshape(-1, 16).copy()
+        """(codes, new own states) of n independent cells: own states (n, 16) in units of
+        2^-ef_bits steps (int8 states without error feedback), inboxes int8 (n, 8, 16);
+        the new states come back as int16."""
+        s = np.ascontiguousarray(states, np.int16).reshape(-1, 16).copy()
         ib = np.ascontiguousarray(inboxes, np.int8).reshape(-1, 128)
         codes = np.zeros(len(s), np.uint8)
         rot = rotation_struct(angle)
@@ -168,7 +182,7 @@ class HostFirmware:
         return codes.astype(np.int64), s
 
     def tentative(self, states: np.ndarray, inboxes: np.ndarray, angle: float | None = None) -> np.ndarray:
-        s = np.ascontiguousarray(states, np.int8).reshape(-1, 16)
+        s = np.ascontiguousarray(states, np.int16).reshape(-1, 16)
         ib = np.ascontiguousarray(inboxes, np.int8).reshape(-1, 128)
         out = np.zeros_like(s)
         rot = rotation_struct(angle)
@@ -201,6 +215,7 @@ class FirmwareBackend(CellBackend):
         return self.lib.nca_host_wakeup_f32(c, self._ptr(state), self._ptr(inbox), self._rot_ptr)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
+        _lockstep_check(self.q)
         self.lib.nca_host_tentative_f32(c, self._ptr(state), self._ptr(inbox), self._rot_ptr, self._ptr(out))
 
     def set_params(self, params: Params) -> None:

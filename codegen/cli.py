@@ -73,9 +73,10 @@ def report_lines(target: str, b: targets.Build) -> list[str]:
     if target in ("cortex-m0", "avr"):
         m = targets.measure(b)
         rng = np.random.default_rng(0)
-        st = rng.integers(-128, 128, (8, 16)).astype(np.int8)
+        st = rng.integers(-128, 128, (8, 16)).astype(np.int16)
         ib = rng.integers(-128, 128, (8, 8, 16)).astype(np.int8)
         st[:, formats.ALPHA] = 32
+        st = (st << b.ef_bits) + rng.integers(0, 1 << b.ef_bits, st.shape)   # own states with their nibbles
         ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
         notes = []
         if target == "cortex-m0":
@@ -95,8 +96,9 @@ def report_lines(target: str, b: targets.Build) -> list[str]:
         budget = "/".join(f"{k}<={v:,}" for k, v in bud.items())
         lines = [head, _row((target, f"{m['rom_code']:,}", f"{m['rom_weights']:,}", f"{m['rom_total']:,}",
                              f"{ram}", f"{m['stack_static']}", cycles, budget))]
+        ef = f", error feedback {targets.RESID_BYTES}" if b.ef_bits else ""
         lines.append(f"RAM = nca_cell_t {m['cell_struct']} (state 16, gradients 32, accumulators 32, "
-                     f"8 neighbour states 128) + rotation {m['rotation']} + .data/.bss {m['ram_static']} "
+                     f"8 neighbour states 128{ef}) + rotation {m['rotation']} + .data/.bss {m['ram_static']} "
                      f"+ worst stack {m['stack_static']} (-fstack-usage frames {m['stack_frames']}, "
                      f"assembly kernel pushes {m['kernel_stack']})")
         return lines + notes
@@ -127,7 +129,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         targets.make(root, a.target)
         print(f"{PROG}: built {a.target} in {root / 'build' / a.target}")
     if a.report:
-        b = targets.Build(a.target, out)
+        b = targets.Build(a.target, out, q.fmt.ef_bits)
         print(formats.describe(q.fmt))
         errs = q.report["weight_rel_rmse"]
         print(f"quantisation ({q.report['scheme']}): relative RMS weight error " +

@@ -52,6 +52,17 @@ Why these formats (measured, see README "Fixed point" and nca_reference.md 4.2):
   significant bits (relative error < 0.05%) so that T fits in its 5 low bits:
   16 bytes of ROM that the Cortex-M0 budget needed.
 - Alive threshold: alpha > 0.1 is q > ALIVE_Q = 12 (q/128 > 0.1 <=> q >= 13).
+- Error feedback (a model fine-tuned with `nca-train --qat --error-feedback` records
+  it): the cell keeps EF_BITS = 4 more fraction bits of its own state, v = q * 16 + r
+  with r in 0..15 (packed two per byte: 8 bytes of RAM), so that an update smaller
+  than a state step is not rounded away: dx = (acc*M + 2^(T-5)) >> (T-4),
+  v = clamp(v + dx, -2048, 2047), q = v >> 4, r = v & 15. The int8 q is still all
+  that the network, the alive rule, the neighbours and the LED see (q is the floor of
+  v / 16). Rounding every update to the int8 step freezes a cell wherever its update
+  falls below half a step, so the grown pattern settles in a different place on every
+  run (the int8 lizard's loss on one run 1.7x that of its mean picture over runs); keeping
+  the remainder leaves only the neighbours' view rounded. Four bits do what eight do
+  (measured) and fit the AVR's 256 bytes.
 Rounding elsewhere is "add half, shift right" (round half up); right shifts of
 negative numbers are arithmetic (numpy and GCC on every target).
 """
@@ -73,7 +84,7 @@ from sim.model import (
     SOBEL_Y,
 )
 
-FORMAT_VERSION = 3                   # 3: per-model hidden state formats
+FORMAT_VERSION = 4                   # 3: per-model hidden state formats; 4: error feedback
 
 # ---------------------------------------------------------------- state
 STATE_BITS = 8
@@ -82,6 +93,8 @@ RGBA_FRAC = 7                        # Q0.7
 HIDDEN_FRACS = (4, 5, 6)             # a hidden channel's candidates: Q3.4, Q2.5, Q1.6
 LEGACY_HIDDEN_FRAC = 5               # models fine-tuned before the choice were trained at Q2.5
 STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
+EF_BITS = 4                          # error feedback: the own state's extra fraction bits
+EF_MIN, EF_MAX = STATE_MIN << EF_BITS, ((STATE_MAX + 1) << EF_BITS) - 1
 if not ALPHA < RGBA:
     raise AssertionError("alpha is not an RGBA channel")
 _ALPHA_STEP = 2.0 ** -RGBA_FRAC
@@ -174,6 +187,7 @@ class ModelFormat:
     bias_shift: int        # B
     acc_shift: int         # R: acc += floor(t / 2^R)
     state_fracs: tuple[int, ...]   # per channel: value = q / 2^f (RGBA_FRAC, then HIDDEN_FRACS)
+    ef_bits: int = 0               # error feedback: 0 (off) or EF_BITS more bits of the own state
 
     @property
     def state_steps(self) -> np.ndarray:
@@ -198,15 +212,18 @@ class ModelFormat:
             raise ValueError(f"bias_shift {self.bias_shift} out of 0..{BIAS_SHIFTS[-1]}")
         if self.acc_shift not in ACC_SHIFTS:
             raise ValueError(f"acc_shift {self.acc_shift} out of 1..15")
+        if self.ef_bits not in (0, EF_BITS):
+            raise ValueError(f"ef_bits {self.ef_bits}: error feedback is 0 (off) or {EF_BITS} bits")
         return self
 
 
 def partial_format(state_fracs: tuple[int, ...] | list[int], grad_shift: int = GRAD_SHIFTS[0],
-                   hidden_shift: int = HIDDEN_SHIFTS[0]) -> ModelFormat:
+                   hidden_shift: int = HIDDEN_SHIFTS[0], ef_bits: int = 0) -> ModelFormat:
     """A checked format whose bias and accumulator shifts are placeholders (the
     quantiser derives them from the weights): for what depends only on the state
     formats and the shifts given."""
-    return ModelFormat(grad_shift, hidden_shift, BIAS_SHIFTS[0], ACC_SHIFTS[0], tuple(state_fracs)).check()
+    return ModelFormat(grad_shift, hidden_shift, BIAS_SHIFTS[0], ACC_SHIFTS[0], tuple(state_fracs),
+                       ef_bits).check()
 
 
 def quantize_state(x: np.ndarray, fmt: ModelFormat) -> np.ndarray:
@@ -220,6 +237,19 @@ def quantize_state(x: np.ndarray, fmt: ModelFormat) -> np.ndarray:
 def dequantize_state(q: np.ndarray, fmt: ModelFormat) -> np.ndarray:
     """int8 states (..., 16) -> float32 (exact)."""
     return (np.asarray(q, np.float64) * fmt.state_scales).astype(np.float32)
+
+
+def quantize_fine(x: np.ndarray, fmt: ModelFormat) -> np.ndarray:
+    """Float states (..., 16) -> the own state in units of 2^-ef_bits steps (int16; the
+    int8 state itself without error feedback): round half to even, saturate."""
+    e = fmt.ef_bits
+    q = np.rint(np.asarray(x, np.float64) * fmt.state_steps * (1 << e))
+    return np.clip(q, STATE_MIN << e, ((STATE_MAX + 1) << e) - 1).astype(np.int16)
+
+
+def dequantize_fine(v: np.ndarray, fmt: ModelFormat) -> np.ndarray:
+    """quantize_fine's inverse (exact in float32)."""
+    return (np.asarray(v, np.float64) * fmt.state_scales / (1 << fmt.ef_bits)).astype(np.float32)
 
 
 def choose_hidden_fracs(states: np.ndarray) -> tuple[int, ...]:
@@ -269,6 +299,7 @@ def header_constants(fmt: ModelFormat) -> dict[str, int | str]:
         "NCA_HIDDEN_SHIFT": fmt.hidden_shift,
         "NCA_BIAS_SHIFT": fmt.bias_shift,
         "NCA_ACC_SHIFT": fmt.acc_shift,
+        "NCA_EF_BITS": fmt.ef_bits,
         # a C initializer (host float conversions only; the cell core never reads it)
         "NCA_STATE_FRACS": "{" + ", ".join(str(f) for f in fmt.state_fracs) + "}",
     }
@@ -280,6 +311,7 @@ def describe(fmt: ModelFormat | None = None) -> str:
         return f"Q{STATE_BITS - frac - 1}.{frac}"
     hidden = ("Q3.4/Q2.5/Q1.6 per channel" if fmt is None
               else "[" + " ".join(q(f) for f in fmt.state_fracs[RGBA:]) + "]")
-    return (f"state int8, RGBA {q(RGBA_FRAC)} (step 1/{1 << RGBA_FRAC}), hidden channels {hidden}, "
+    ef = "" if fmt is None or not fmt.ef_bits else f" with {fmt.ef_bits} error-feedback bits"
+    return (f"state int8{ef}, RGBA {q(RGBA_FRAC)} (step 1/{1 << RGBA_FRAC}), hidden channels {hidden}, "
             f"alive q > {ALIVE_Q}; weights int8 per-channel; "
             f"hidden uint8 by shift; int16 output accumulators; Q15 multiplier+shift output requantisation")

@@ -10,8 +10,12 @@ Arrays of a quantised model (`QModel.arrays()`):
   w1 int8 (48, 128)  b1 int8 (128,)  w2 int8 (128, 16)  b2 int16 (16,)
   mult int16 (16,) (a multiple of 32)   tsh uint8 (16,)
   consts int64 [grad_shift, hidden_shift, bias_shift, acc_shift, then the 16 channels'
-  state fraction bits] (the integer arithmetic reads the shifts only; the
-  conversions from and to the swarm's float arrays read the fraction bits)
+  state fraction bits, then the error-feedback bits E] (the integer arithmetic reads
+  the shifts and E; the conversions from and to the swarm's float arrays read the
+  fraction bits)
+A cell's own state x is in units of 2^-E state steps: the int8 state itself when
+E = 0 (int8 arrays), q * 2^E + r with error feedback (int16 arrays), whose view
+x >> E is the int8 state that the network, the alive rule and the neighbours see.
 A rotation is int64 [on, cos_q14, sin_q14] (on = 0: none).
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ _HMAX = F.HIDDEN_MAX
 _ROT_HALF = 1 << (F.ROT_FRAC - 1)
 _ROT_FRAC = F.ROT_FRAC
 _FRACS = 4                                                 # consts[_FRACS + c]: channel c's fraction bits
+_EF = _FRACS + CHANNELS                                    # consts[_EF]: error-feedback bits
 DORMANT, ZEROED, UPDATED = 0, 1, 2
 NO_ROTATION = np.zeros(3, np.int64)
 
@@ -58,8 +63,9 @@ def _sat8(v):
 
 
 @nb.njit(cache=True)
-def perceive(x, nbs, rot, grad_shift, p):
-    """p[0..47] (int64) = [x, gx, gy] of own state x (16) and neighbour states nbs (8, 16)."""
+def perceive(x, nbs, rot, grad_shift, p, ef=0):
+    """p[0..47] (int64) = [x, gx, gy] of own state x (16; its view x >> ef) and neighbour
+    states nbs (8, 16)."""
     for c in range(CHANNELS):
         gx = np.int64(0)
         gy = np.int64(0)
@@ -72,7 +78,7 @@ def perceive(x, nbs, rot, grad_shift, p):
             ry = rot[2] * gx + rot[1] * gy
             gx = (rx + _ROT_HALF) >> _ROT_FRAC
             gy = (ry + _ROT_HALF) >> _ROT_FRAC
-        p[c] = np.int64(x[c])
+        p[c] = np.int64(x[c]) >> ef
         p[CHANNELS + c] = _sat8(_rshift(gx, grad_shift))
         p[2 * CHANNELS + c] = _sat8(_rshift(gy, grad_shift))
 
@@ -103,38 +109,45 @@ def dense(p, w1, b1, w2, b2, consts, acc, h):
 
 
 @nb.njit(cache=True)
-def apply_delta(x, acc, mult, tsh, out):
-    """out[m] = sat8(x[m] + (acc[m]*M[m] + 2^(T-1)) >> T)."""
+def apply_delta(x, acc, mult, tsh, out, ef=0):
+    """out[m] = sat8(x[m] + (acc[m]*M[m] + 2^(T-1)) >> T); with ef error-feedback bits
+    the same at 2^ef times the resolution: clamp(x[m] + (acc*M + 2^(T-1-ef)) >> (T-ef),
+    -128 << ef, (128 << ef) - 1)."""
+    lo = np.int64(-128) << ef
+    hi = (np.int64(128) << ef) - 1
     for m in range(CHANNELS):
-        t = np.int64(tsh[m])
+        t = np.int64(tsh[m]) - ef
         dx = (acc[m] * np.int64(mult[m]) + (np.int64(1) << (t - 1))) >> t
-        out[m] = _sat8(np.int64(x[m]) + dx)
+        v = np.int64(x[m]) + dx
+        out[m] = lo if v < lo else (min(v, hi))
 
 
 @nb.njit(cache=True)
 def tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out):
-    """out (int8, 16) = x + dx of a cell with own state x and neighbour states nbs
+    """out (16, x's type) = x + dx of a cell with own state x and neighbour states nbs
     (8, 16), no alive rule (lockstep phase A, and the core of an update)."""
     p = np.empty(PERCEPTION, np.int64)
     acc = np.empty(CHANNELS, np.int64)
     h = np.empty(HIDDEN, np.int64)
-    perceive(x, nbs, rot, consts[0], p)
+    ef = consts[_EF]
+    perceive(x, nbs, rot, consts[0], p, ef)
     dense(p, w1, b1, w2, b2, consts, acc, h)
-    apply_delta(x, acc, mult, tsh, out)
+    apply_delta(x, acc, mult, tsh, out, ef)
 
 
 @nb.njit(cache=True)
 def update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot):
     """One wake-up (sim.async_ref.cell_wakeup's rules on int8 states), x updated
-    in place. Returns 0 dormant, 1 zeroed, 2 updated."""
+    in place (int8, or int16 with error feedback). Returns 0 dormant, 1 zeroed, 2 updated."""
+    ef = consts[_EF]
     nbr = False
     for s in range(8):
         if nbs[s, ALPHA] > _ALIVE_Q:
             nbr = True
-    if nbr or x[ALPHA] > _ALIVE_Q:
-        out = np.empty(CHANNELS, np.int8)
+    if nbr or (np.int64(x[ALPHA]) >> ef) > _ALIVE_Q:
+        out = np.empty_like(x)
         tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out)
-        keep = nbr or out[ALPHA] > _ALIVE_Q
+        keep = nbr or (np.int64(out[ALPHA]) >> ef) > _ALIVE_Q
         for c in range(CHANNELS):
             x[c] = out[c] if keep else 0
         return UPDATED
@@ -161,7 +174,7 @@ def tentative_batch(xs, nbss, w1, b1, w2, b2, mult, tsh, consts, rot, outs):
 
 # ---------------------------------------------------------------- whole grid (synchronous)
 @nb.njit(cache=True)
-def _alive_grid(x, out):
+def _alive_grid(x, out, ef=0):
     h, w = x.shape[0], x.shape[1]
     for y in range(h):
         for xx in range(w):
@@ -170,20 +183,22 @@ def _alive_grid(x, out):
                 for dx in range(-1, 2):
                     yy = y + dy
                     xj = xx + dx
-                    if 0 <= yy < h and 0 <= xj < w and x[yy, xj, ALPHA] > _ALIVE_Q:
+                    if 0 <= yy < h and 0 <= xj < w and (np.int64(x[yy, xj, ALPHA]) >> ef) > _ALIVE_Q:
                         m = True
             out[y, xx] = m
 
 
 @nb.njit(cache=True, nogil=True)   # tune.rollout_losses runs seeds in threads
 def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
-    """One synchronous step of an (H, W, 16) int8 grid (sim.reference.SyncGrid's
-    semantics: pre-alive, fire mask u(seed, FIRE, y*W+x, step) < rate, x + dx,
-    post-alive on the new alphas, zero padding). Returns the new grid."""
+    """One synchronous step of an (H, W, 16) grid of own states (int8, or int16 with
+    error feedback; sim.reference.SyncGrid's semantics: pre-alive, fire mask
+    u(seed, FIRE, y*W+x, step) < rate, x + dx, post-alive on the new alphas, zero
+    padding). Returns the new grid."""
     h, w = x.shape[0], x.shape[1]
+    ef = consts[_EF]
     pre = np.empty((h, w), np.bool_)
     post = np.empty((h, w), np.bool_)
-    _alive_grid(x, pre)
+    _alive_grid(x, pre, ef)
     out = x.copy()
     nbs = np.zeros((8, CHANNELS), np.int8)
     for y in range(h):
@@ -194,9 +209,9 @@ def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
                 yy = y + _OFFS[s, 0]
                 xj = xx + _OFFS[s, 1]
                 for c in range(CHANNELS):
-                    nbs[s, c] = x[yy, xj, c] if (0 <= yy < h and 0 <= xj < w) else 0
+                    nbs[s, c] = (np.int64(x[yy, xj, c]) >> ef) if (0 <= yy < h and 0 <= xj < w) else 0
             tentative(x[y, xx], nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out[y, xx])
-    _alive_grid(out, post)
+    _alive_grid(out, post, ef)
     for y in range(h):
         for xx in range(w):
             if not (pre[y, xx] and post[y, xx]):
@@ -207,9 +222,10 @@ def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
 
 def sync_run(x: np.ndarray, seed: int, steps: int, arrays: tuple[np.ndarray, ...],
              step0: int = 0) -> np.ndarray:
-    """The (H, W, 16) int8 grid x after synchronous steps step0 .. step0 + steps - 1
-    with the FIRE draws of seed, unrotated (arrays: `QModel.arrays()`): how the
-    quantiser, the bias tuning and the tests grow a fixed-point pattern."""
+    """The (H, W, 16) grid x of own states (`formats.quantize_fine`) after synchronous
+    steps step0 .. step0 + steps - 1 with the FIRE draws of seed, unrotated (arrays:
+    `QModel.arrays()`): how the quantiser, the bias tuning and the tests grow a
+    fixed-point pattern."""
     for k in range(step0, step0 + int(steps)):
         x = sync_step(x, seed, k, FIRE_RATE, *arrays, NO_ROTATION)
     return x
@@ -218,25 +234,30 @@ def sync_run(x: np.ndarray, seed: int, steps: int, arrays: tuple[np.ndarray, ...
 # ---------------------------------------------------------------- per-cell on float swarm arrays
 @nb.njit(cache=True)
 def _gather(c, state, inbox, consts, x, nbs):
+    """Own state x (in 2^-E steps) and neighbour states nbs (int8: a neighbour's message
+    is its whole state, of which a cell sees the int8 view)."""
+    ef = consts[_EF]
+    lo = np.int64(-128) << ef
+    hi = (np.int64(128) << ef) - 1
     for ch in range(CHANNELS):
-        one = np.float64(np.int64(1) << consts[_FRACS + ch])
+        one = np.float64(np.int64(1) << (consts[_FRACS + ch] + ef))
         v = np.rint(np.float64(state[c, ch]) * one)
-        x[ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
+        x[ch] = lo if v < lo else (hi if v > hi else np.int64(v))
         for s in range(8):
             v = np.rint(np.float64(inbox[c, s, ch]) * one)
-            nbs[s, ch] = -128 if v < -128 else (127 if v > 127 else np.int64(v))
+            nbs[s, ch] = (lo if v < lo else (hi if v > hi else np.int64(v))) >> ef
 
 
 @nb.njit(cache=True, inline="always")
 def _to_f32(q, consts, ch):
-    return np.float32(q) / np.float32(np.int64(1) << consts[_FRACS + ch])   # exact: a power of two
+    return np.float32(q) / np.float32(np.int64(1) << (consts[_FRACS + ch] + consts[_EF]))   # exact
 
 
 @nb.njit(cache=True)
 def wakeup_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot):
     """update() of cell c of a swarm's float32 arrays (state (N, 16), inbox (N, 8, 16)),
     whose values are on the state grid (formats.quantize_state rounds any other)."""
-    x = np.empty(CHANNELS, np.int8)
+    x = np.empty(CHANNELS, np.int16)
     nbs = np.empty((8, CHANNELS), np.int8)
     _gather(c, state, inbox, consts, x, nbs)
     r = update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot)
@@ -249,9 +270,9 @@ def wakeup_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot):
 @nb.njit(cache=True)
 def tentative_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, out):
     """out[c] = state[c] + dx (no alive rule), on the swarm's float32 arrays."""
-    x = np.empty(CHANNELS, np.int8)
+    x = np.empty(CHANNELS, np.int16)
     nbs = np.empty((8, CHANNELS), np.int8)
-    y = np.empty(CHANNELS, np.int8)
+    y = np.empty(CHANNELS, np.int16)
     _gather(c, state, inbox, consts, x, nbs)
     tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, y)
     for ch in range(CHANNELS):

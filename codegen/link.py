@@ -25,6 +25,8 @@ from pathlib import Path
 
 from cobs import cobs
 
+from sim.errors import UserError
+
 from . import formats as F
 
 PROTOCOL_VERSION = 1
@@ -169,8 +171,13 @@ class Image:
 
 
 def image_of(q) -> Image:
-    """The Image of a quantised model (codegen.quantize.QModel)."""
+    """The Image of a quantised model (codegen.quantize.QModel). The board firmware runs
+    models without error feedback only: its slot header has no field for it and the
+    link's state messages carry the int8 state alone."""
     f = q.fmt
+    if f.ef_bits:
+        raise UserError("the model keeps error-feedback bits (nca-train --error-feedback), which the cell "
+                        "link's board firmware does not run; flash a model fine-tuned without it")
     return Image(q.genome(), (f.grad_shift, f.hidden_shift, f.bias_shift, f.acc_shift), q.model_hash)
 
 

@@ -17,6 +17,12 @@ trainer then sees a state change that equals the firmware's bit for bit, and
 the backward pass uses the dequantised perception and hidden values with the
 dequantised weights, treating each rounding as the identity (the
 straight-through estimator), so the float master weights get the gradients.
+
+With `error_feedback` it is the cell that keeps formats.EF_BITS more bits of its
+own state: the trainer's states then live on that finer grid (still exact in
+float32), the cells perceive and apply the alive rule to `view(x)` (the int8
+part), and an update is added at the finer resolution. The backward pass treats
+the view as the identity too.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from sim.model import CHANNELS, PERCEPTION
 from sim.weights import Model
 
 from . import formats as F
-from .quantize import META_KEY, QModel, build_at, quantize, recorded_format
+from .quantize import META_KEY, QModel, build_at, quantize, recorded_error_feedback, recorded_format
 
 
 @dataclass
@@ -38,6 +44,7 @@ class FakeQuant:
     grad_shift: int
     hidden_shift: int
     hidden_fracs: tuple[int, ...]
+    error_feedback: bool = False
     q: QModel | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +58,7 @@ class FakeQuant:
         """The format recorded by an earlier fine-tuning, else the one `quantize` picks."""
         rec = recorded_format(model.meta)
         if rec is not None:
-            return cls(*rec)
+            return cls(*rec, error_feedback=recorded_error_feedback(model.meta))
         q = quantize(model)
         return cls(q.fmt.grad_shift, q.fmt.hidden_shift, q.fmt.state_fracs[F.RGBA:])
 
@@ -62,14 +69,25 @@ class FakeQuant:
 
     def meta(self) -> dict[str, Any]:
         """The model metadata's training entry that `recorded_format` reads back."""
-        return {META_KEY: {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift,
-                           "hidden_fracs": list(self.hidden_fracs)}}
+        rec: dict[str, Any] = {"grad_shift": self.grad_shift, "hidden_shift": self.hidden_shift,
+                               "hidden_fracs": list(self.hidden_fracs)}
+        if self.error_feedback:
+            rec["error_feedback"] = True
+        return {META_KEY: rec}
+
+    def view(self, x: np.ndarray) -> np.ndarray:
+        """What neighbours and the network see of error-feedback states x (on the fine
+        grid): each channel's int8 step below it (the int16 state's high byte)."""
+        v = np.floor(x * self._x_steps)
+        np.clip(v, F.STATE_MIN, F.STATE_MAX, out=v)
+        return (v / self._x_steps).astype(x.dtype)
 
     def weights(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantise the master weights for this iteration; returns them dequantised (what
         the backward pass multiplies by)."""
         self.q = build_at(Model({k: params[k] for k in ("w1", "b1", "w2", "b2")}),
-                          self.grad_shift, self.hidden_shift, self.fmt.state_fracs)
+                          self.grad_shift, self.hidden_shift, self.fmt.state_fracs,
+                          ef_bits=F.EF_BITS if self.error_feedback else 0)
         q = self.q
         self._units = q.input_units()
         self._unit_h = q.s1 * 2.0 ** self.hidden_shift
@@ -83,7 +101,7 @@ class FakeQuant:
         self._tsh = q.tsh.astype(np.int64)
         return dict(q.dequantize().params)
 
-    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None:
+    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray, own: np.ndarray | None = None) -> None:
         """Rows of perception P (n, 49: 48 inputs then a ones column; states on their
         grid, gradients exact Sobel sums): P's inputs become the firmware's (dequantised),
         h (n, 128) its hidden values (dequantised) and dx (n, 16) its exact state change."""
@@ -101,10 +119,17 @@ class FakeQuant:
         t = np.einsum("ngu,gum->ngm", hq.reshape(n, F.GROUPS, F.GROUP), self._w2,
                       optimize=True)                                              # exact: < 2^17
         acc = np.floor(t * self._rs).sum(axis=1).astype(np.int64) + self.q.b2.astype(np.int64)[None, :]
-        d = (acc * self._mult + (np.int64(1) << (self._tsh - 1))) >> self._tsh
-        xi = x.astype(np.int64)
-        new = np.clip(xi + d, F.STATE_MIN, F.STATE_MAX)
-        dx[:] = ((new - xi) * self._x_scales[None, :]).astype(dx.dtype)
+        if self.error_feedback:
+            e = F.EF_BITS
+            d = (acc * self._mult + (np.int64(1) << (self._tsh - 1 - e))) >> (self._tsh - e)
+            xi = np.rint(own.astype(np.float64) * (self.fmt.state_steps * (1 << e))[None, :]).astype(np.int64)
+            new = np.clip(xi + d, F.EF_MIN, F.EF_MAX)
+            dx[:] = ((new - xi) * (self._x_scales / (1 << e))[None, :]).astype(dx.dtype)
+        else:
+            d = (acc * self._mult + (np.int64(1) << (self._tsh - 1))) >> self._tsh
+            xi = x.astype(np.int64)
+            new = np.clip(xi + d, F.STATE_MIN, F.STATE_MAX)
+            dx[:] = ((new - xi) * self._x_scales[None, :]).astype(dx.dtype)
         P[:, :PERCEPTION] = (pin * self._units[None, :]).astype(P.dtype)
         h[:] = (hq * self._unit_h[None, :]).astype(h.dtype)
 

@@ -56,7 +56,7 @@ class QModel:
     def arrays(self) -> tuple[np.ndarray, ...]:
         """(w1, b1, w2, b2, mult, tsh, consts) as the golden kernels take them."""
         consts = np.array([self.fmt.grad_shift, self.fmt.hidden_shift, self.fmt.bias_shift,
-                           self.fmt.acc_shift, *self.fmt.state_fracs], np.int64)
+                           self.fmt.acc_shift, *self.fmt.state_fracs, self.fmt.ef_bits], np.int64)
         return self.w1, self.b1, self.w2, self.b2, self.mult, self.tsh, consts
 
     def genome(self) -> bytes:
@@ -81,7 +81,7 @@ class QModel:
     def model_hash(self) -> int:
         """CRC-32 of the genome and the format constants: what a board reports."""
         consts = bytes([F.FORMAT_VERSION, self.fmt.grad_shift, self.fmt.hidden_shift,
-                        self.fmt.bias_shift, self.fmt.acc_shift, *self.fmt.state_fracs])
+                        self.fmt.bias_shift, self.fmt.acc_shift, *self.fmt.state_fracs, self.fmt.ef_bits])
         return zlib.crc32(self.genome() + consts) & 0xFFFFFFFF
 
     def input_units(self) -> np.ndarray:
@@ -185,16 +185,17 @@ def _float_new_states(model: Model, nbhd_q: np.ndarray, fmt: F.ModelFormat) -> n
 
 def _fixed_new_states(q: QModel, nbhd_q: np.ndarray) -> np.ndarray:
     from . import golden as G  # numba; imported on use
-    xs = np.ascontiguousarray(nbhd_q[:, 1, 1, :])
+    e = q.fmt.ef_bits
+    xs = np.ascontiguousarray(nbhd_q[:, 1, 1, :]).astype(np.int16) << e     # own states, no remainder
     idx = [(dy + 1, dx + 1) for dy, dx in NEIGHBOUR_OFFSETS]
     nbs = np.ascontiguousarray(np.stack([nbhd_q[:, i, j, :] for i, j in idx], axis=1))
     out = np.zeros_like(xs)
     G.tentative_batch(xs, nbs, *q.arrays(), G.NO_ROTATION, out)
-    return out.astype(np.float64)
+    return out.astype(np.float64) / (1 << e)                                 # in state steps
 
 
 def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1q: np.ndarray,
-           b1q: np.ndarray, bs: int, fracs: tuple[int, ...]) -> QModel:
+           b1q: np.ndarray, bs: int, fracs: tuple[int, ...], ef_bits: int = 0) -> QModel:
     """The second layer and the output stage for given first-layer choices."""
     W2 = model.w2.astype(np.float64)
     B2 = model.b2.astype(np.float64)
@@ -236,11 +237,12 @@ def _build(model: Model, per_channel: bool, gs: int, ks: int, s1: np.ndarray, w1
     for m in range(CHANNELS):
         real = s2[m] * 2.0 ** rs / scales[m]                  # one acc step in state steps
         mm, t = F.multiplier_q15(real)
-        if not F.OUT_SHIFT_MIN <= t <= F.OUT_SHIFT_MAX:
+        if not F.OUT_SHIFT_MIN + ef_bits <= t <= F.OUT_SHIFT_MAX:   # error feedback shifts by T - ef_bits
             raise QuantizeError(f"output {m}: requantisation scale {real:.3g} state steps per accumulator "
-                                f"step is out of range (shift {t} not in {F.OUT_SHIFT_MIN}..{F.OUT_SHIFT_MAX})")
+                                f"step is out of range (shift {t} not in {F.OUT_SHIFT_MIN + ef_bits}.."
+                                f"{F.OUT_SHIFT_MAX})")
         mult[m], tsh[m] = mm, t
-    fmt = F.ModelFormat(gs, ks, bs, rs, tuple(fracs)).check()
+    fmt = F.ModelFormat(gs, ks, bs, rs, tuple(fracs), ef_bits).check()
     return QModel(w1q.astype(np.int8), b1q.astype(np.int8), w2q.astype(np.int8), b2q.astype(np.int16),
                   mult.astype(np.int16), tsh.astype(np.uint8), fmt, s1, s2, per_channel,
                   meta=dict(model.meta))
@@ -258,7 +260,7 @@ def _first_layer(W1: np.ndarray, gs: int, per_channel: bool, fmt: F.ModelFormat)
 
 
 def build_at(model: Model, gs: int, ks: int, fracs: tuple[int, ...], per_channel: bool = True,
-             first: tuple[np.ndarray, np.ndarray] | None = None) -> QModel:
+             first: tuple[np.ndarray, np.ndarray] | None = None, ef_bits: int = 0) -> QModel:
     """The quantised model at given gradient and hidden shifts and state formats (no
     calibration, no bias correction): what quantisation-aware training runs every iteration."""
     W1 = model.w1.astype(np.float64)
@@ -271,7 +273,7 @@ def build_at(model: Model, gs: int, ks: int, fracs: tuple[int, ...], per_channel
         raise QuantizeError(f"first-layer bias b1[{j}] = {B1[j]:.4g} is out of range: more than "
                             f"int8 << 7 hidden steps at hidden shift {ks}")
     b1q = np.rint(b_steps / 2.0 ** bs).astype(np.int64)
-    return _build(model, per_channel, gs, ks, s1, w1q, b1q, bs, fracs)
+    return _build(model, per_channel, gs, ks, s1, w1q, b1q, bs, fracs, ef_bits)
 
 
 def _acc_bound(w2col: np.ndarray, b2: int, rs: int) -> int:
@@ -329,9 +331,16 @@ def recorded_format(meta: dict[str, Any]) -> tuple[int, int, tuple[int, ...]] | 
     return gs, ks, tuple(int(f) for f in fracs)
 
 
+def recorded_error_feedback(meta: dict[str, Any]) -> bool:
+    """Whether a quantisation-aware fine-tuning trained the error-feedback cell."""
+    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
+    return isinstance(rec, dict) and rec.get("error_feedback") is True
+
+
 def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = None,
              hidden_shift: int | None = None, grad_shift: int | None = None,
-             select_cells: int = 4000, hidden_fracs: tuple[int, ...] | None = None) -> QModel:
+             select_cells: int = 4000, hidden_fracs: tuple[int, ...] | None = None,
+             error_feedback: bool | None = None) -> QModel:
     """Quantise a float model; raises QuantizeError if it does not fit the formats.
 
     The hidden channels' state formats: the per-channel ones with the least rounding
@@ -342,8 +351,12 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     on calibration cells (after bias correction), not by a proxy. Unless given, or
     recorded by a quantisation-aware fine-tuning (codegen.qat): such a model was
     trained through `build_at` in its format, so it is built exactly so, without
-    bias correction."""
+    bias correction. error_feedback: the cell keeps formats.EF_BITS more bits of its own
+    state (default: as a fine-tuning recorded, else off)."""
     trained_at = False
+    if error_feedback is None:
+        error_feedback = recorded_error_feedback(model.meta)
+    ef_bits = F.EF_BITS if error_feedback else 0
     if grad_shift is None and hidden_shift is None and hidden_fracs is None:
         rec = recorded_format(model.meta)
         if rec is not None:
@@ -351,7 +364,7 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     nbhd = calibration_states(model) if calib is None else np.asarray(calib, np.float32)
     if hidden_fracs is not None:
         return _quantize_in(model, per_channel, nbhd, tuple(hidden_fracs), grad_shift, hidden_shift,
-                            select_cells, trained_at)
+                            select_cells, trained_at, ef_bits)
     cands = [F.choose_hidden_fracs(nbhd[:, 1, 1, :]), F.LEGACY_STATE_FRACS[F.RGBA:]]
     if cands[0] == cands[1]:
         cands.pop()
@@ -359,7 +372,8 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     first_error: QuantizeError | None = None
     for hf in cands:
         try:
-            built.append(_quantize_in(model, per_channel, nbhd, hf, grad_shift, hidden_shift, select_cells, False))
+            built.append(_quantize_in(model, per_channel, nbhd, hf, grad_shift, hidden_shift, select_cells, False,
+                                      ef_bits))
         except QuantizeError as e:
             first_error = first_error or e
     if not built:
@@ -396,14 +410,14 @@ def run_error(q: QModel, refs: dict[int, tuple[int, np.ndarray]]) -> float:
     a = q.arrays()
     out = []
     for seed, (steps, ref) in refs.items():
-        x = G.sync_run(F.quantize_state(seed_state(*ref.shape[:2]), q.fmt), seed, steps, a)
-        out.append(float(np.mean((F.dequantize_state(x, q.fmt)[..., :F.RGBA] - ref) ** 2)))
+        x = G.sync_run(F.quantize_fine(seed_state(*ref.shape[:2]), q.fmt), seed, steps, a)
+        out.append(float(np.mean((F.dequantize_fine(x, q.fmt)[..., :F.RGBA] - ref) ** 2)))
     return float(np.mean(out))
 
 
 def _quantize_in(model: Model, per_channel: bool, nbhd: np.ndarray, hidden_fracs: tuple[int, ...],
                  grad_shift: int | None, hidden_shift: int | None, select_cells: int,
-                 trained_at: bool) -> QModel:
+                 trained_at: bool, ef_bits: int = 0) -> QModel:
     """quantize() in given hidden state formats."""
     W1 = model.w1.astype(np.float64)
     B1 = model.b1.astype(np.float64)
@@ -437,7 +451,7 @@ def _quantize_in(model: Model, per_channel: bool, nbhd: np.ndarray, hidden_fracs
         ks_cands = [hidden_shift] if hidden_shift is not None else [k for k in range(k0 - 2, k0 + 3) if k in F.HIDDEN_SHIFTS]
         for ks in ks_cands:
             try:
-                q = build_at(model, gs, ks, fracs, per_channel, (s1, w1q))
+                q = build_at(model, gs, ks, fracs, per_channel, (s1, w1q), ef_bits)
             except QuantizeError as e:
                 first_error = first_error or e
                 continue

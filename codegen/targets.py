@@ -55,6 +55,12 @@ BUDGETS = {
     "avr": {"ram": 256, "cycles": 120000},
 }
 CELL_STRUCT_BYTES = 16 + 32 + 32 + 128     # nca_cell_t (checked against the host build)
+RESID_BYTES = 8                            # ... plus the error-feedback nibbles of a model that has them
+
+
+def cell_struct_bytes(ef_bits: int) -> int:
+    """sizeof(nca_cell_t) for a model with ef_bits error-feedback bits."""
+    return CELL_STRUCT_BYTES + (RESID_BYTES if ef_bits else 0)
 ROTATION_BYTES = 4
 
 
@@ -92,6 +98,7 @@ class Build:
     """A built firmware folder."""
     target: str
     root: Path
+    ef_bits: int = 0         # the model's error feedback: the harness sends and returns the nibbles
 
     @property
     def build_dir(self) -> Path:
@@ -125,29 +132,55 @@ def build(q: QModel, target: str, root: Path | None = None) -> Build:
     root = Path(tempfile.mkdtemp(prefix=f"nca-{target}-")) if root is None else Path(root)
     emit.write_project(q, target, root)
     make(root, target)
-    return Build(target, root)
+    return Build(target, root, q.fmt.ef_bits)
 
 
 # ---------------------------------------------------------------- the harness protocol
+def own_bytes(own: np.ndarray, ef_bits: int) -> np.ndarray:
+    """Own states (n, 16) in 2^-ef_bits steps -> the cell's bytes: the int8 state, then
+    (error feedback) the nibbles, channel c's in byte c/2 (odd c: the high nibble)."""
+    v = np.asarray(own, np.int64).reshape(-1, 16)
+    st = (v >> ef_bits).astype(np.int8).view(np.uint8)
+    if not ef_bits:
+        return st
+    nib = (v & ((1 << ef_bits) - 1)).astype(np.uint8)
+    return np.concatenate([st, nib[:, 0::2] | (nib[:, 1::2] << 4)], axis=1)
+
+
+def own_of_bytes(b: np.ndarray, ef_bits: int) -> np.ndarray:
+    """own_bytes' inverse: (n, 16 [+ 8]) uint8 -> own states (n, 16) int16."""
+    b = np.asarray(b, np.uint8)
+    v = b[:, :16].view(np.int8).astype(np.int16) << ef_bits
+    if ef_bits:
+        nib = np.empty((len(b), 16), np.int16)
+        nib[:, 0::2] = b[:, 16:24] & 15
+        nib[:, 1::2] = b[:, 16:24] >> 4
+        v = v + nib
+    return v
+
+
 def encode(states: np.ndarray, inboxes: np.ndarray, rot: tuple[int, int] | None = None,
-           cmd: bytes = b"U") -> bytes:
-    """Requests for n cells: states (n, 16) int8, inboxes (n, 8, 16) int8; rot = (cos, sin) Q14."""
-    states = np.asarray(states, np.int8).reshape(-1, 16)
+           cmd: bytes = b"U", ef_bits: int = 0) -> bytes:
+    """Requests for n cells: own states (n, 16) in 2^-ef_bits steps (the int8 states
+    without error feedback), inboxes (n, 8, 16) int8; rot = (cos, sin) Q14."""
+    own = own_bytes(states, ef_bits)
     inboxes = np.asarray(inboxes, np.int8).reshape(-1, 128)
     head = cmd + (bytes([1]) + struct.pack("<hh", *rot) if rot is not None else bytes([0, 0, 0, 0, 0]))
-    return b"".join(head + s.tobytes() + i.tobytes() for s, i in zip(states, inboxes))
+    return b"".join(head + s.tobytes() + i.tobytes() for s, i in zip(own, inboxes))
 
 
-def decode(buf: bytes, n: int, cmd: bytes = b"U") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes (n,), states (n, 16) int8, ticks (n,)) from n answers."""
-    size = (1 if cmd == b"U" else 0) + 16 + 4
+def decode(buf: bytes, n: int, cmd: bytes = b"U", ef_bits: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes (n,), own states (n, 16) (int8, int16 with error feedback), ticks (n,)) from n answers."""
+    nb = 16 + (RESID_BYTES if ef_bits else 0)
+    size = (1 if cmd == b"U" else 0) + nb + 4
     if len(buf) < n * size:
         raise RuntimeError(f"harness answered {len(buf)} bytes, expected {n * size}")
     a = np.frombuffer(buf[:n * size], np.uint8).reshape(n, size)
     off = 1 if cmd == b"U" else 0
     codes = a[:, 0].astype(np.int64) if off else np.full(n, -1, np.int64)
-    states = a[:, off:off + 16].view(np.int8).copy()
-    ticks = a[:, off + 16:].copy().view("<u4").ravel().astype(np.int64)
+    raw = a[:, off:off + nb]
+    states = own_of_bytes(raw, ef_bits) if ef_bits else raw.view(np.int8).copy()
+    ticks = a[:, off + nb:].copy().view("<u4").ravel().astype(np.int64)
     return codes, states, ticks
 
 
@@ -177,12 +210,12 @@ def run_cells(b: Build, states: np.ndarray, inboxes: np.ndarray, rot: tuple[int,
     """Run n cells through the built harness (one request each, then 'Q')."""
     check_toolchain(b.target, run=True)
     n = len(states)
-    req = encode(states, inboxes, rot, cmd) + b"Q"
+    req = encode(states, inboxes, rot, cmd, b.ef_bits) + b"Q"
     r = subprocess.run(harness_command(b), input=req, capture_output=True, timeout=timeout, check=False)
     err = r.stderr.decode(errors="replace")
     if r.returncode != 0:
         raise RuntimeError(f"{b.target} harness exited with {r.returncode}: {err[-500:]}")
-    codes, out, ticks = decode(r.stdout, n, cmd)
+    codes, out, ticks = decode(r.stdout, n, cmd, b.ef_bits)
     cycles = np.array([int(m) for m in re.findall(r"^cycles (\d+)$", err, re.MULTILINE)], np.int64)
     return RunResult(codes, out, ticks, cycles, err)
 
@@ -256,7 +289,7 @@ def m0_trace_update(b: Build, state: np.ndarray, inbox: np.ndarray, rot: tuple[i
         log = Path(tmp) / "trace.log"
         cmd = harness_command(b, icount=False)
         cmd[1:1] = ["-singlestep", "-d", "exec,nochain", "-D", str(log)]
-        subprocess.run(cmd, input=encode(state[None], inbox[None], rot) + b"Q", capture_output=True,
+        subprocess.run(cmd, input=encode(state[None], inbox[None], rot, ef_bits=b.ef_bits) + b"Q", capture_output=True,
                        timeout=timeout, check=True)
         pcs = [int(m, 16) for m in re.findall(r"^Trace \d+: \S+ \[[0-9a-f]+/([0-9a-f]+)/", log.read_text(), re.MULTILINE)]
     start = pcs.index(entry)
@@ -329,16 +362,16 @@ def measure(b: Build) -> dict[str, Any]:
             rom_code += text + sum(v for k, v in sec.items() if k.startswith(".data"))
     su = _stack_usage(b.build_dir)
     frames = {k: v for k, v in su.items()
-              if k in ("nca_cell_update", "nca_cell_tentative", "perceive", "apply", "alive")}
+              if k in ("nca_cell_update", "nca_cell_tentative", "perceive", "apply", "feedback", "alive")}
     kernel_stack = _asm_pushes(kernel_src, b.target)
     # call chain: caller -> nca_cell_update -> nca_cell_tentative -> one of perceive, the
-    # kernel, apply (the M0 kernel replaces all of it); every call pushes a return address on
-    # AVR (2 bytes; on ARM it is in the pushed lr)
-    leaf = max(kernel_stack, frames.get("perceive", 0), frames.get("apply", 0))
+    # kernel, apply, feedback (the M0 kernel replaces all of it); every call pushes a return
+    # address on AVR (2 bytes; on ARM it is in the pushed lr)
+    leaf = max(kernel_stack, frames.get("perceive", 0), frames.get("apply", 0), frames.get("feedback", 0))
     stack = ret + frames.get("nca_cell_update", 0) + (ret + frames.get("nca_cell_tentative", 0)
                                                      if b.target == "avr" else 0) + ret + leaf
     return {"rom_code": rom_code, "rom_weights": rom_weights, "rom_total": rom_code + rom_weights,
-            "ram_static": ram_static, "cell_struct": CELL_STRUCT_BYTES, "rotation": ROTATION_BYTES,
+            "ram_static": ram_static, "cell_struct": cell_struct_bytes(b.ef_bits), "rotation": ROTATION_BYTES,
             "stack_static": stack, "stack_frames": frames, "kernel_stack": kernel_stack,
             "kernel": kernel}
 

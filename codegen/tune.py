@@ -65,10 +65,10 @@ def rollout_losses(q: QModel, target: np.ndarray, seeds: Sequence[int] = DEFAULT
     tgt = np.asarray(target, np.float64)
 
     def loss(x: np.ndarray) -> float:
-        return float(np.mean((F.dequantize_state(x, q.fmt)[..., :F.RGBA] - tgt) ** 2))
+        return float(np.mean((F.dequantize_fine(x, q.fmt)[..., :F.RGBA] - tgt) ** 2))
 
     def grown(seed: int) -> tuple[float, np.ndarray]:
-        x = F.quantize_state(seed_state(h, w), q.fmt)
+        x = F.quantize_fine(seed_state(h, w), q.fmt)
         k, pattern = 0, 0.0
         for m in marks:
             x, k = G.sync_run(x, seed, m - k, arrays, k), m

@@ -3,7 +3,7 @@
     nca-train --target lizard --kind regenerating --iterations 8000
     python -m sim.train --target my.png --kind persistent --out weights/my.npz
     nca-train --init M.npz --state-noise 1 --out M_noise.npz   # then, for the firmware:
-    nca-train --init M_noise.npz --qat --out M_qat.npz
+    nca-train --init M_noise.npz --qat [--error-feedback] --out M_qat.npz
     nca-train --tune-biases --init M_qat.npz --out M_qat.npz
 
 The recipe (shared/research/nca_reference.md section 1): Adam (0.9, 0.999, 1e-7),
@@ -83,6 +83,7 @@ class TrainConfig:
     qat: bool = False                # the firmware's rounding in the loop (codegen.qat)
     distill: float = 0.0             # weight of the pull towards the --init model's float rollout
     state_noise: float = 0.0         # uniform noise on each update, in the fixed-point state's steps
+    error_feedback: bool = False     # with qat: the cells keep 8 more bits of their own state
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -114,6 +115,8 @@ class TrainConfig:
             raise UserError("--state-noise trains a float --init model against the fixed-point state's "
                             "step; --qat has the real rounding instead" if self.qat else
                             "--state-noise takes its state formats from a trained model: give it with --init MODEL")
+        if self.error_feedback and not self.qat:
+            raise UserError("--error-feedback is a fixed-point cell's arithmetic: add --qat")
         if self.qat and self.rotate_train:
             raise UserError("--qat trains the unrotated integer perception; drop --rotate-train")
         if self.init is not None and not Path(self.init).is_file():
@@ -348,6 +351,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         from codegen.qat import FakeQuant   # the firmware's formats live in codegen
         if cfg.qat:
             fq = FakeQuant.for_model(init)
+            fq.error_feedback = fq.error_feedback or cfg.error_feedback
             seed = fq.on_grid(seed)
         else:
             noise_fq = FakeQuant.for_model(init)
@@ -512,6 +516,10 @@ def _parser() -> ArgParser:
                          "fixed-point state format wide added to every state change (e.g. 1.0: the "
                          "rounding's size), so that the pattern survives the firmware's rounding; a "
                          "start for --qat, which keeps the formats it records (default: off)")
+    ap.add_argument("--error-feedback", action="store_true",
+                    help="with --qat: train the fixed-point cell that keeps 8 more bits of its own "
+                         "state (int16; its neighbours and its network see the int8 state), so that "
+                         "updates below half a state step are not lost (recorded in the model)")
     ap.add_argument("--tune-biases", action="store_true",
                     help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
                          "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
@@ -580,7 +588,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
                       damage_n=args.damage_n, init=args.init, qat=args.qat,
-                      distill=args.distill, state_noise=args.state_noise)
+                      distill=args.distill, state_noise=args.state_noise,
+                      error_feedback=args.error_feedback)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

@@ -45,9 +45,16 @@ from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SH
 class Rounding(Protocol):
     """A fixed-point cell's dense layers (codegen.qat.FakeQuant): from perception rows
     P (n, 49) it sets dx (n, 16) to the exact state change and rewrites P's inputs and
-    h (n, 128) to the values the integer arithmetic used, for the backward pass."""
+    h (n, 128) to the values the integer arithmetic used, for the backward pass. With
+    error_feedback the states carry more bits than the cells see: perception and the
+    alive rule read `view(x)`, and dense gets the own states of its rows."""
 
-    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray) -> None: ...
+    error_feedback: bool
+
+    def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray, own: np.ndarray | None = None) -> None: ...
+
+    def view(self, x: np.ndarray) -> np.ndarray:
+        """What the cells see of states x (error feedback only)."""
 
     def on_grid(self, x: np.ndarray) -> np.ndarray:
         """States rounded onto the fixed-point grid (where rollouts must start)."""
@@ -366,9 +373,11 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     idxs: list[np.ndarray] = []
     dxbuf = np.empty((0, CHANNELS), dtype)
     zero_b2 = np.zeros(CHANNELS, dtype)
+    ef = rounding is not None and rounding.error_feedback
     for t in range(steps):
+        v = rounding.view(x) if ef else x     # error feedback: the cells see int8 views
         if masks is None:
-            K._alive(x, pre[t], tmp)
+            K._alive(v, pre[t], tmp)
         else:
             pre[t] = masks[0][t]
         idx = K._index(pre[t], np.ascontiguousarray(firef(t), np.bool_), counts)
@@ -377,7 +386,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
         ws.ensure(o + n)
         P = ws.P[o:o + n]
         h = ws.h[o:o + n]
-        K._gather_perception(x, idx, k, P)
+        K._gather_perception(v, idx, k, P)
         if dxbuf.shape[0] < n:
             dxbuf = np.empty((max(n, 2 * dxbuf.shape[0]), CHANNELS), dtype)
         dx = dxbuf[:n]
@@ -391,11 +400,14 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
                 noise(dx)
                 b2 = zero_b2
         else:
-            rounding.dense(P, h, dx)
+            if ef:
+                rounding.dense(P, h, dx, x.reshape(-1, CHANNELS)[idx])
+            else:
+                rounding.dense(P, h, dx)
             b2 = zero_b2
         K._add_rows(x, idx, dx, b2)
         if masks is None:             # keep = pre & post, post read on the updated alphas
-            K._alive(x, keep[t], tmp)
+            K._alive(rounding.view(x) if ef else x, keep[t], tmp)
             np.logical_and(keep[t], pre[t], out=keep[t])
         else:
             keep[t] = masks[1][t]

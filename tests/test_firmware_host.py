@@ -43,6 +43,30 @@ def hostbuild(q, tmp_path_factory):
     return T.build(q, "host", tmp_path_factory.mktemp("host"))
 
 
+@pytest.fixture(scope="module")
+def q_ef():
+    """The blob with error feedback: 4 more bits of each own channel."""
+    q = quantize(blob_model(), error_feedback=True)
+    assert q.fmt.ef_bits == F.EF_BITS
+    return q
+
+
+@pytest.fixture(scope="module")
+def hostfw_ef(q_ef, hostfw):
+    from codegen.backends import HostFirmware
+    return HostFirmware(q_ef)
+
+
+def with_remainders(xs: np.ndarray, seed: int) -> np.ndarray:
+    """Own states of error-feedback cells from int8 states xs: random remainders, and
+    the extremes (all 0, all 15) on every fifth cell."""
+    r = np.random.default_rng(seed)
+    nib = r.integers(0, 1 << F.EF_BITS, xs.shape)
+    nib[::5] = 0
+    nib[1::5] = (1 << F.EF_BITS) - 1
+    return (xs.astype(np.int16) << F.EF_BITS) + nib.astype(np.int16)
+
+
 def adversarial_cells(n_random: int = 10000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random cells, small-valued cells, and hand-made extremes: all dead, all max,
     all min, alternating signs, alphas at the threshold, one living neighbour."""
@@ -91,6 +115,28 @@ def test_host_library_equals_golden_on_10000_cells(q, hostfw, angle):
     np.testing.assert_array_equal(tent, gt)
 
 
+@pytest.mark.parametrize("angle", [None, 45.0])
+def test_host_library_equals_golden_with_error_feedback(q_ef, hostfw_ef, angle):
+    """The int16 own states (int8 state and its 4-bit remainder) through the C, whose
+    nca_cell_t carries the remainders packed two per byte."""
+    xs8, nbs = adversarial_cells(10000, seed=3 if angle is None else 4)
+    xs = with_remainders(xs8, 5)
+    codes, out = hostfw_ef.update(xs, nbs, angle)
+    gc, go = golden_update(q_ef, xs, nbs, angle)
+    np.testing.assert_array_equal(codes, gc)
+    np.testing.assert_array_equal(out, go)
+    assert set(np.unique(gc)) == {G.DORMANT, G.ZEROED, G.UPDATED}
+    # a cell zeroed for a remainder alone (int8 state 0) is reported zeroed, not dormant
+    lone = np.zeros((1, 16), np.int16)
+    lone[0, 5] = 3
+    c1, o1 = hostfw_ef.update(lone, np.zeros((1, 8, 16), np.int8))
+    assert c1[0] == G.ZEROED and not o1.any() and golden_update(q_ef, lone, np.zeros((1, 8, 16), np.int8))[0][0] == G.ZEROED
+    gt = np.zeros_like(xs)
+    G.tentative_batch(xs, nbs, *q_ef.arrays(), G.rotation_array(angle), gt)
+    np.testing.assert_array_equal(hostfw_ef.tentative(xs, nbs, angle), gt)
+    assert np.count_nonzero(gt & 15) > len(gt)            # the remainders are used, not left at zero
+
+
 def test_host_library_equals_golden_at_zero_rounding_shifts(monkeypatch, tmp_path):
     """Gradient and hidden shifts 0 and a bias shift (the blob's own format: 1, 7, 0):
     the core's round-and-shift steps at their edge."""
@@ -113,7 +159,7 @@ def test_stdin_harness_equals_golden_and_identifies_the_model(q, hostbuild):
     np.testing.assert_array_equal(r.codes, gc)
     np.testing.assert_array_equal(r.states, go)
     version, h = T.identify(hostbuild)
-    assert version == 1 and h == q.model_hash
+    assert version == 2 and h == q.model_hash
     # the LED colour command
     req = b"".join(b"C" + x.tobytes() for x in xs[:50]) + b"Q"
     out = subprocess.run([str(hostbuild.artefact)], input=req, capture_output=True, check=True).stdout
@@ -121,31 +167,35 @@ def test_stdin_harness_equals_golden_and_identifies_the_model(q, hostbuild):
 
 
 def firmware_sync_step(hostfw, x: np.ndarray, seed: int, step: int) -> np.ndarray:
-    """sim.reference's synchronous step with every fired cell computed by the C."""
+    """sim.reference's synchronous step with every fired cell computed by the C (own
+    states x; the neighbours and the alive rule see their int8 part)."""
+    e = hostfw.q.fmt.ef_bits
     H, W = x.shape[:2]
     fire = rng.fire_mask(seed, step, H, W, 0.5)
-    pad = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+    pad = np.pad(x >> e, ((1, 1), (1, 1), (0, 0)))
     ys, xx = np.nonzero(fire)
     nbs = np.stack([pad[ys + 1 + dy, xx + 1 + dx] for dy, dx in NEIGHBOUR_OFFSETS], axis=1)
     tent = x.copy()
     tent[ys, xx] = hostfw.tentative(x[ys, xx], nbs)
 
     def alive(z):
-        p = np.pad(z[..., ALPHA] > F.ALIVE_Q, 1)
+        p = np.pad((z[..., ALPHA] >> e) > F.ALIVE_Q, 1)
         return np.any([p[dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3)], axis=0)
-    return np.where((alive(x) & alive(tent))[..., None], tent, 0).astype(np.int8)
+    return np.where((alive(x) & alive(tent))[..., None], tent, 0).astype(x.dtype)
 
 
-def test_whole_40x40_swarm_trajectory_of_300_steps_is_bit_exact(q, hostfw):
-    a = q.arrays()
-    xg = F.quantize_state(seed_state(40, 40), q.fmt)
+@pytest.mark.parametrize("ef", [False, True], ids=["int8", "error-feedback"])
+def test_whole_40x40_swarm_trajectory_of_300_steps_is_bit_exact(q, hostfw, q_ef, hostfw_ef, ef):
+    qq, fw = (q_ef, hostfw_ef) if ef else (q, hostfw)
+    a = qq.arrays()
+    xg = F.quantize_fine(seed_state(40, 40), qq.fmt)
     xf = xg.copy()
     for k in range(300):
         xg = G.sync_step(xg, 11, k, 0.5, *a, G.NO_ROTATION)
-        xf = firmware_sync_step(hostfw, xf, 11, k)
+        xf = firmware_sync_step(fw, xf, 11, k)
         if not np.array_equal(xg, xf):
             pytest.fail(f"trajectories differ at step {k}")
-    assert (xg[..., ALPHA] > F.ALIVE_Q).sum() > 400       # the blob grew over the grid
+    assert ((xg[..., ALPHA] >> qq.fmt.ef_bits) > F.ALIVE_Q).sum() > 400       # the blob grew over the grid
 
 
 # ---------------------------------------------------------------- nca-codegen

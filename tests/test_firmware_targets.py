@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_firmware_host import adversarial_cells, golden_update
+from test_firmware_host import adversarial_cells, golden_update, with_remainders
 
 from codegen import emit
 from codegen import formats as F
@@ -40,6 +40,8 @@ def inputs_200(seed: int):
 
 def check_bit_exact(q, b: T.Build, seed: int, angle=None) -> T.RunResult:
     xs, nbs = inputs_200(seed)
+    if q.fmt.ef_bits:
+        xs = with_remainders(xs, seed)
     assert len(xs) >= 200
     r = T.run_cells(b, xs, nbs, None if angle is None else F.rotation_q14(angle))
     gc, go = golden_update(q, xs, nbs, angle)
@@ -57,7 +59,7 @@ def check_rgb_and_identity(q, b: T.Build) -> None:
     req = b"".join(b"C" + x.tobytes() for x in xs[:40]) + b"Q"
     out = subprocess.run(T.harness_command(b), input=req, capture_output=True, timeout=120, check=False).stdout
     np.testing.assert_array_equal(np.frombuffer(out[:120], np.uint8).reshape(40, 3), G.rgb(xs[:40]))
-    assert T.identify(b) == (1, q.model_hash)
+    assert T.identify(b) == (2, q.model_hash)
 
 
 @pytest.fixture(scope="module", params=[(0, 0), (4, 1)], ids=["no-rounding-shifts", "every-shift"])
@@ -74,10 +76,48 @@ def q_other(q, request):
     return o
 
 
+@pytest.fixture(scope="module")
+def q_ef():
+    return quantize(blob_model(), error_feedback=True)
+
+
+def check_budgets(b: T.Build, xs, nbs) -> dict:
+    """ROM, RAM (the cell with its neighbour states, the rotation, statics, the worst
+    stack) and cycles per update within the target's budgets; returns the figures."""
+    m = T.measure(b)
+    ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
+    bud = T.BUDGETS[b.target]
+    assert ram <= bud["ram"], m
+    assert m["rom_weights"] == F.GENOME_BYTES or b.target == "avr"
+    if "rom" in bud:
+        assert m["rom_total"] <= bud["rom"], m
+    if b.target == "cortex-m0":
+        cyc = [T.m0_trace_update(b, xs[k], nbs[k], rot)["cycles"]
+               for k in (0, 1, 150, 199) for rot in (None, F.rotation_q14(33.0))]
+    else:
+        r = T.run_cells(b, xs, nbs, F.rotation_q14(10.0))
+        assert (r.codes == G.UPDATED).sum() > 100 and len(r.cycles) == len(xs)
+        cyc = list(r.cycles[r.codes == G.UPDATED])
+    assert max(cyc) <= bud["cycles"], cyc
+    return {**m, "ram": ram, "cycles": max(cyc)}
+
+
 # ---------------------------------------------------------------- Cortex-M0
 @pytest.fixture(scope="module")
 def m0(q, tmp_path_factory):
     return T.build(q, "cortex-m0", tmp_path_factory.mktemp("m0"))
+
+
+@needs("cortex-m0")
+def test_cortex_m0_with_error_feedback_equals_golden_and_meets_the_budgets(q_ef, tmp_path):
+    """The remainders (8 more bytes of RAM) through the assembly kernel."""
+    b = T.build(q_ef, "cortex-m0", tmp_path)
+    assert b.ef_bits == F.EF_BITS
+    for angle in (None, 60.0):
+        check_bit_exact(q_ef, b, seed=23, angle=angle)
+    xs, nbs = inputs_200(3)
+    m = check_budgets(b, with_remainders(xs, 3), nbs)
+    assert m["cell_struct"] == T.CELL_STRUCT_BYTES + T.RESID_BYTES
 
 
 @needs("cortex-m0")
@@ -163,6 +203,16 @@ def test_avr_budgets(q, avr):
     out = subprocess.run(["avr-size", "-A", str(avr.artefact)], capture_output=True, text=True, check=False).stdout
     data = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith((".data", ".bss")))
     assert data < 512
+
+
+@needs("avr")
+def test_avr_with_error_feedback_equals_golden_and_meets_the_budgets(q_ef, tmp_path):
+    b = T.build(q_ef, "avr", tmp_path)
+    for angle in (None, 150.0):
+        check_bit_exact(q_ef, b, seed=33, angle=angle)
+    xs, nbs = inputs_200(4)
+    m = check_budgets(b, with_remainders(xs, 4), nbs)
+    assert m["cell_struct"] == T.CELL_STRUCT_BYTES + T.RESID_BYTES
 
 
 @needs("avr")

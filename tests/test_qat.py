@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 
 from codegen import formats as F
 from codegen import golden as G
@@ -19,21 +20,43 @@ from sim.train import TrainConfig, main, train
 from sim.train_core import forward
 
 
-def test_integer_forward_equals_the_golden_sync_step(blob):
+@pytest.mark.parametrize("ef", [False, True], ids=["int8", "error-feedback"])
+def test_integer_forward_equals_the_golden_sync_step(blob, ef):
     """Every step of a 60-step rollout (all cells firing, so that the step is the golden
-    model's sync step exactly) is bit for bit the golden model's."""
+    model's sync step exactly) is bit for bit the golden model's; with error feedback
+    the trainer's states carry the 4 more bits (exact in float32) and its cells see the
+    int8 part."""
     fq = FakeQuant.for_model(blob)
+    fq.error_feedback = ef
     pq = fq.weights(blob.params)
-    q = build_at(blob, fq.grad_shift, fq.hidden_shift, fq.fmt.state_fracs)
+    q = build_at(blob, fq.grad_shift, fq.hidden_shift, fq.fmt.state_fracs, ef_bits=F.EF_BITS if ef else 0)
     kxy = gradient_kernels(0.0)
     x = fq.on_grid(seed_state(24, 24))[None]         # the seed's 1.0 is not on RGBA's grid
-    xi = F.quantize_state(x[0], q.fmt)
+    xi = F.quantize_fine(x[0], q.fmt)
     fire = np.ones((1, 1, 24, 24), bool)
     for k in range(60):
         x = forward(x, pq, 1, fire, kxy, rounding=fq).x
         xi = G.sync_step(xi, 0, k, 1.0, *q.arrays(), G.NO_ROTATION)
-        np.testing.assert_array_equal(x[0], F.dequantize_state(xi, q.fmt), err_msg=f"step {k}")
-    assert np.count_nonzero(xi[..., 3] > F.ALIVE_Q) > 20          # it grew: a real trajectory
+        np.testing.assert_array_equal(x[0], F.dequantize_fine(xi, q.fmt), err_msg=f"step {k}")
+    assert np.count_nonzero((xi[..., 3] >> q.fmt.ef_bits) > F.ALIVE_Q) > 20    # it grew: a real trajectory
+    if ef:
+        assert np.count_nonzero(xi & 15) > 100                                  # remainders in play
+
+
+def test_error_feedback_is_recorded_and_needs_qat(disc_png, tmp_path, capsys):
+    base = tmp_path / "disc.npz"
+    train(TrainConfig(target=str(disc_png), kind="growing", iterations=20, pad=4, seed=0, lr=5e-3,
+                      min_steps=8, max_steps=10), base, checkpoint_every=0, stream=io.StringIO())
+    assert main(["--init", str(base), "--error-feedback", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--error-feedback" in err and "--qat" in err and len(err.splitlines()) == 1
+    tuned = tmp_path / "ef.npz"
+    assert main(["--target", str(disc_png), "--kind", "growing", "--iterations", "23", "--pad", "4",
+                 "--min-steps", "8", "--max-steps", "10", "--init", str(base), "--qat",
+                 "--error-feedback", "--out", str(tuned)]) == 0
+    m = weights.load(tuned)
+    assert FakeQuant.for_model(m).error_feedback and quantize(m).fmt.ef_bits == F.EF_BITS
+    assert quantize(weights.load(base)).fmt.ef_bits == 0
 
 
 def test_backward_uses_the_dequantised_values(blob):

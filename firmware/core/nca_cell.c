@@ -14,6 +14,10 @@
  *  4. dx_m = (acc_m * M_m + 2^(T_m-1)) >> T_m  (TFLite multiplier/shift, Q15, single rounding;
  *     the genome packs T_m into the 5 low bits of M_m, which the quantiser leaves zero)
  *     x_m = sat8(x_m + dx_m)
+ *     With error feedback (E = NCA_EF_BITS = 4) the same at 16 times the resolution:
+ *     v = x_m * 16 + r_m, v = clamp(v + ((acc_m * M_m + 2^(T_m-5)) >> (T_m-4)), -2048, 2047),
+ *     x_m = v >> 4, r_m = v & 15 (r_m the m-th nibble of resid; the m-th is in
+ *     resid[m/2], the high nibble for odd m).
  *  5. alive after: new own alpha or a known neighbour alpha > NCA_ALIVE_Q; else all zero.
  * Signed right shifts are arithmetic: GCC documents this on every target.
  */
@@ -117,17 +121,51 @@ static NCA_NOINLINE void perceive(nca_cell_t *cell, const nca_rotation_t *rot)
     }
 }
 
+#if NCA_HAS_RESID && !(NCA_EF_BITS == 0 || NCA_EF_BITS == 4)
+#error "error feedback keeps 4 bits (a nibble) per channel"
+#endif
+
 static NCA_NOINLINE void apply(nca_cell_t *cell)
 {
     uint8_t c;
     for (c = 0; c < NCA_CHANNELS; c++) {
         uint16_t mt = (uint16_t)NCA_RD16(&NCA_GENOME.out_mt[c]);
         uint8_t t = (uint8_t)(mt & 31u);
-        int32_t v = ((int32_t)cell->acc[c] * (int32_t)(mt & 0xFFE0u) + ((int32_t)1 << (t - 1))) >> t;
-        v += cell->state[c];
-        cell->state[c] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
+#if NCA_HAS_RESID
+        if (NCA_EF_BITS) {
+            /* dx at 16 times the resolution, clamped to +-4096 (the sum below saturates
+             * the same), left in acc[c] for feedback() */
+            int32_t v = ((int32_t)cell->acc[c] * (int32_t)(mt & 0xFFE0u) + ((int32_t)1 << (t - 5))) >> (t - 4);
+            cell->acc[c] = (int16_t)(v > 4095 ? 4095 : (v < -4096 ? -4096 : v));
+            continue;
+        }
+#endif
+        {
+            int32_t v = ((int32_t)cell->acc[c] * (int32_t)(mt & 0xFFE0u) + ((int32_t)1 << (t - 1))) >> t;
+            v += cell->state[c];
+            cell->state[c] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
+        }
     }
 }
+
+#if NCA_HAS_RESID
+/* error feedback: v = clamp(state * 16 + nibble + dx, -2048, 2047), in 16-bit arithmetic
+ * (a step of its own, so that its registers do not add to apply's stack frame on AVR) */
+static NCA_NOINLINE void feedback(nca_cell_t *cell)
+{
+    uint8_t c;
+    for (c = 0; c < NCA_CHANNELS; c++) {
+        uint8_t *r = &cell->resid[c >> 1];
+        int16_t v = (int16_t)(cell->state[c] * 16 + ((c & 1u) ? (*r >> 4) : (*r & 15)) + cell->acc[c]);
+        v = (int16_t)(v > 2047 ? 2047 : (v < -2048 ? -2048 : v));
+        cell->state[c] = (int8_t)(v >> 4);
+        if (c & 1u)
+            *r = (uint8_t)((*r & 15) | ((v & 15) << 4));
+        else
+            *r = (uint8_t)((*r & 0xF0) | (v & 15));
+    }
+}
+#endif
 
 static uint8_t alive(const nca_cell_t *cell)
 {
@@ -144,6 +182,10 @@ void nca_cell_tentative(nca_cell_t *cell, const nca_rotation_t *rot)
     perceive(cell, rot);
     nca_dense(cell);
     apply(cell);
+#if NCA_HAS_RESID
+    if (NCA_EF_BITS)
+        feedback(cell);
+#endif
 }
 
 uint8_t nca_cell_update(nca_cell_t *cell, const nca_rotation_t *rot)
@@ -160,6 +202,13 @@ uint8_t nca_cell_update(nca_cell_t *cell, const nca_rotation_t *rot)
             r = NCA_ZEROED;
         cell->state[c] = 0;
     }
+#if NCA_HAS_RESID
+    for (c = 0; c < NCA_CHANNELS / 2; c++) {
+        if (cell->resid[c] && r == NCA_DORMANT)
+            r = NCA_ZEROED;
+        cell->resid[c] = 0;
+    }
+#endif
     return r;
 }
 

@@ -7,6 +7,9 @@
  * A state channel is int8: RGBA Q0.7 (value = q / 128, range -1 .. 0.992), each
  * of the 12 hidden channels Q3.4, Q2.5 or Q1.6 as the model's quantiser chose
  * (the scales are folded into the weights: the core does not read them).
+ * A model with error feedback (NCA_EF_BITS = 4) keeps 4 more bits of each own
+ * channel in resid (two per byte): the own value is state * 16 + its nibble;
+ * the int8 state is still all that the network and the neighbours see.
  *
  * Portable C99: no malloc, no floats, explicit int32_t (AVR's int is 16 bits).
  * The arithmetic is specified in codegen/formats.py and reproduced bit for bit
@@ -17,6 +20,13 @@
 #define NCA_CELL_H
 
 #include <stdint.h>
+#include "nca_model.h"   /* NCA_EF_BITS */
+
+/* the own state's error-feedback nibbles: the board firmware with the cell link
+ * (which learns the format at run time) always has them */
+#ifndef NCA_HAS_RESID
+#define NCA_HAS_RESID NCA_EF_BITS
+#endif
 
 #define NCA_CHANNELS 16
 #define NCA_NEIGHBOURS 8
@@ -32,6 +42,10 @@ typedef struct {
     int8_t grad[2 * NCA_CHANNELS];               /* scratch: x and y gradients (perception = state..grad) */
     int16_t acc[NCA_CHANNELS];                   /* scratch: output accumulators */
     int8_t inbox[NCA_NEIGHBOURS * NCA_CHANNELS]; /* last state received from neighbour slot s at [16 s] */
+#if NCA_HAS_RESID
+    uint8_t resid[NCA_CHANNELS / 2];             /* error feedback: channel c's low 4 bits in byte c/2,
+                                                    the high nibble for odd c */
+#endif
 } nca_cell_t;
 
 /* Perception rotation: cos and sin of the angle in Q14 (16384 = 1.0). */

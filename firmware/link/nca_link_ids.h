@@ -76,7 +76,7 @@
 #define NCA_OUT_MULT_HIGH_HI 0x7F
 
 /* the fixed-point format (codegen/formats.py) the board's cell core is built for */
-#define NCA_FORMAT_VERSION 3
+#define NCA_FORMAT_VERSION 4
 #define NCA_RGBA_FRAC 7
 #define NCA_RGBA_CHANNELS 4
 #define NCA_ALIVE_Q 12
@@ -88,5 +88,6 @@
 #define NCA_GROUP_W1 192
 #define NCA_GENOME_BYTES 8384
 #define NCA_ROT_FRAC 14
+#define NCA_EF_BITS 0
 
 #endif

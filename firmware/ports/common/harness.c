@@ -3,7 +3,7 @@
 #include "nca_cell.h"
 #include "nca_model.h"
 
-#define NCA_HARNESS_VERSION 1
+#define NCA_HARNESS_VERSION 2   /* 2: the error-feedback nibbles after the state */
 
 static nca_cell_t cell;
 
@@ -46,6 +46,9 @@ void harness_run(void)
             rot.cos_q14 = (int16_t)read_u16();
             rot.sin_q14 = (int16_t)read_u16();
             read_bytes(cell.state, NCA_CHANNELS);
+#if NCA_HAS_RESID
+            read_bytes((int8_t *)cell.resid, NCA_CHANNELS / 2);
+#endif
             read_bytes(cell.inbox, NCA_NEIGHBOURS * NCA_CHANNELS);
             port_mark_start();
             if (cmd == 'U')
@@ -56,6 +59,9 @@ void harness_run(void)
             if (cmd == 'U')
                 port_putc(r);
             write_bytes(cell.state, NCA_CHANNELS);
+#if NCA_HAS_RESID
+            write_bytes((const int8_t *)cell.resid, NCA_CHANNELS / 2);
+#endif
             write_u32(ticks);
         } else if (cmd == 'C') {
             uint8_t rgb[3];

@@ -6,6 +6,8 @@
  *   'C' state(16)                                  -> rgb(3)
  *   'I'                                            -> "NCA" version(1) model hash(4)
  *   'Q'                                            -> the board stops (the emulator exits)
+ * With error feedback (NCA_HAS_RESID) every state(16) is followed by its 8 bytes of
+ * nibbles (nca_cell_t.resid), in requests and answers.
  * Multi-byte values are little-endian; rot = 0 means no rotation (NULL).  ticks
  * is the port's timer over the cell call (0 where the emulator measures instead).
  */
