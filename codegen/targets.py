@@ -33,6 +33,7 @@ import numpy as np
 from sim.errors import UserError
 
 from . import emit
+from . import formats as F
 from .quantize import QModel
 
 APT_PACKAGES = "gcc-arm-none-eabi qemu-system-arm gcc-avr avr-libc simavr libsimavr-dev"
@@ -55,13 +56,13 @@ BUDGETS = {
     "avr": {"ram": 256, "cycles": 120000},
 }
 CELL_STRUCT_BYTES = 16 + 32 + 32 + 128     # nca_cell_t (checked against the host build)
-RESID_BYTES = 8                            # ... plus the error-feedback nibbles of a model that has them
+RESID_BYTES = F.RESID_BYTES                # ... plus the error-feedback nibbles of a model that has them
+ROTATION_BYTES = 4
 
 
 def cell_struct_bytes(ef_bits: int) -> int:
     """sizeof(nca_cell_t) for a model with ef_bits error-feedback bits."""
     return CELL_STRUCT_BYTES + (RESID_BYTES if ef_bits else 0)
-ROTATION_BYTES = 4
 
 
 class ToolchainError(UserError):
