@@ -72,10 +72,10 @@ def _angle_of(model: ModelLike, angle: float | None) -> float:
     return 0.0
 
 
-def _lockstep_check(q: QModel) -> None:
+def lockstep_check(fmt: F.ModelFormat) -> None:
     """Lockstep mode applies the alive rule itself, on the swarm's float states; a cell
     with error feedback decides it on the int8 part of its state, which that cannot see."""
-    if q.fmt.ef_bits:
+    if fmt.ef_bits:
         raise UserError("lockstep mode decides the alive rule on the swarm's float states, which differ "
                         "from what a cell with error feedback decides it on; run this model asynchronously")
 
@@ -94,7 +94,7 @@ class FixedBackend(CellBackend):
         return G.wakeup_f32(c, state, inbox, *self._args, self.rot)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
-        _lockstep_check(self.q)
+        lockstep_check(self.q.fmt)
         G.tentative_f32(c, state, inbox, *self._args, self.rot, out)
 
     def set_params(self, params: Params) -> None:
@@ -215,7 +215,7 @@ class FirmwareBackend(CellBackend):
         return self.lib.nca_host_wakeup_f32(c, self._ptr(state), self._ptr(inbox), self._rot_ptr)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
-        _lockstep_check(self.q)
+        lockstep_check(self.q.fmt)
         self.lib.nca_host_tentative_f32(c, self._ptr(state), self._ptr(inbox), self._rot_ptr, self._ptr(out))
 
     def set_params(self, params: Params) -> None:

@@ -337,11 +337,26 @@ class Board:
         except L.FrameError as e:         # intact frame, other layout: not this protocol's firmware
             raise LinkError(f"unreadable HELLO reply from {self.url}: {e}") from None
 
-    def get_state(self) -> np.ndarray:
-        return np.frombuffer(self.call("STATE_GET"), np.int8).copy()
+    # A cell's own state crosses the link whole (L.STATE_BYTES: the int8 channels, then
+    # the packed error-feedback remainders); here it is the own state in units of
+    # 2^-ef_bits steps (formats.split_own), int8 for a genome without error feedback.
+    @staticmethod
+    def _own_in(state: np.ndarray, ef_bits: int) -> bytes:
+        st, r = F.split_own(np.asarray(state).reshape(1, 16), ef_bits)
+        return st.tobytes() + r.tobytes()
 
-    def set_state(self, state: np.ndarray) -> None:
-        self.call("STATE_SET", np.asarray(state, np.int8).reshape(16).tobytes())
+    @staticmethod
+    def _own_out(body: bytes, ef_bits: int) -> np.ndarray:
+        raw = np.frombuffer(body[:L.STATE_BYTES], np.uint8)
+        if not ef_bits:
+            return raw[:16].view(np.int8).copy()
+        return F.join_own(raw[:16].view(np.int8), raw[16:], ef_bits)[0]
+
+    def get_state(self, ef_bits: int = 0) -> np.ndarray:
+        return self._own_out(self.call("STATE_GET"), ef_bits)
+
+    def set_state(self, state: np.ndarray, ef_bits: int = 0) -> None:
+        self.call("STATE_SET", self._own_in(state, ef_bits))
 
     def set_neighbours(self, inbox: np.ndarray) -> None:
         self.call("NEIGHBOURS_SET", np.asarray(inbox, np.int8).reshape(128).tobytes())
@@ -353,20 +368,20 @@ class Board:
         c, s = rot if rot is not None else (0, 0)
         return struct.pack("<BBBhh", op == "tentative", bool(fire), rot is not None, c, s)
 
-    def step(self, op: str = "update", fire: bool = True, rot: tuple[int, int] | None = None
-             ) -> tuple[int, np.ndarray]:
-        """One update (alive rule) or tentative step of the board's cell -> (result, new state);
-        result 0 dormant, 1 zeroed, 2 updated, 3 not fired."""
+    def step(self, op: str = "update", fire: bool = True, rot: tuple[int, int] | None = None,
+             ef_bits: int = 0) -> tuple[int, np.ndarray]:
+        """One update (alive rule) or tentative step of the board's cell -> (result, new own
+        state); result 0 dormant, 1 zeroed, 2 updated, 3 not fired."""
         d = self.call("STEP", self._step_body(op, fire, rot))
-        return d[0], np.frombuffer(d[1:17], np.int8).copy()
+        return d[0], self._own_out(d[1:], ef_bits)
 
     def cell(self, state: np.ndarray, inbox: np.ndarray, op: str = "update", fire: bool = True,
-             rot: tuple[int, int] | None = None) -> tuple[int, np.ndarray]:
-        """Set the state and the 8 neighbour states and step, in one round trip."""
-        body = (np.asarray(state, np.int8).reshape(16).tobytes()
-                + np.asarray(inbox, np.int8).reshape(128).tobytes() + self._step_body(op, fire, rot))
+             rot: tuple[int, int] | None = None, ef_bits: int = 0) -> tuple[int, np.ndarray]:
+        """Set the own state and the 8 neighbour states (int8) and step, in one round trip."""
+        body = (self._own_in(state, ef_bits) + np.asarray(inbox, np.int8).reshape(128).tobytes()
+                + self._step_body(op, fire, rot))
         d = self.call("CELL", body)
-        return d[0], np.frombuffer(d[1:17], np.int8).copy()
+        return d[0], self._own_out(d[1:], ef_bits)
 
     def rgb(self) -> np.ndarray:
         return np.frombuffer(self.call("RGB"), np.uint8).copy()
@@ -655,8 +670,9 @@ class BoardCells(CellBackend):
     state and its 8 neighbours' states (what the cell knows) with the fire decision
     and the rotation, in one CELL request, and takes the new state from the reply;
     every other cell runs on `base` (the fixed-point golden model by default).
-    States cross the link as int8 in the state formats exactly as the "fixed" backend reads and
-    writes the swarm's float32 arrays, so the run equals an all-"fixed" one bit
+    States cross the link in the state formats exactly as the "fixed" backend reads and
+    writes the swarm's float32 arrays (the own state whole, with its error-feedback
+    remainders; the neighbours' int8 part), so the run equals an all-"fixed" one bit
     for bit."""
 
     name = "board"
@@ -675,23 +691,27 @@ class BoardCells(CellBackend):
 
     def _run(self, c: int, state: np.ndarray, inbox: np.ndarray, op: str) -> tuple[int, np.ndarray]:
         self.calls += 1
-        return self.boards[c].cell(F.quantize_state(state[c], self.fmt), F.quantize_state(inbox[c], self.fmt),
-                                   op, True, self.rot)
+        e = self.fmt.ef_bits
+        return self.boards[c].cell(F.quantize_fine(state[c], self.fmt), F.quantize_fine(inbox[c], self.fmt) >> e,
+                                   op, True, self.rot, e)
 
     def update(self, c: int, state: np.ndarray, inbox: np.ndarray) -> int:
         if c not in self.boards:
             return self.base.update(c, state, inbox)
         r, s = self._run(c, state, inbox, "update")
         if r != 0:
-            state[c] = F.dequantize_state(s, self.fmt)
+            state[c] = F.dequantize_fine(s, self.fmt)
         return int(r)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
         if c not in self.boards:
             self.base.tentative(c, state, inbox, out)
             return
+        if self.fmt.ef_bits:
+            from .backends import lockstep_check
+            lockstep_check(self.fmt)
         _, s = self._run(c, state, inbox, "tentative")
-        out[c] = F.dequantize_state(s, self.fmt)
+        out[c] = F.dequantize_fine(s, self.fmt)
 
     def set_params(self, params: Any) -> None:
         from .backends import quantized

@@ -253,6 +253,28 @@ def dequantize_fine(v: np.ndarray, fmt: ModelFormat) -> np.ndarray:
     return (np.asarray(v, np.float64) * fmt.state_scales / (1 << fmt.ef_bits)).astype(np.float32)
 
 
+def split_own(own: np.ndarray, ef_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Own states (n, 16) in 2^-ef_bits steps -> what a cell stores: the int8 states (n, 16)
+    and the remainders packed as nca_cell_t.resid (n, RESID_BYTES) uint8, channel c's in
+    byte c/2, the high nibble for odd c (zero without error feedback)."""
+    v = np.asarray(own, np.int64).reshape(-1, CHANNELS)
+    r = (v & ((1 << ef_bits) - 1)).astype(np.uint8)
+    return (v >> ef_bits).astype(np.int8), (r[:, 0::2] | (r[:, 1::2] << 4)).astype(np.uint8)
+
+
+def join_own(state: np.ndarray, resid: np.ndarray, ef_bits: int) -> np.ndarray:
+    """split_own's inverse: int8 states (n, 16) and packed remainders (n, RESID_BYTES) ->
+    own states (n, 16) int16."""
+    q = np.asarray(state, np.int8).reshape(-1, CHANNELS).astype(np.int16) << ef_bits
+    if not ef_bits:
+        return q
+    b = np.asarray(resid, np.uint8).reshape(-1, RESID_BYTES)
+    r = np.empty_like(q)
+    r[:, 0::2] = b & 15
+    r[:, 1::2] = b >> 4
+    return q + r
+
+
 def choose_hidden_fracs(states: np.ndarray) -> tuple[int, ...]:
     """Per hidden channel, the candidate format with the least squared rounding +
     clipping error over float states (..., 16) (ties: the wider range)."""

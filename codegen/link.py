@@ -25,30 +25,29 @@ from pathlib import Path
 
 from cobs import cobs
 
-from sim.errors import UserError
-
 from . import formats as F
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2               # 2: states carry the error-feedback remainders
 FIRMWARE_VERSION = 1
 
 # ---------------------------------------------------------------- message ids
 # (name, id, request body, reply body after the status byte) - the table PROTOCOL.md shows
 MESSAGES: tuple[tuple[str, int, str, str], ...] = (
     ("HELLO", 0x01, "-", "proto u8, fw u8, board u8, format u8, max_payload u16, capacity u32, "
-                         "active slot u8 (0xFF none), model hash u32, generation u32, shifts 4 x u8"),
+                         "active slot u8 (0xFF none), model hash u32, generation u32, shifts 4 x u8, "
+                         "error-feedback bits u8"),
     ("FLASH_BEGIN", 0x02, "image header (32 B), session u32, flags u8 (bit 0 resume)", "next offset u32"),
     ("FLASH_WRITE", 0x03, "offset u32, data (1..CHUNK B)", "next offset u32"),
     ("FLASH_VERIFY", 0x04, "-", "crc32 u32 of the slot's genome"),
     ("FLASH_ACTIVATE", 0x05, "-", "slot u8, model hash u32, generation u32"),
-    ("STATE_GET", 0x06, "-", "state 16 x i8"),
-    ("STATE_SET", 0x07, "state 16 x i8", "-"),
+    ("STATE_GET", 0x06, "-", "state 16 x i8, remainders 8 x u8"),
+    ("STATE_SET", 0x07, "state 16 x i8, remainders 8 x u8 (zero unless the genome has error feedback)", "-"),
     ("NEIGHBOURS_SET", 0x08, "inbox 8 x 16 x i8 (slot order NW N NE W E SW S SE)", "-"),
     ("STEP", 0x09, "op u8 (0 update, 1 tentative), fire u8, rot u8, cos i16, sin i16",
-     "result u8 (0 dormant, 1 zeroed, 2 updated; 3 not fired), state 16 x i8"),
+     "result u8 (0 dormant, 1 zeroed, 2 updated; 3 not fired), state 16 x i8, remainders 8 x u8"),
     ("RGB", 0x0A, "-", "r u8, g u8, b u8"),
     ("RESET", 0x0B, "-", "- (cell state, neighbours and any flash session cleared; slots rescanned)"),
-    ("CELL", 0x0C, "state 16 x i8, inbox 128 x i8, then the STEP body",
+    ("CELL", 0x0C, "state 16 x i8, remainders 8 x u8, inbox 128 x i8, then the STEP body",
      "as STEP (STATE_SET + NEIGHBOURS_SET + STEP in one round trip)"),
 )
 MSG = {name: mid for name, mid, _, _ in MESSAGES}
@@ -81,26 +80,27 @@ BOARDS = {1: "host", 2: "cortex-m0", 3: "avr"}
 
 # ---------------------------------------------------------------- limits
 CHUNK = 128                      # genome bytes per FLASH_WRITE (one AVR page)
-MAX_PAYLOAD = 2 + 16 + 128 + 7   # the largest request: CELL
-RX_BUFFER = MAX_PAYLOAD + 2      # payload + CRC16, decoded
-STATE_BYTES = 16
+STATE_BYTES = 16 + F.RESID_BYTES  # a cell's own state: int8 channels, then the packed remainders
 INBOX_BYTES = 128
 STEP_BODY = 7                    # op, fire, rot, cos i16, sin i16
+MAX_PAYLOAD = 2 + STATE_BYTES + INBOX_BYTES + STEP_BODY   # the largest request: CELL
+RX_BUFFER = MAX_PAYLOAD + 2      # payload + CRC16, decoded
 
 # ---------------------------------------------------------------- genome image
 IMAGE_MAGIC = 0x4743414E         # "NCAG" little-endian
 IMAGE_VERSION = 1
 HEADER_BYTES = 32
 # magic u32, image version u8, format version u8, grad/hidden/bias/acc shifts 4 x u8,
-# reserved u16 (0xFFFF), genome length u32, model hash u32, genome CRC32 u32,
+# error-feedback bits u8 (0 or formats.EF_BITS), reserved u8 (0xFF), genome length u32,
+# model hash u32, genome CRC32 u32,
 # generation u32 (written by the board on activation), header CRC32 u32 (of bytes 0..27)
-HEADER_STRUCT = struct.Struct("<IBB4BHIIIII")
+HEADER_STRUCT = struct.Struct("<IBB4BBBIIIII")
 assert HEADER_STRUCT.size == HEADER_BYTES
 SLOT_GENOME_OFFSET = 0           # the genome first, the header (the commit record) after it
 SLOT_HEADER_OFFSET = ((F.GENOME_BYTES + CHUNK - 1) // CHUNK) * CHUNK   # page-aligned: 8,448
 SLOT_BYTES = SLOT_HEADER_OFFSET + CHUNK                                # 8,576
 SESSION_RESUME = 1
-HELLO_BYTES = 23                 # HELLO reply after the status byte
+HELLO_BYTES = 24                 # HELLO reply after the status byte
 # what a board accepts in an image header and genome (ModelFormat.check's ranges; T of out_mt)
 SHIFT_LIMITS = {name: (min(r), max(r)) for name, r in (
     ("GRAD", F.GRAD_SHIFTS), ("HIDDEN", F.HIDDEN_SHIFTS), ("BIAS", F.BIAS_SHIFTS), ("ACC", F.ACC_SHIFTS),
@@ -155,6 +155,7 @@ class Image:
     shifts: tuple[int, int, int, int]     # grad, hidden, bias, acc
     model_hash: int
     format_version: int = F.FORMAT_VERSION
+    ef_bits: int = 0                      # the cell's error feedback (formats.ModelFormat.ef_bits)
 
     @property
     def crc(self) -> int:
@@ -162,7 +163,7 @@ class Image:
 
     def header(self, generation: int = 0xFFFFFFFF) -> bytes:
         """The 32-byte header; the board fills in the generation (and the header CRC) on activation."""
-        head = HEADER_STRUCT.pack(IMAGE_MAGIC, IMAGE_VERSION, self.format_version, *self.shifts, 0xFFFF,
+        head = HEADER_STRUCT.pack(IMAGE_MAGIC, IMAGE_VERSION, self.format_version, *self.shifts, self.ef_bits, 0xFF,
                                   len(self.genome), self.model_hash, self.crc, generation, 0)
         return head[:-4] + struct.pack("<I", crc32(head[:-4]))
 
@@ -171,14 +172,10 @@ class Image:
 
 
 def image_of(q) -> Image:
-    """The Image of a quantised model (codegen.quantize.QModel). The board firmware runs
-    models without error feedback only: its slot header has no field for it and the
-    link's state messages carry the int8 state alone."""
+    """The Image of a quantised model (codegen.quantize.QModel)."""
     f = q.fmt
-    if f.ef_bits:
-        raise UserError("the model keeps error-feedback bits (nca-train --error-feedback), which the cell "
-                        "link's board firmware does not run; flash a model fine-tuned without it")
-    return Image(q.genome(), (f.grad_shift, f.hidden_shift, f.bias_shift, f.acc_shift), q.model_hash)
+    return Image(q.genome(), (f.grad_shift, f.hidden_shift, f.bias_shift, f.acc_shift), q.model_hash,
+                 ef_bits=f.ef_bits)
 
 
 @dataclass(frozen=True)
@@ -194,6 +191,7 @@ class Hello:
     model_hash: int | None
     generation: int
     shifts: tuple[int, int, int, int]
+    ef_bits: int = 0
 
     @classmethod
     def parse(cls, body: bytes) -> Hello:
@@ -202,14 +200,15 @@ class Hello:
         p, fw, board, fmt, mp, cap, slot, h, gen = struct.unpack("<BBBBHIBII", body[:19])
         return cls(p, fw, BOARDS.get(board, f"board {board}"), fmt, mp, cap,
                    None if slot == 0xFF else slot, None if slot == 0xFF else h, gen,
-                   tuple(body[19:23]))  # type: ignore[arg-type]
+                   tuple(body[19:23]), body[23])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the C header
 def c_header() -> str:
     """firmware/link/nca_link_ids.h: every id, code and limit above as #defines."""
     consts = F.header_constants(F.partial_format(F.LEGACY_STATE_FRACS))   # model values left out
-    model_specific = {"NCA_GRAD_SHIFT", "NCA_HIDDEN_SHIFT", "NCA_BIAS_SHIFT", "NCA_ACC_SHIFT", "NCA_STATE_FRACS"}
+    model_specific = {"NCA_GRAD_SHIFT", "NCA_HIDDEN_SHIFT", "NCA_BIAS_SHIFT", "NCA_ACC_SHIFT", "NCA_STATE_FRACS",
+                      "NCA_EF_BITS"}
     lines = ["/* nca_link_ids.h - generated by codegen/link.py (python -m codegen.link --header); do not edit.",
              " * The cell link protocol: firmware/PROTOCOL.md. */",
              "#ifndef NCA_LINK_IDS_H", "#define NCA_LINK_IDS_H", "",
@@ -226,6 +225,9 @@ def c_header() -> str:
               f"#define NCA_LINK_MAX_PAYLOAD {MAX_PAYLOAD}",
               f"#define NCA_LINK_RX_BUFFER {RX_BUFFER}",
               f"#define NCA_LINK_STEP_BODY {STEP_BODY}",
+              f"#define NCA_LINK_STATE_BYTES {STATE_BYTES}",
+              f"#define NCA_EF_BITS_ON {F.EF_BITS}",
+              f"#define NCA_RESID_BYTES {F.RESID_BYTES}",
               f"#define NCA_SESSION_RESUME {SESSION_RESUME}", "",
               "/* genome image and slots */",
               f"#define NCA_IMAGE_MAGIC 0x{IMAGE_MAGIC:08X}u",

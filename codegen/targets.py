@@ -138,26 +138,10 @@ def build(q: QModel, target: str, root: Path | None = None) -> Build:
 
 # ---------------------------------------------------------------- the harness protocol
 def own_bytes(own: np.ndarray, ef_bits: int) -> np.ndarray:
-    """Own states (n, 16) in 2^-ef_bits steps -> the cell's bytes: the int8 state, then
-    (error feedback) the nibbles, channel c's in byte c/2 (odd c: the high nibble)."""
-    v = np.asarray(own, np.int64).reshape(-1, 16)
-    st = (v >> ef_bits).astype(np.int8).view(np.uint8)
-    if not ef_bits:
-        return st
-    nib = (v & ((1 << ef_bits) - 1)).astype(np.uint8)
-    return np.concatenate([st, nib[:, 0::2] | (nib[:, 1::2] << 4)], axis=1)
-
-
-def own_of_bytes(b: np.ndarray, ef_bits: int) -> np.ndarray:
-    """own_bytes' inverse: (n, 16 [+ 8]) uint8 -> own states (n, 16) int16."""
-    b = np.asarray(b, np.uint8)
-    v = b[:, :16].view(np.int8).astype(np.int16) << ef_bits
-    if ef_bits:
-        nib = np.empty((len(b), 16), np.int16)
-        nib[:, 0::2] = b[:, 16:24] & 15
-        nib[:, 1::2] = b[:, 16:24] >> 4
-        v = v + nib
-    return v
+    """Own states (n, 16) -> the harness's bytes: the int8 state, then (error feedback)
+    the packed remainders (formats.split_own)."""
+    st, r = F.split_own(own, ef_bits)
+    return np.concatenate([st.view(np.uint8), r], axis=1) if ef_bits else st.view(np.uint8)
 
 
 def encode(states: np.ndarray, inboxes: np.ndarray, rot: tuple[int, int] | None = None,
@@ -180,7 +164,7 @@ def decode(buf: bytes, n: int, cmd: bytes = b"U", ef_bits: int = 0) -> tuple[np.
     off = 1 if cmd == b"U" else 0
     codes = a[:, 0].astype(np.int64) if off else np.full(n, -1, np.int64)
     raw = a[:, off:off + nb]
-    states = own_of_bytes(raw, ef_bits) if ef_bits else raw.view(np.int8).copy()
+    states = F.join_own(raw[:, :16].view(np.int8), raw[:, 16:], ef_bits) if ef_bits else raw.view(np.int8).copy()
     ticks = a[:, off + nb:].copy().view("<u4").ravel().astype(np.int64)
     return codes, states, ticks
 

@@ -262,3 +262,44 @@ def test_cortex_m0_flash_through_a_faulty_link(m0, models):
         for k in range(10):
             c, s = b.cell(xs[k], nbs[k])
             assert c == gc[k] and np.array_equal(s, go[k])
+
+
+@needs("cortex-m0")
+@needs("avr")
+def test_error_feedback_on_boards_equals_the_golden_model_and_the_fixed_swarm(m0, avr):
+    """A genome with error feedback over the link: the own state crosses it whole (int8
+    channels and remainders), the boards answer as the golden model does, and a swarm
+    with two board cells equals the all-"fixed" one bit for bit."""
+    from test_backends_fixed import with_error_feedback
+    from test_firmware_host import with_remainders
+
+    from codegen.backends import quantized
+    m = with_error_feedback(blob_model())
+    q = quantized(m)
+    e = q.fmt.ef_bits
+    assert e == L.F.EF_BITS
+    xs8, nbs = adversarial_cells(60, seed=12)
+    xs = with_remainders(xs8, 12)[:80]
+    nbs = nbs[:80]
+    gc, go = golden_update(q, xs, nbs)
+    for emu in (m0, avr):
+        with emu.board(timeout=5) as b:
+            B.ensure_model(b, L.image_of(q))
+            assert b.hello().ef_bits == e
+            for k in range(len(xs)):
+                c, s = b.cell(xs[k], nbs[k], ef_bits=e)
+                assert c == gc[k] and np.array_equal(s, go[k]), k
+            b.set_state(xs[1], ef_bits=e)
+            assert np.array_equal(b.get_state(ef_bits=e), xs[1])
+    x0 = seed_state(8, 8)
+    ref = SimPySwarm(x0, FixedBackend(q), seed=4)
+    ref.run(14.0)
+    with m0.board(timeout=5) as b1, avr.board(timeout=5) as b2:
+        cells = B.board_cells(Params.from_model(m), {3 * 8 + 4: b1, 4 * 8 + 3: b2})
+        sw = SimPySwarm(x0, cells, seed=4)
+        sw.run(14.0)
+        # a genome without error feedback refuses remainders
+        B.ensure_model(b1, L.image_of(quantized(blob_model())))
+        assert b1.request("STATE_SET", bytes(16) + bytes([1]) + bytes(7))[0] == L.ERR["ERR_ARG"]
+    assert cells.calls >= 6
+    np.testing.assert_array_equal(sw.grid, ref.grid)

@@ -130,14 +130,6 @@ def test_bad_inputs_are_one_line_errors(models, capsys, tmp_path):
     for bad in ("-1", "nan"):
         assert FL.main(["--port", "loop://", "--connect-timeout", bad, "--model", str(pa)]) == 2
         one_line_error(capsys, "--connect-timeout")
-    # the board firmware does not run the error-feedback cell: refused before the port is opened
-    from sim import weights
-    m = weights.load(pa)
-    ef = tmp_path / "ef.npz"
-    weights.save(ef, weights.Model(m.params, {**m.meta, "training": {**(m.meta.get("training") or {}),
-                                                                     "qat": {"error_feedback": True}}}))
-    assert FL.main(["--port", "/dev/nonexistent-tty", "--model", str(ef)]) == 2
-    one_line_error(capsys, "error-feedback", "board firmware")
 
 
 class CountingOpens:

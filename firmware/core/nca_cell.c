@@ -121,8 +121,10 @@ static NCA_NOINLINE void perceive(nca_cell_t *cell, const nca_rotation_t *rot)
     }
 }
 
-#if NCA_HAS_RESID && !(NCA_EF_BITS == 0 || NCA_EF_BITS == 4)
+#if !defined(NCA_EF_RUNTIME)   /* the link's boards read it from the genome's header */
+#if NCA_EF_BITS != 0 && NCA_EF_BITS != 4
 #error "error feedback keeps 4 bits (a nibble) per channel"
+#endif
 #endif
 
 static NCA_NOINLINE void apply(nca_cell_t *cell)

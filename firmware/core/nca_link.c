@@ -86,6 +86,7 @@ static uint8_t in_range(uint8_t v, uint8_t lo, uint8_t hi)
 #define H_IVER 4
 #define H_FVER 5
 #define H_SHIFTS 6
+#define H_EF 10
 #define H_LEN 12
 #define H_HASH 16
 #define H_GCRC 20
@@ -109,6 +110,7 @@ static uint8_t header_ok(const uint8_t *h)
                      && in_range(h[H_SHIFTS + 1], NCA_HIDDEN_SHIFT_LO, NCA_HIDDEN_SHIFT_HI)
                      && in_range(h[H_SHIFTS + 2], NCA_BIAS_SHIFT_LO, NCA_BIAS_SHIFT_HI)
                      && in_range(h[H_SHIFTS + 3], NCA_ACC_SHIFT_LO, NCA_ACC_SHIFT_HI)
+                     && (h[H_EF] == 0 || h[H_EF] == NCA_EF_BITS_ON)
                      && crc32_mem(h, H_HCRC) == rd32(h + H_HCRC));
 }
 
@@ -131,14 +133,15 @@ static uint32_t slot_genome_crc(uint8_t slot)
     return ~crc;
 }
 
-/* every output shift T (low 5 bits of out_mt) in range - the core shifts by T - 1 -
- * and every multiplier M in [2^14, 2^15), which keeps acc*M + 2^(T-1) inside int32 */
-static uint8_t slot_genome_ok(uint8_t slot)
+/* every output shift T (low 5 bits of out_mt) in range - the core shifts by T - 1,
+ * with error feedback by T - 1 - ef - and every multiplier M in [2^14, 2^15), which
+ * keeps acc*M + 2^(T-1) inside int32 */
+static uint8_t slot_genome_ok(uint8_t slot, uint8_t ef)
 {
     uint8_t c;
     const uint8_t *mt = slot_bytes(slot) + NCA_SLOT_GENOME_OFFSET + NCA_GROUPS * NCA_GROUP_BYTES + 32;
     for (c = 0; c < 16; c++) {
-        if (!in_range((uint8_t)(NCA_RDU8(mt + 2 * c) & 31u), NCA_OUT_SHIFT_LO, NCA_OUT_SHIFT_HI))
+        if (!in_range((uint8_t)(NCA_RDU8(mt + 2 * c) & 31u), (uint8_t)(NCA_OUT_SHIFT_LO + ef), NCA_OUT_SHIFT_HI))
             return 0;
         if (!in_range(NCA_RDU8(mt + 2 * c + 1), NCA_OUT_MULT_HIGH_LO, NCA_OUT_MULT_HIGH_HI))
             return 0;
@@ -157,7 +160,7 @@ static void slot_header(uint8_t slot, uint8_t *h)
 static uint8_t slot_valid(uint8_t slot, uint8_t *h)
 {
     slot_header(slot, h);
-    return (uint8_t)(header_ok(h) && rd32(h + H_GEN) != 0xFFFFFFFFuL && slot_genome_ok(slot)
+    return (uint8_t)(header_ok(h) && rd32(h + H_GEN) != 0xFFFFFFFFuL && slot_genome_ok(slot, h[H_EF])
                      && slot_genome_crc(slot) == rd32(h + H_GCRC));
 }
 
@@ -168,6 +171,7 @@ static void scan_slots(void)
     active_gen = 0;
     active_hash = 0;
     nca_rt.genome = 0;
+    nca_rt.ef_bits = 0;
     for (s = 0; s < 2; s++) {
         if (slot_valid(s, h) && (active < 0 || rd32(h + H_GEN) > active_gen)) {
             active = (int8_t)s;
@@ -177,9 +181,13 @@ static void scan_slots(void)
             nca_rt.hidden_shift = h[H_SHIFTS + 1];
             nca_rt.bias_shift = h[H_SHIFTS + 2];
             nca_rt.acc_shift = h[H_SHIFTS + 3];
+            nca_rt.ef_bits = h[H_EF];
             nca_rt.genome = nca_slot_genome(s);
         }
     }
+    if (!nca_rt.ef_bits)    /* remainders that a genome without error feedback would count */
+        for (s = 0; s < NCA_RESID_BYTES; s++)
+            cell.resid[s] = 0;
 }
 
 int8_t nca_link_active_slot(void)
@@ -249,7 +257,8 @@ static uint8_t cmd_hello(void)
     p[20] = active < 0 ? 0 : nca_rt.hidden_shift;
     p[21] = active < 0 ? 0 : nca_rt.bias_shift;
     p[22] = active < 0 ? 0 : nca_rt.acc_shift;
-    tx_len = (uint8_t)(tx_len + 23);
+    p[23] = active < 0 ? 0 : nca_rt.ef_bits;
+    tx_len = (uint8_t)(tx_len + 24);
     return NCA_OK;
 }
 
@@ -317,7 +326,7 @@ static uint8_t cmd_verify(void)
     crc = slot_genome_crc(ses.slot);
     if (crc != rd32(ses.header + H_GCRC))
         return reply_u32(NCA_ERR_VERIFY, crc);
-    if (!slot_genome_ok(ses.slot))
+    if (!slot_genome_ok(ses.slot, ses.header[H_EF]))
         return reply_u32(NCA_ERR_FORMAT, crc);
     /* stays valid: only a complete genome verifies, and a WRITE of a chunk already
      * written is acknowledged without writing */
@@ -353,19 +362,44 @@ static void copy_in(int8_t *dst, const uint8_t *src, uint8_t n)
         *dst++ = (int8_t)*src++;
 }
 
+/* a cell's own state (NCA_LINK_STATE_BYTES: the int8 channels, then the packed
+ * remainders), which must be zero unless the genome has error feedback */
+static uint8_t state_in(const uint8_t *src)
+{
+    uint8_t i;
+    if (!nca_rt.ef_bits)
+        for (i = 0; i < NCA_RESID_BYTES; i++)
+            if (src[NCA_CHANNELS + i])
+                return NCA_ERR_ARG;
+    copy_in(cell.state, src, NCA_CHANNELS);
+    for (i = 0; i < NCA_RESID_BYTES; i++)
+        cell.resid[i] = src[NCA_CHANNELS + i];
+    return NCA_OK;
+}
+
+static void state_out(void)
+{
+    uint8_t i;
+    for (i = 0; i < NCA_CHANNELS; i++)
+        tx[tx_len++] = (uint8_t)cell.state[i];
+    for (i = 0; i < NCA_RESID_BYTES; i++)
+        tx[tx_len++] = cell.resid[i];
+}
+
 /* STEP, and CELL with cell_in (its state and neighbour states): the body is
  * checked before anything is copied, so a refused CELL leaves the cell as it was */
 static uint8_t cmd_step(const uint8_t *b, const uint8_t *cell_in)
 {
     nca_rotation_t rot;
-    uint8_t op = b[0], fire = b[1], r = 3, c;
+    uint8_t op = b[0], fire = b[1], r = 3;
     if (op > 1 || fire > 1 || b[2] > 1)
         return NCA_ERR_ARG;
     if (active < 0)
         return NCA_ERR_NO_GENOME;
     if (cell_in) {
-        copy_in(cell.state, cell_in, NCA_CHANNELS);
-        copy_in(cell.inbox, cell_in + NCA_CHANNELS, NCA_NEIGHBOURS * NCA_CHANNELS);
+        if (state_in(cell_in) != NCA_OK)
+            return NCA_ERR_ARG;
+        copy_in(cell.inbox, cell_in + NCA_LINK_STATE_BYTES, NCA_NEIGHBOURS * NCA_CHANNELS);
     }
     rot.cos_q14 = (int16_t)(uint16_t)(b[3] | ((uint16_t)b[4] << 8));
     rot.sin_q14 = (int16_t)(uint16_t)(b[5] | ((uint16_t)b[6] << 8));
@@ -378,14 +412,12 @@ static uint8_t cmd_step(const uint8_t *b, const uint8_t *cell_in)
         }
     }
     tx[tx_len++] = r;
-    for (c = 0; c < NCA_CHANNELS; c++)
-        tx[tx_len++] = (uint8_t)cell.state[c];
+    state_out();
     return NCA_OK;
 }
 
 static uint8_t dispatch(uint8_t type, const uint8_t *b, uint8_t n)
 {
-    uint8_t c;
     switch (type) {
     case NCA_MSG_HELLO:
         return n ? NCA_ERR_LENGTH : cmd_hello();
@@ -400,14 +432,12 @@ static uint8_t dispatch(uint8_t type, const uint8_t *b, uint8_t n)
     case NCA_MSG_STATE_GET:
         if (n)
             return NCA_ERR_LENGTH;
-        for (c = 0; c < NCA_CHANNELS; c++)
-            tx[tx_len++] = (uint8_t)cell.state[c];
+        state_out();
         return NCA_OK;
     case NCA_MSG_STATE_SET:
-        if (n != NCA_CHANNELS)
+        if (n != NCA_LINK_STATE_BYTES)
             return NCA_ERR_LENGTH;
-        copy_in(cell.state, b, NCA_CHANNELS);
-        return NCA_OK;
+        return state_in(b);
     case NCA_MSG_NEIGHBOURS_SET:
         if (n != NCA_NEIGHBOURS * NCA_CHANNELS)
             return NCA_ERR_LENGTH;
@@ -416,9 +446,9 @@ static uint8_t dispatch(uint8_t type, const uint8_t *b, uint8_t n)
     case NCA_MSG_STEP:
         return n != NCA_LINK_STEP_BODY ? NCA_ERR_LENGTH : cmd_step(b, 0);
     case NCA_MSG_CELL:
-        if (n != NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS + NCA_LINK_STEP_BODY)
+        if (n != NCA_LINK_STATE_BYTES + NCA_NEIGHBOURS * NCA_CHANNELS + NCA_LINK_STEP_BODY)
             return NCA_ERR_LENGTH;
-        return cmd_step(b + NCA_CHANNELS + NCA_NEIGHBOURS * NCA_CHANNELS, b);
+        return cmd_step(b + NCA_LINK_STATE_BYTES + NCA_NEIGHBOURS * NCA_CHANNELS, b);
     case NCA_MSG_RGB:
         if (n)
             return NCA_ERR_LENGTH;

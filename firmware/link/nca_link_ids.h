@@ -3,7 +3,7 @@
 #ifndef NCA_LINK_IDS_H
 #define NCA_LINK_IDS_H
 
-#define NCA_LINK_PROTOCOL_VERSION 1
+#define NCA_LINK_PROTOCOL_VERSION 2
 #define NCA_LINK_FIRMWARE_VERSION 1
 
 /* message types (a reply sets NCA_REPLY_BIT) */
@@ -47,9 +47,12 @@
 
 /* limits */
 #define NCA_LINK_CHUNK 128
-#define NCA_LINK_MAX_PAYLOAD 153
-#define NCA_LINK_RX_BUFFER 155
+#define NCA_LINK_MAX_PAYLOAD 161
+#define NCA_LINK_RX_BUFFER 163
 #define NCA_LINK_STEP_BODY 7
+#define NCA_LINK_STATE_BYTES 24
+#define NCA_EF_BITS_ON 4
+#define NCA_RESID_BYTES 8
 #define NCA_SESSION_RESUME 1
 
 /* genome image and slots */
@@ -88,6 +91,5 @@
 #define NCA_GROUP_W1 192
 #define NCA_GENOME_BYTES 8384
 #define NCA_ROT_FRAC 14
-#define NCA_EF_BITS 0
 
 #endif

@@ -2,7 +2,7 @@
  *
  * The harness builds compile one model in (the generated nca_model.h/.c); a
  * board that takes genomes over the link instead reads the genome from its
- * active flash slot and the model's four shifts from that slot's header, at run
+ * active flash slot and the model's four shifts and error feedback from that slot's header, at run
  * time.  The format constants come from the generated nca_link_ids.h
  * (codegen/link.py, from codegen/formats.py); the genome type is the one
  * codegen/emit.py declares. */
@@ -24,6 +24,7 @@ typedef struct {
 typedef struct {
     const nca_genome_t *genome;
     uint8_t grad_shift, hidden_shift, bias_shift, acc_shift;
+    uint8_t ef_bits;                 /* the genome's error feedback: 0 or NCA_EF_BITS_ON */
 } nca_runtime_t;
 
 extern nca_runtime_t nca_rt;
@@ -33,6 +34,10 @@ extern nca_runtime_t nca_rt;
 #define NCA_HIDDEN_SHIFT (nca_rt.hidden_shift)
 #define NCA_BIAS_SHIFT (nca_rt.bias_shift)
 #define NCA_ACC_SHIFT (nca_rt.acc_shift)
+#define NCA_EF_BITS (nca_rt.ef_bits)
 #endif
+/* the cell always has room for the remainders; whether they are used is the genome's */
+#define NCA_HAS_RESID 1
+#define NCA_EF_RUNTIME 1
 
 #endif

@@ -143,7 +143,8 @@ static size_t header(uint8_t *h)
     h[7] = (uint8_t)(rnd() % (NCA_HIDDEN_SHIFT_HI + 1));
     h[8] = (uint8_t)(rnd() % (NCA_BIAS_SHIFT_HI + 1));
     h[9] = (uint8_t)(NCA_ACC_SHIFT_LO + rnd() % (NCA_ACC_SHIFT_HI - NCA_ACC_SHIFT_LO + 1));
-    h[10] = h[11] = 0xFF;
+    h[10] = (uint8_t)(rnd() % 2 ? NCA_EF_BITS_ON : 0);   /* error feedback off or on */
+    h[11] = 0xFF;
     h[12] = (uint8_t)(NCA_GENOME_BYTES & 0xFF);
     h[13] = (uint8_t)(NCA_GENOME_BYTES >> 8);
     c = rnd();
@@ -164,9 +165,9 @@ static int full_flash(uint8_t *seq)
     uint32_t off, sess = rnd();
     for (i = 0; i < NCA_GENOME_BYTES; i++)
         genome[i] = (uint8_t)rnd();
-    for (i = 0; i < 16; i++) { /* T of out_mt in 1..30, M in [2^14, 2^15): what a board accepts */
-        genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i] =
-            (uint8_t)((genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i] & 0xE0) | (1 + rnd() % 30));
+    for (i = 0; i < 16; i++) { /* T of out_mt in 5..30, M in [2^14, 2^15): what a board accepts */
+        genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i] =          /* with error feedback too */
+            (uint8_t)((genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i] & 0xE0) | (5 + rnd() % 26));
         genome[NCA_GROUPS * NCA_GROUP_BYTES + 32 + 2 * i + 1] = (uint8_t)(NCA_OUT_MULT_HIGH_LO | (rnd() & 0x3F));
     }
     header(body);
@@ -191,7 +192,8 @@ static int full_flash(uint8_t *seq)
 /* a random but plausible request */
 static size_t random_request(uint8_t *dst, uint8_t *seq)
 {
-    static const uint8_t lens[] = {0, 37, 132, 0, 0, 0, 16, 128, 7, 0, 0, 151};
+    static const uint8_t lens[] = {0, 37, 132, 0, 0, 0, NCA_LINK_STATE_BYTES, 128, 7, 0, 0,
+                                   NCA_LINK_STATE_BYTES + 128 + 7};
     uint8_t body[300];
     uint8_t type = (uint8_t)(rnd() % 16);
     size_t n, i;
@@ -212,6 +214,8 @@ static size_t random_request(uint8_t *dst, uint8_t *seq)
         s[0] = (uint8_t)(rnd() % 2);
         s[1] = (uint8_t)(rnd() % 2);
         s[2] = (uint8_t)(rnd() % 2);
+        if (type == NCA_MSG_CELL && n >= NCA_LINK_STATE_BYTES && rnd() % 2)   /* remainders a genome */
+            memset(body + NCA_LINK_STATE_BYTES - NCA_RESID_BYTES, 0, NCA_RESID_BYTES);   /* without them takes */
     }
     if (rnd() % 16 == 0)
         type = (uint8_t)rnd();
