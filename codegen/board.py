@@ -707,9 +707,8 @@ class BoardCells(CellBackend):
         if c not in self.boards:
             self.base.tentative(c, state, inbox, out)
             return
-        if self.fmt.ef_bits:
-            from .backends import lockstep_check
-            lockstep_check(self.fmt)
+        from .backends import lockstep_check
+        lockstep_check(self.fmt)
         _, s = self._run(c, state, inbox, "tentative")
         out[c] = F.dequantize_fine(s, self.fmt)
 

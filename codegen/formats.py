@@ -94,7 +94,6 @@ HIDDEN_FRACS = (4, 5, 6)             # a hidden channel's candidates: Q3.4, Q2.5
 LEGACY_HIDDEN_FRAC = 5               # models fine-tuned before the choice were trained at Q2.5
 STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
 EF_BITS = 4                          # error feedback: the own state's extra fraction bits
-EF_MIN, EF_MAX = STATE_MIN << EF_BITS, ((STATE_MAX + 1) << EF_BITS) - 1
 RESID_BYTES = CHANNELS * EF_BITS // 8   # nca_cell_t.resid: channel c's bits in byte c/2, odd c high
 if not ALPHA < RGBA:
     raise AssertionError("alpha is not an RGBA channel")

@@ -104,7 +104,8 @@ class FakeQuant:
     def dense(self, P: np.ndarray, h: np.ndarray, dx: np.ndarray, own: np.ndarray | None = None) -> None:
         """Rows of perception P (n, 49: 48 inputs then a ones column; states on their
         grid, gradients exact Sobel sums): P's inputs become the firmware's (dequantised),
-        h (n, 128) its hidden values (dequantised) and dx (n, 16) its exact state change."""
+        h (n, 128) its hidden values (dequantised) and dx (n, 16) its exact state change.
+        own: the rows' own states (n, 16), which with error feedback are finer than P's."""
         if self.q is None:
             raise RuntimeError("FakeQuant.dense before FakeQuant.weights")
         n = P.shape[0]
@@ -119,17 +120,12 @@ class FakeQuant:
         t = np.einsum("ngu,gum->ngm", hq.reshape(n, F.GROUPS, F.GROUP), self._w2,
                       optimize=True)                                              # exact: < 2^17
         acc = np.floor(t * self._rs).sum(axis=1).astype(np.int64) + self.q.b2.astype(np.int64)[None, :]
-        if self.error_feedback:
-            e = F.EF_BITS
-            d = (acc * self._mult + (np.int64(1) << (self._tsh - 1 - e))) >> (self._tsh - e)
-            xi = np.rint(own.astype(np.float64) * (self.fmt.state_steps * (1 << e))[None, :]).astype(np.int64)
-            new = np.clip(xi + d, F.EF_MIN, F.EF_MAX)
-            dx[:] = ((new - xi) * (self._x_scales / (1 << e))[None, :]).astype(dx.dtype)
-        else:
-            d = (acc * self._mult + (np.int64(1) << (self._tsh - 1))) >> self._tsh
-            xi = x.astype(np.int64)
-            new = np.clip(xi + d, F.STATE_MIN, F.STATE_MAX)
-            dx[:] = ((new - xi) * self._x_scales[None, :]).astype(dx.dtype)
+        e = F.EF_BITS if self.error_feedback else 0        # the own state in 2^-e steps
+        d = (acc * self._mult + (np.int64(1) << (self._tsh - 1 - e))) >> (self._tsh - e)
+        xi = (x.astype(np.int64) if not e else
+              np.rint(own.astype(np.float64) * (self.fmt.state_steps * (1 << e))[None, :]).astype(np.int64))
+        new = np.clip(xi + d, F.STATE_MIN << e, ((F.STATE_MAX + 1) << e) - 1)
+        dx[:] = ((new - xi) * (self._x_scales / (1 << e))[None, :]).astype(dx.dtype)
         P[:, :PERCEPTION] = (pin * self._units[None, :]).astype(P.dtype)
         h[:] = (hq * self._unit_h[None, :]).astype(h.dtype)
 

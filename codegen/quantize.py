@@ -311,13 +311,19 @@ def _bias_correct(q: QModel, model: Model, nbhd_q: np.ndarray, target: np.ndarra
     return q, float(np.mean((got - target) ** 2))
 
 
+def _qat_record(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What a quantisation-aware fine-tuning recorded in the model's metadata, if anything."""
+    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
+    return rec if isinstance(rec, dict) else None
+
+
 def recorded_format(meta: dict[str, Any]) -> tuple[int, int, tuple[int, ...]] | None:
     """(grad_shift, hidden_shift, the 12 hidden channels' fraction bits) a
     quantisation-aware fine-tuning recorded, if any (fine-tunings that recorded no
     state formats were trained at Q2.5). Raises QuantizeError for recorded formats
     the firmware does not have."""
-    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
-    if not isinstance(rec, dict):
+    rec = _qat_record(meta)
+    if rec is None:
         return None
     try:
         gs, ks = int(rec["grad_shift"]), int(rec["hidden_shift"])
@@ -333,8 +339,8 @@ def recorded_format(meta: dict[str, Any]) -> tuple[int, int, tuple[int, ...]] | 
 
 def recorded_error_feedback(meta: dict[str, Any]) -> bool:
     """Whether a quantisation-aware fine-tuning trained the error-feedback cell."""
-    rec = (meta.get("training") or {}).get(META_KEY) if isinstance(meta, dict) else None
-    return isinstance(rec, dict) and rec.get("error_feedback") is True
+    rec = _qat_record(meta)
+    return rec is not None and rec.get("error_feedback") is True
 
 
 def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = None,

@@ -400,10 +400,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
                 noise(dx)
                 b2 = zero_b2
         else:
-            if ef:
-                rounding.dense(P, h, dx, x.reshape(-1, CHANNELS)[idx])
-            else:
-                rounding.dense(P, h, dx)
+            rounding.dense(P, h, dx, x.reshape(-1, CHANNELS)[idx] if ef else None)
             b2 = zero_b2
         K._add_rows(x, idx, dx, b2)
         if masks is None:             # keep = pre & post, post read on the updated alphas

@@ -133,20 +133,9 @@ def test_cortex_m0_led_colour_and_model_hash(q, m0):
 
 @needs("cortex-m0")
 def test_cortex_m0_budgets(q, m0):
-    m = T.measure(m0)
-    ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
-    assert m["rom_weights"] == F.GENOME_BYTES
-    assert m["rom_total"] <= T.BUDGETS["cortex-m0"]["rom"], m
-    assert ram <= T.BUDGETS["cortex-m0"]["ram"], m
-    assert m["stack_static"] >= 24                  # push {r4-r7, lr} + push {lr}
-    # cycles: QEMU's instruction trace with the M0 timings, worst of several inputs
     xs, nbs = inputs_200(3)
-    cyc = []
-    for k in (0, 1, 150, 199):
-        for rot in (None, F.rotation_q14(33.0)):
-            r = T.m0_trace_update(m0, xs[k], nbs[k], rot)
-            cyc.append(r["cycles"])
-    assert max(cyc) <= T.BUDGETS["cortex-m0"]["cycles"], cyc
+    m = check_budgets(m0, xs, nbs)     # cycles: QEMU's instruction trace with the M0 timings
+    assert m["stack_static"] >= 24                  # push {r4-r7, lr} + push {lr}
     # the exact instruction count from -icount agrees with the trace
     run = T.run_cells(m0, xs[:1], nbs[:1])
     assert run.ticks[0] / 1.024 == pytest.approx(T.m0_trace_update(m0, xs[0], nbs[0])["instructions"], rel=0.01)
@@ -190,15 +179,8 @@ def test_avr_led_colour_and_model_hash(q, avr):
 
 @needs("avr")
 def test_avr_budgets(q, avr):
-    m = T.measure(avr)
-    ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
-    assert ram <= T.BUDGETS["avr"]["ram"], m
     xs, nbs = inputs_200(4)
-    r = T.run_cells(avr, xs, nbs, F.rotation_q14(10.0))
-    computed = r.codes == G.UPDATED
-    assert computed.sum() > 100
-    assert len(r.cycles) == len(xs)
-    assert r.cycles[computed].max() <= T.BUDGETS["avr"]["cycles"], r.cycles.max()
+    check_budgets(avr, xs, nbs)
     # the weights live in flash (PROGMEM), not in the 2 KB of RAM
     out = subprocess.run(["avr-size", "-A", str(avr.artefact)], capture_output=True, text=True, check=False).stdout
     data = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith((".data", ".bss")))
