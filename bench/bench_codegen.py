@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from codegen import emit
 from codegen import formats as F
 from codegen import golden as G
-from codegen import targets as T
+from codegen import toolchain as T
 from codegen.quantize import quantize
 from sim.errors import UserError
 from sim.fixture import blob_model
@@ -102,14 +102,14 @@ def speed_rows(q, quick: bool) -> list[tuple]:
     G.update_batch(out, nbs, *a, G.NO_ROTATION, codes)
     rows.append(("golden model (numba), batch", n / (time.perf_counter() - t)))
     try:
-        from codegen.backends import HostFirmware
+        from codegen.host_cells import HostFirmware
         hf = HostFirmware(q)
         t = time.perf_counter()
         hf.update(xs, nbs)
         rows.append(("host firmware (C, ctypes), batch", n / (time.perf_counter() - t)))
     except (OSError, RuntimeError, UserError) as e:   # no compiler
         print(f"  (host firmware skipped: {e})")
-    from sim.backends import make_backend
+    from sim.assemble import make_backend
     from sim.model import seed_state
     from sim.swarm import SimPySwarm
     steps = 60 if quick else 200
@@ -131,8 +131,8 @@ def speed_rows(q, quick: bool) -> list[tuple]:
 def tuning_row(quick: bool) -> str:
     """The output-bias search on the shipped fine-tuned lizard with and without pruning
     (a candidate's seeds stop once its pattern loss cannot win): time and same result."""
-    from codegen.tune import DEFAULT_DELTAS, DEFAULT_SEEDS, tune_output_biases
-    from sim.targets import load_target
+    from train.tune import DEFAULT_DELTAS, DEFAULT_SEEDS, tune_output_biases
+    from sim.pictures import load_target
     path = Path(__file__).resolve().parent.parent / "weights" / "lizard_regenerating_qat.npz"
     model, target = load(path), load_target("lizard")
     kw = dict(sweeps=1, channels=(0, 3) if quick else (0, 3, 6, 10))   # the tuning's seeds and steps

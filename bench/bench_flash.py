@@ -24,16 +24,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from codegen import board as B
-from codegen import link as L
-from codegen.backends import quantized
+import boards.client
+import boards.emulator
+import boards.transport
+from boards import protocol as L
+from codegen.quantize import quantized
 from sim.fixture import blob_model
 from sim.weights import load
 
 BAUD = 115200
 
 
-def bench(board: B.Board, image: L.Image, repeat: int) -> dict[str, float]:
+def bench(board: boards.client.Board, image: L.Image, repeat: int) -> dict[str, float]:
     times, wire = [], 0
     for _ in range(repeat):
         r = board.flash(image)
@@ -62,13 +64,13 @@ def main() -> int:
     print(f"{'board':<11} {'raw s':>8} {'KiB/s':>8} {'wire B':>8} {'at 115200 s':>12} {'CELL rtt ms':>12}")
     for name in a.boards.split(","):
         if name == "host":
-            board, emu = B.Board(B.HostLink()), None
+            board, emu = boards.client.Board(boards.transport.HostLink()), None
         else:
-            miss = B.emulator_tools(name)
+            miss = boards.emulator.emulator_tools(name)
             if miss:
                 print(f"{name:<11} skipped: needs {', '.join(e for e, _ in miss)}")
                 continue
-            emu = B.Emulator(name).start()
+            emu = boards.emulator.Emulator(name).start()
             board = emu.board(timeout=10)
         try:
             r = bench(board, image, a.repeat if name != "avr" else max(1, a.repeat // 2))

@@ -26,7 +26,7 @@ import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sim import async_ref, fixture, model as M, reference, rng, weights  # noqa: E402
-from sim.targets import load_target  # noqa: E402
+from sim.pictures import load_target
 
 CASES = [("40x40 B1", 40, 1), ("72x72 B8", 72, 8), ("256x256 B1", 256, 1)]
 

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from bench_reference import grown_pattern  # noqa: E402
 
 from sim import async_ref as A  # noqa: E402
-from sim.model import seed_state  # noqa: E402
-from sim.swarm import SimPySwarm  # noqa: E402
+from sim.model import seed_state
+from sim.swarm import SimPySwarm
 
 CONFIGS = {
     "zero": ("latency 0", A.AsyncConfig()),

@@ -1,5 +1,5 @@
 """Seconds per training iteration (BPTT forward + backward + Adam), batch 8, 72x72,
-fixed rollout N=80: sim.train_core against a plain eager PyTorch CPU version of
+fixed rollout N=80: train.bptt against a plain eager PyTorch CPU version of
 the same model (when `import torch` works), side by side.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_train.py [--reps 5] [--steps 80]
@@ -29,8 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from sim import fixture, model as M, reference, train_core as core, weights  # noqa: E402
-from sim.targets import load_target, pad_target  # noqa: E402
-from sim.train import make_circle_masks  # noqa: E402
+from sim.pictures import load_target, pad_target
+from train.loop import make_circle_masks
 
 H = W = 72
 B = 8

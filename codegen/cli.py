@@ -23,7 +23,7 @@ from pathlib import Path
 from sim.errors import ArgParser, UserError, cli_entry
 from sim.weights import load, save
 
-from . import emit, formats, targets
+from . import emit, formats, toolchain
 from .quantize import quantize
 
 PROG = "nca-codegen"
@@ -65,13 +65,13 @@ def _row(cells: Sequence[str]) -> str:
     return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
 
-def report_lines(target: str, b: targets.Build) -> list[str]:
+def report_lines(target: str, b: toolchain.Build) -> list[str]:
     """The per-target table: ROM (weights, code), RAM, stack, cycles (measured)."""
     import numpy as np
 
     head = _row(("target", "ROM code", "ROM wts", "ROM total", "RAM", "stack", "cycles", "budget"))
     if target in ("cortex-m0", "avr"):
-        m = targets.measure(b)
+        m = toolchain.measure(b)
         rng = np.random.default_rng(0)
         st = rng.integers(-128, 128, (8, 16)).astype(np.int16)
         ib = rng.integers(-128, 128, (8, 8, 16)).astype(np.int8)
@@ -80,23 +80,23 @@ def report_lines(target: str, b: targets.Build) -> list[str]:
         ram = m["cell_struct"] + m["rotation"] + m["ram_static"] + m["stack_static"]
         notes = []
         if target == "cortex-m0":
-            r = targets.run_cells(b, st, ib)
+            r = toolchain.run_cells(b, st, ib)
             instr = float(np.mean(r.ticks)) / 1.024
-            tr = targets.m0_trace_update(b, st[0], ib[0], formats.rotation_q14(30.0))
+            tr = toolchain.m0_trace_update(b, st[0], ib[0], formats.rotation_q14(30.0))
             cycles = f"{tr['cycles']:,}"
             notes.append(f"cortex-m0: {instr:,.0f} instructions per update (QEMU -icount shift=6, SysTick); "
                          f"{tr['cycles']:,} cycles estimated from QEMU's instruction trace with Cortex-M0 "
                          f"timings ({tr['instructions']:,} instructions in that trace, rotation on)")
         else:
-            r = targets.run_cells(b, st, ib)
+            r = toolchain.run_cells(b, st, ib)
             cycles = f"{int(r.cycles.max()):,}"
             notes.append(f"avr: exact cycles from simavr (max of {len(r.cycles)} updates, "
                          f"mean {float(r.cycles.mean()):,.0f})")
-        bud = targets.BUDGETS[target]
+        bud = toolchain.BUDGETS[target]
         budget = "/".join(f"{k}<={v:,}" for k, v in bud.items())
         lines = [head, _row((target, f"{m['rom_code']:,}", f"{m['rom_weights']:,}", f"{m['rom_total']:,}",
                              f"{ram}", f"{m['stack_static']}", cycles, budget))]
-        ef = f", error feedback {targets.RESID_BYTES}" if b.ef_bits else ""
+        ef = f", error feedback {toolchain.RESID_BYTES}" if b.ef_bits else ""
         lines.append(f"RAM = nca_cell_t {m['cell_struct']} (state 16, gradients 32, accumulators 32, "
                      f"8 neighbour states 128{ef}) + rotation {m['rotation']} + .data/.bss {m['ram_static']} "
                      f"+ worst stack {m['stack_static']} (-fstack-usage frames {m['stack_frames']}, "
@@ -112,7 +112,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     model = load(a.model)
     out = check_output_folder(a.out)
     if a.build or a.report:
-        targets.check_toolchain(a.target, run=a.report and a.target in ("cortex-m0", "avr"))
+        toolchain.check_toolchain(a.target, run=a.report and a.target in ("cortex-m0", "avr"))
     q = quantize(model, per_channel=not a.per_tensor)
     written = emit.write_project(q, a.target, out)
     if a.dequantized:
@@ -126,10 +126,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
           f"hidden state fractions {list(q.fmt.state_fracs[formats.RGBA:])})")
     if a.build or a.report:
         root = out
-        targets.make(root, a.target)
+        toolchain.make(root, a.target)
         print(f"{PROG}: built {a.target} in {root / 'build' / a.target}")
     if a.report:
-        b = targets.Build(a.target, out, q.fmt.ef_bits)
+        b = toolchain.Build(a.target, out, q.fmt.ef_bits)
         print(formats.describe(q.fmt))
         errs = q.report["weight_rel_rmse"]
         print(f"quantisation ({q.report['scheme']}): relative RMS weight error " +

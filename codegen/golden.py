@@ -137,7 +137,7 @@ def tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out):
 
 @nb.njit(cache=True)
 def update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot):
-    """One wake-up (sim.async_ref.cell_wakeup's rules on int8 states), x updated
+    """One wake-up (sim.rules.cell_wakeup's rules on int8 states), x updated
     in place (int8, or int16 with error feedback). Returns 0 dormant, 1 zeroed, 2 updated."""
     ef = consts[_EF]
     nbr = False
@@ -191,7 +191,7 @@ def _alive_grid(x, out, ef=0):
 @nb.njit(cache=True, nogil=True)   # tune.rollout_losses runs seeds in threads
 def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
     """One synchronous step of an (H, W, 16) grid of own states (int8, or int16 with
-    error feedback; sim.reference.SyncGrid's semantics: pre-alive, fire mask
+    error feedback; sim.grid.SyncGrid's semantics: pre-alive, fire mask
     u(seed, FIRE, y*W+x, step) < rate, x + dx, post-alive on the new alphas, zero
     padding). Returns the new grid."""
     h, w = x.shape[0], x.shape[1]

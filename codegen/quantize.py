@@ -16,7 +16,9 @@ weights back as a float model (for running them through the float engines).
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +27,13 @@ import numpy as np
 
 from sim.errors import UserError
 from sim.model import CHANNELS, HIDDEN, NEIGHBOUR_OFFSETS, PERCEPTION, seed_state
-from sim.reference import Params, SyncGrid
+from sim.cell_backends import ModelLike
+from sim.grid import SyncGrid
+from sim.spec import Params
 from sim.weights import Model, default_meta
 
 from . import formats as F
+from . import golden as G
 
 META_KEY = "qat"       # meta["training"][META_KEY] = {"grad_shift": S, "hidden_shift": K, "hidden_fracs": [...]}
 
@@ -184,7 +189,6 @@ def _float_new_states(model: Model, nbhd_q: np.ndarray, fmt: F.ModelFormat) -> n
 
 
 def _fixed_new_states(q: QModel, nbhd_q: np.ndarray) -> np.ndarray:
-    from . import golden as G  # numba; imported on use
     e = q.fmt.ef_bits
     xs = np.ascontiguousarray(nbhd_q[:, 1, 1, :]).astype(np.int16) << e     # own states, no remainder
     idx = [(dy + 1, dx + 1) for dy, dx in NEIGHBOUR_OFFSETS]
@@ -355,7 +359,7 @@ def quantize(model: Model, per_channel: bool = True, calib: np.ndarray | None = 
     float one (`run_error`: the per-value error does not see the dynamics). The
     gradient shift and the hidden shift are chosen by the error of the new states
     on calibration cells (after bias correction), not by a proxy. Unless given, or
-    recorded by a quantisation-aware fine-tuning (codegen.qat): such a model was
+    recorded by a quantisation-aware fine-tuning (train.qat): such a model was
     trained through `build_at` in its format, so it is built exactly so, without
     bias correction. error_feedback: the cell keeps formats.EF_BITS more bits of its own
     state (default: as a fine-tuning recorded, else off)."""
@@ -412,7 +416,6 @@ def run_error(q: QModel, refs: dict[int, tuple[int, np.ndarray]]) -> float:
     float one (`float_runs`) after the same steps from the seed with the same fire
     masks. Over the three lizards it ranks Q2.5-for-all against per-channel formats
     as their losses at step 1,000 do."""
-    from . import golden as G  # numba; imported on use
     a = q.arrays()
     out = []
     for seed, (steps, ref) in refs.items():
@@ -499,3 +502,36 @@ def weight_errors(model: Model, q: QModel) -> dict[str, float]:
         rms = math.sqrt(float(np.mean(ref ** 2)))
         out[name] = math.sqrt(float(np.mean(err ** 2))) / rms if rms > 0 else 0.0
     return out
+
+
+# ---------------------------------------------------------------- cached by the weights
+def _model_of(model: ModelLike) -> Model:
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, Params):
+        return Model({"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2},
+                     model.meta if model.meta is not None else default_meta())
+    raise TypeError(f"expected a weights.Model or spec.Params, got {type(model).__name__}")
+
+
+def _weights_key(model: Model) -> str:
+    """The weights and what the quantiser reads of the metadata (a recorded QAT format,
+    error feedback)."""
+    h = hashlib.sha1(repr((recorded_format(model.meta), recorded_error_feedback(model.meta))).encode())
+    for k in ("w1", "b1", "w2", "b2"):
+        h.update(np.ascontiguousarray(model.params[k], np.float32).tobytes())
+    return h.hexdigest()
+
+
+_QCACHE: dict[str, QModel] = {}
+_QLOCK = threading.Lock()
+
+
+def quantized(model: ModelLike) -> QModel:
+    """quantize(), cached by the weights (calibration takes about a second)."""
+    m = _model_of(model)
+    key = _weights_key(m)
+    with _QLOCK:
+        if key not in _QCACHE:
+            _QCACHE[key] = quantize(m)
+        return _QCACHE[key]

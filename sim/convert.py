@@ -32,6 +32,7 @@ import numpy as np
 
 from . import weights as W
 from .errors import ArgParser, UserError, cli_entry
+from .pictures import EMOJI, TargetError, load_target
 from .model import (CHANNELS, HIDDEN, ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES, PERCEPTION,
                     interleaved_to_concat)
 
@@ -309,7 +310,6 @@ def _int_or_zero(v: Any) -> int:
 
 def _emoji_target(name: str) -> str | None:
     """A shipped target name if exactly one of the paper's emoji is in the file name."""
-    from .targets import EMOJI
     hits = [n for n, ch in EMOJI.items() if ch in name]
     return hits[0] if len(hits) == 1 else None
 
@@ -370,7 +370,6 @@ def convert(input_path: str | os.PathLike, output_path: str | os.PathLike, fmt: 
         params["w1"] = interleaved_to_concat(params["w1"])
 
     if target is not None:
-        from .targets import TargetError, load_target
         try:
             load_target(target)                      # fail now, not at training time
         except TargetError as e:

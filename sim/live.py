@@ -7,7 +7,7 @@ Every control is a plain method of `LiveApp` (`on_click`, `on_rotate`, `on_speed
 `on_radius`, `toggle_pause`, `select_model`, `reset`, `step_frame`): the widgets
 only forward to them, so tests drive the app under the Agg backend with no display,
 and a person gets the same behaviour in the window. Each frame advances the engine
-(`run.make_engine`: the SimPy swarm by default, any engine of `sim.run`) by `speed`
+(`sim.engines.make_engine`: the SimPy swarm by default, any engine of `sim.run`) by `speed`
 time units; damage and rotation act between two frames, exactly like
 `SimPySwarm.schedule_damage` / `schedule_params` at that time.
 
@@ -24,17 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from .async_ref import AsyncConfig
+from . import paths
 from .atomic import atomic_write
 from .damage import Damage
+from .engines import EVENT_ENGINES, make_engine
 from .errors import UserError
 from .model import FIRE_RATE, seed_state
-from .reference import Params
-from .run import EVENT_ENGINES, REPO_ROOT, alive_cells, loss_vs, make_engine
-from .targets import fit_target, to_rgba8
+from .pictures import fit_target, to_rgba8
+from .rules import AsyncConfig
+from .simulate import alive_cells, loss_vs
+from .spec import Params
 from .weights import Model, WeightsError, load
 
-WEIGHTS_DIR = REPO_ROOT / "weights"
+WEIGHTS_DIR = paths.WEIGHTS
 SCREENSHOT_FRAMES = 30
 NON_GUI_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 

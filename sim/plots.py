@@ -13,7 +13,7 @@ The event-engine histograms are not recorded during the run: every random number
 a pure function of (seed, stream, cell, counter) (DESIGN.md), and a swarm keeps each
 cell's counters (`wake_k`: wake-up draws, `sends`: send rounds), so the exact
 intervals and latencies the run drew are recomputed afterwards with the engines' own
-draw functions (`async_ref.wake_interval`, `async_ref.message_fate`), in two bounded
+draw functions (`rules.wake_interval`, `rules.message_fate`), in two bounded
 passes (range, then bins) whatever the run's length. The run pays nothing for it.
 
 Plots use matplotlib's object API (`Figure`, Agg): no display and no pyplot state.
@@ -31,7 +31,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from . import async_ref as A
+from . import rules
 from .atomic import atomic_path, atomic_write
 from .errors import UserError
 from .render import picture
@@ -135,7 +135,7 @@ def _wake_scan(seed, cfg, wake_k, lo, hi, counts):
     n, mn, mx, sm = 0, np.inf, -np.inf, 0.0
     for c in range(wake_k.shape[0]):
         for k in range(1, wake_k[c]):
-            v = A.wake_interval(seed, cfg, c, k)
+            v = rules.wake_interval(seed, cfg, c, k)
             n += 1
             sm += v
             mn = min(mn, v)
@@ -158,7 +158,7 @@ def _delay_scan(seed, cfg, sends, nbr, lo, hi, counts):
             for s in range(8):
                 if nbr[c, s] < 0:
                     continue
-                gone, v = A.message_fate(seed, cfg, c, r * 8 + s)
+                gone, v = rules.message_fate(seed, cfg, c, r * 8 + s)
                 if gone:
                     lost += 1
                     continue

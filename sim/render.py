@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .targets import to_rgba8
+from .pictures import to_rgba8
 
 SCALE = 8
 STRIP_SCALE = 4

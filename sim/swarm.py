@@ -4,10 +4,10 @@ failures, restarts, damage and rotation changes are events.
 
 Two modes (DESIGN.md "Three ways to run the same swarm"):
 
-- "async": the asynchronous semantics of `sim.async_ref` (read its docstring),
+- "async": the asynchronous semantics of `sim.rules` (read its docstring),
   equal to `AsyncSwarm` bit for bit in state and in every metric both define,
   including the wake-up counts. It draws the same counter-based numbers
-  (`async_ref.wake_interval`, `message_fate`, `time_to_failure`,
+  (`rules.wake_interval`, `message_fate`, `time_to_failure`,
   `time_to_repair`) and reproduces the reference's event order exactly:
   SimPy orders events by (time, priority, insertion id) and the reference by
   (time, insertion sequence), so every event the reference pushes is created
@@ -15,7 +15,7 @@ Two modes (DESIGN.md "Three ways to run the same swarm"):
   same priority (NORMAL):
     * a cell's next wake-up is a Timeout made right after its sends;
     * a dormant cell sleeps on an untriggered Event; a message with a living
-      alpha that reaches it draws its skipped wake-ups (`async_ref._catch_up`)
+      alpha that reaches it draws its skipped wake-ups (`rules.catch_up`)
       and schedules that very Event at the first wake-up after now, at the
       absolute time the reference computes (no rounding through `now + delay`);
     * a latency > 0 message is a plain Event with a callback (no process);
@@ -38,10 +38,10 @@ Two modes (DESIGN.md "Three ways to run the same swarm"):
 - "lockstep": all cells wake at integer times with zero latency; a tick runs
   four phases ordered by SimPy priority (send state; tentative update fired by
   the FIRE draw; send tentative state; keep it iff alive before and after), so
-  the result equals `reference.SyncGrid` and `async_ref.LockstepSwarm` bit for
+  the result equals `grid.SyncGrid` and `lockstep.LockstepSwarm` bit for
   bit.
 
-The per-cell compute is a `sim.backends.CellBackend` (float now; fixed point,
+The per-cell compute is a `sim.cell_backends.CellBackend` (float now; fixed point,
 firmware and boards later). The bookkeeping around it (sends, deliveries,
 statistics) runs in small numba functions, since a Python loop over 8
 neighbours would cost more than the cell update itself.
@@ -59,10 +59,10 @@ from simpy.core import Environment
 from simpy.events import NORMAL, URGENT, Event, Interrupt, Timeout
 from simpy.rt import RealtimeEnvironment
 
-from . import async_ref as A
+from . import rules
 from . import rng
-from .async_ref import AsyncConfig, mask_cells
-from .backends import CellBackend, FloatBackend, ModelLike, as_params
+from .rules import AsyncConfig, mask_cells
+from .cell_backends import CellBackend, FloatBackend, ModelLike, as_params
 from .cell import alive_value
 from .model import ALPHA, CHANNELS, FIRE_RATE
 
@@ -91,21 +91,21 @@ def _triggered(env: Environment, value: Any = None) -> Event:
 @nb.njit(cache=True)
 def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, failed, asleep,
                   sleep_t, wake_k, sends, stats, fstats, req_i, req_t):
-    """Everything `async_ref._run` does at a wake-up after `cell_wakeup`, in its
+    """Everything `events._run` does at a wake-up after `cell_wakeup`, in its
     order. Returns -1 if the cell falls asleep, else the number n of scheduling
     requests in req_i/req_t[:n], in the reference's push order: req_i >= 0 a
     message to d*8+slot arriving at req_t; req_i < 0 the wake-up of sleeper
     -1-req_i at req_t. req_t[8] is the interval to the cell's next wake-up;
     req_i[8] is 1 when the n requests are messages with one arrival time (one
     event carries them all: the reference gives them consecutive sequence numbers)."""
-    stats[A.ST_WAKEUPS] += 1
+    stats[rules.ST_WAKEUPS] += 1
     if r == 0:
-        stats[A.ST_DORMANT] += 1
+        stats[rules.ST_DORMANT] += 1
         asleep[c] = True
         sleep_t[c] = t
         return -1
     if r == 2:
-        stats[A.ST_UPDATES] += 1
+        stats[rules.ST_UPDATES] += 1
         for s in range(8):
             if nbr[c, s] >= 0:
                 fstats[0] += t - itime[c, s]
@@ -117,27 +117,27 @@ def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, f
         d = nbr[c, s]
         if d < 0:
             continue
-        stats[A.ST_SENT] += 1
+        stats[rules.ST_SENT] += 1
         if instant:
             lost, lat = False, 0.0
         else:
-            lost, lat = A.message_fate(seed, cfg, c, rnd * 8 + s)
+            lost, lat = rules.message_fate(seed, cfg, c, rnd * 8 + s)
         if lost:
-            stats[A.ST_LOST] += 1
+            stats[rules.ST_LOST] += 1
             continue
         if lat <= 0.0:
             if failed[d]:
-                stats[A.ST_DROPPED] += 1
+                stats[rules.ST_DROPPED] += 1
                 continue
             slot = back[c, s]
             for ch in range(CHANNELS):
                 inbox[d, slot, ch] = state[c, ch]
             itime[d, slot] = t
-            stats[A.ST_DELIVERED] += 1
+            stats[rules.ST_DELIVERED] += 1
             if asleep[d] and alive_value(state[c, ALPHA]):
                 asleep[d] = False
                 req_i[n] = -1 - d
-                req_t[n] = A._catch_up(seed, cfg, d, t, wake_k, sleep_t, stats)
+                req_t[n] = rules.catch_up(seed, cfg, d, t, wake_k, sleep_t, stats)
                 n += 1
             continue
         req_i[n] = d * 8 + back[c, s]
@@ -150,7 +150,7 @@ def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, f
     req_i[8] = 1 if single else 0
     k = wake_k[c]
     wake_k[c] = k + 1
-    req_t[8] = A.wake_interval(seed, cfg, c, k)
+    req_t[8] = rules.wake_interval(seed, cfg, c, k)
     return n
 
 
@@ -165,17 +165,17 @@ def _deliver(seed, cfg, inbox, itime, failed, asleep, sleep_t, wake_k, stats, re
         d = codes[i] // 8
         s = codes[i] % 8
         if failed[d]:
-            stats[A.ST_DROPPED] += 1
+            stats[rules.ST_DROPPED] += 1
             continue
         for ch in range(CHANNELS):
             inbox[d, s, ch] = payload[ch]
         itime[d, s] = t_send
-        stats[A.ST_DELIVERED] += 1
-        stats[A.ST_STALENESS_SUM] += np.int64((t - t_send) * 1e6)
+        stats[rules.ST_DELIVERED] += 1
+        stats[rules.ST_STALENESS_SUM] += np.int64((t - t_send) * 1e6)
         if asleep[d] and alive_value(payload[ALPHA]):
             asleep[d] = False
             req_i[n] = d
-            req_t[n] = A._catch_up(seed, cfg, d, t, wake_k, sleep_t, stats)
+            req_t[n] = rules.catch_up(seed, cfg, d, t, wake_k, sleep_t, stats)
             n += 1
     return n
 
@@ -190,18 +190,18 @@ def _lock_send(c, src, dst, nbr, back, stats):
             slot = back[c, s]
             for ch in range(CHANNELS):
                 dst[d, slot, ch] = src[c, ch]
-            stats[A.ST_SENT] += 1
-            stats[A.ST_DELIVERED] += 1
+            stats[rules.ST_SENT] += 1
+            stats[rules.ST_DELIVERED] += 1
 
 
 @nb.njit(cache=True)
 def _lock_pre(c, seed, step, fire_rate, state, inbox, pre, tent, stats):
     """Phase A without the network: pre-alive from what c received; returns
     whether c fires (then the backend writes tent[c]); else tent[c] = state[c]."""
-    pre[c] = A.alive_known(state[c, ALPHA], c, inbox)
-    stats[A.ST_WAKEUPS] += 1
+    pre[c] = rules.alive_known(state[c, ALPHA], c, inbox)
+    stats[rules.ST_WAKEUPS] += 1
     if rng.uniform(seed, rng.FIRE, c, step) < fire_rate:
-        stats[A.ST_UPDATES] += 1
+        stats[rules.ST_UPDATES] += 1
         return True
     for ch in range(CHANNELS):
         tent[c, ch] = state[c, ch]
@@ -245,7 +245,7 @@ class SimPySwarm:
         self.step0 = int(step0)
         self.state = np.ascontiguousarray(x.reshape(n, CHANNELS)).copy()
         self.inbox = np.zeros((n, 8, CHANNELS), np.float32)
-        self.nbr, self.back = A.neighbour_table(self.height, self.width)
+        self.nbr, self.back = rules.neighbour_table(self.height, self.width)
         self.itime = np.zeros((n, 8), np.float64)     # send time of each inbox slot's content
         self.failed = np.zeros(n, np.bool_)
         self.asleep = np.zeros(n, np.bool_)
@@ -253,7 +253,7 @@ class SimPySwarm:
         self.wake_k = np.zeros(n, np.int64)
         self.sends = np.zeros(n, np.int64)
         self.fail_j = np.zeros(n, np.int64)
-        self.stats = np.zeros(10, np.int64)          # async_ref.ST_* slots
+        self.stats = np.zeros(10, np.int64)          # rules.ST_* slots
         self.fstats = np.zeros(2, np.float64)        # inbox staleness sum, count
         self._req_i = np.zeros(9, np.int64)
         self._req_t = np.zeros(9, np.float64)
@@ -350,9 +350,9 @@ class SimPySwarm:
         or damage as sent then. Lockstep: wakeups = cells x ticks, cell_updates
         = fired cells, messages = the two exchanges per tick."""
         st = self.stats
-        m: dict[str, float] = {name: int(st[i]) for i, name in enumerate(A.STAT_NAMES)}
-        d = st[A.ST_DELIVERED]
-        m["mean_message_delay"] = float(st[A.ST_STALENESS_SUM]) / 1e6 / int(d) if d else 0.0
+        m: dict[str, float] = {name: int(st[i]) for i, name in enumerate(rules.STAT_NAMES)}
+        d = st[rules.ST_DELIVERED]
+        m["mean_message_delay"] = float(st[rules.ST_STALENESS_SUM]) / 1e6 / int(d) if d else 0.0
         m["cells_failed_now"] = int(self.failed.sum())
         m["mean_inbox_staleness"] = float(self.fstats[0] / self.fstats[1]) if self.fstats[1] else 0.0
         return m
@@ -373,9 +373,9 @@ class SimPySwarm:
     def _start_async(self) -> None:
         """The reference's start: boot-time inbox exchange, every cell's first
         wake-up in cell order, then every cell's first failure."""
-        A.fill_inbox(self.state, self.nbr, self.back, self.inbox)
+        rules.fill_inbox(self.state, self.nbr, self.back, self.inbox)
         env, seed, cfg = self.env, self.seed, self.cfg
-        self._instant = bool(self.cfg[7] == 0.0 and int(self.cfg[4]) == A.LAT_CONSTANT
+        self._instant = bool(self.cfg[7] == 0.0 and int(self.cfg[4]) == rules.LAT_CONSTANT
                              and self.cfg[5] <= 0.0)
         self._deliver = partial(_deliver, seed, cfg, self.inbox, self.itime, self.failed,
                                 self.asleep, self.sleep_t, self.wake_k, self.stats, self._req_i,
@@ -383,10 +383,10 @@ class SimPySwarm:
         first = []
         for c in range(self.n):
             self.wake_k[c] = 1
-            first.append(Timeout(env, A.wake_interval(seed, cfg, c, 0)))
+            first.append(Timeout(env, rules.wake_interval(seed, cfg, c, 0)))
         if self.config.mtbf > 0:
             for c in range(self.n):
-                f = Timeout(env, A.time_to_failure(seed, cfg, c, 0), value=c)
+                f = Timeout(env, rules.time_to_failure(seed, cfg, c, 0), value=c)
                 f.callbacks.append(self._on_fail)
         self._procs = [env.process(self._cell_async(c, first[c])) for c in range(self.n)]
 
@@ -474,25 +474,25 @@ class SimPySwarm:
         t = self.env._now
         if self.asleep[c]:          # draw the wake-up the failure cancels, as the reference does
             self.asleep[c] = False
-            A._catch_up(self.seed, self.cfg, c, t, self.wake_k, self.sleep_t, self.stats)
+            rules.catch_up(self.seed, self.cfg, c, t, self.wake_k, self.sleep_t, self.stats)
         self.failed[c] = True
-        self.stats[A.ST_FAILURES] += 1
-        repair = Timeout(self.env, A.time_to_repair(self.seed, self.cfg, c, int(self.fail_j[c])))
+        self.stats[rules.ST_FAILURES] += 1
+        repair = Timeout(self.env, rules.time_to_repair(self.seed, self.cfg, c, int(self.fail_j[c])))
         self._procs[c].interrupt(repair)
 
     def _restart(self, c: int) -> Event:
         """Restart with state and inbox zero; returns the first wake-up."""
         t = self.env._now
         self.failed[c] = False
-        self.stats[A.ST_RESTARTS] += 1
+        self.stats[rules.ST_RESTARTS] += 1
         self.state[c] = 0.0
         self.inbox[c] = 0.0
         self.itime[c] = t
         self.fail_j[c] += 1
         k = int(self.wake_k[c])
         self.wake_k[c] = k + 1
-        wake = Timeout(self.env, A.wake_interval(self.seed, self.cfg, c, k))
-        f = Timeout(self.env, A.time_to_failure(self.seed, self.cfg, c, int(self.fail_j[c])), value=c)
+        wake = Timeout(self.env, rules.wake_interval(self.seed, self.cfg, c, k))
+        f = Timeout(self.env, rules.time_to_failure(self.seed, self.cfg, c, int(self.fail_j[c])), value=c)
         f.callbacks.append(self._on_fail)
         return wake
 
@@ -534,7 +534,7 @@ class SimPySwarm:
             yield phases[2]
             _lock_send(c, tent, tinbox, nbr, back, stats)
             yield phases[3]
-            A.keep_or_zero(c, state, tent, tinbox, pre)
+            rules.keep_or_zero(c, state, tent, tinbox, pre)
 
     @property
     def step_count(self) -> int:

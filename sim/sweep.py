@@ -9,7 +9,7 @@ paper's loss against the target and the living cells. Writes
     OUT/sweep.png   heat map of loss_vs_target (mean over seeds), latency down,
                     loss rate across, one panel per failure setting
 
-Runs are independent and each is a pure function of its arguments (`run.simulate`;
+Runs are independent and each is a pure function of its arguments (`sim.simulate.simulate`;
 the counter-based generator, DESIGN.md), so they go to parallel worker processes
 (`--workers`, default all cores) and give the same numbers in any process, on any
 machine, in any order. The executor is pluggable: `process` (ProcessPoolExecutor) or
@@ -37,10 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from .async_ref import AsyncConfig
 from .atomic import atomic_write
 from .errors import ArgParser, UserError, cli_entry
-from .weights import Model
+from .outputs import check_output_dir
+from .pictures import load_target_for
+from .progress import Progress
+from .rules import AsyncConfig
+from .simulate import MAX_SIZE, simulate
+from .weights import Model, load_model
 
 PROG = "python -m sim.sweep"
 COLUMNS = ("latency", "msg_loss", "mtbf", "mttr", "seed", "loss_vs_target", "alive_cells", "wall_seconds")
@@ -69,8 +73,6 @@ class Job:
 
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job (in a worker) and return its CSV row."""
-    from .run import simulate
-
     t0 = time.perf_counter()
     r = simulate(Model(job.params), engine=job.engine, steps=job.steps, size=job.size, seed=job.seed,
                  target=job.target, async_config=job.config())
@@ -276,8 +278,6 @@ def _parser() -> ArgParser:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     """Parse, validate (one-line errors, exit 2), run the sweep, write CSV and heat map."""
-    from .run import MAX_SIZE, Progress, _check_output_dir, load_model, load_target_for
-
     a = _parser().parse_args(argv)
     latencies = parse_list(a.latencies, "--latencies")
     losses = parse_list(a.losses, "--losses", 0.0, 1.0)
@@ -294,7 +294,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--workers must be an integer >= 1, got {a.workers}")
     if a.scheduler and a.executor != "dask":
         raise UserError("--scheduler needs --executor dask")
-    _check_output_dir(a.out, "--out")
+    check_output_dir(a.out, "--out")
     model, model_path = load_model(a.model)
     target, target_name = load_target_for(model, a.target)
     jobs = make_jobs(model, target, engine=a.engine, steps=a.steps, size=a.size, latencies=latencies,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import paths
 from .atomic import atomic_write
 from .errors import UserError
 from .model import ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES
@@ -96,10 +97,11 @@ def validate_meta(meta: Any, where: str = "model") -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike) -> Model:
-    """Load and validate a weights file."""
-    p = Path(path)
+    """Load and validate a weights file, given by path or by a shipped model's name."""
+    p = paths.model_path(path)
     if not p.is_file():
-        raise WeightsError(f"{p}: no such weights file")
+        names = ", ".join(q.stem for q in paths.shipped_models() if not q.stem.startswith("fixture"))
+        raise WeightsError(f"{p}: no such weights file" + (f" (shipped models: {names})" if names else ""))
     try:
         with open(p, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -123,3 +125,16 @@ def save(path: str | os.PathLike, model: Model) -> Path:
     meta = validate_meta(dict(default_meta(), **model.meta), str(p))
     payload = np.array(json.dumps(meta))
     return atomic_write(p, lambda f: np.savez_compressed(f, meta=payload, **params))
+
+
+def load_model(name_or_path: str | os.PathLike | None) -> tuple[Model, str]:
+    """The model a command's --model names (a path or a shipped name; None: the default
+    model); returns (model, the path it came from)."""
+    if name_or_path is None:
+        if not paths.DEFAULT_MODEL.is_file():
+            raise WeightsError(f"the default model {paths.DEFAULT_MODEL} does not exist in this installation; "
+                               f"give --model (a weights file, a shipped model's name, or one made by nca-convert)")
+        name_or_path = paths.DEFAULT_MODEL
+    p = paths.model_path(name_or_path)
+    return load(p), str(p)
+

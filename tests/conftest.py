@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sim.fixture import blob_model
-from sim.reference import Params
+from sim.spec import Params
 from sim.weights import Model, save
 
 
@@ -72,7 +72,7 @@ def other_model(m: Model) -> Model:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two different models saved as .npz and quantised: (path a, path b, qa, qb)."""
-    from codegen.backends import quantized
+    from codegen.quantize import quantized
     d = tmp_path_factory.mktemp("models")
     a, b = blob_model(), other_model(blob_model())
     save(d / "a.npz", a)

@@ -15,11 +15,11 @@ import pytest
 
 from codegen import formats as F
 from codegen import golden as G
-from sim.backends import backend_names, make_backend
+from sim.assemble import backend_names, make_backend
 from sim.damage import Damage
 from sim.fixture import blob_model
 from sim.model import ALPHA, seed_state
-from sim.reference import Params
+from sim.spec import Params
 from sim.swarm import SimPySwarm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +35,10 @@ def cache(tmp_path_factory):
     os.environ["NCA_CODEGEN_CACHE"] = str(tmp_path_factory.mktemp("nca-cache"))
 
 
-def test_backends_are_found_without_importing_codegen_first():
-    code = ("from sim.backends import make_backend, backend_names\n"
+def test_backends_are_found_by_name_in_a_fresh_process():
+    """The names the command line offers (sim.assemble) reach codegen's backends by an
+    ordinary import, with nothing imported first."""
+    code = ("from sim.assemble import make_backend, backend_names\n"
             "from sim.fixture import blob_model\n"
             "b = make_backend('fixed', blob_model())\n"
             "print(type(b).__name__, 'firmware' in backend_names())\n")
@@ -61,7 +63,7 @@ def test_lockstep_swarm_on_the_fixed_backend_equals_the_golden_grid():
 def test_firmware_backend_equals_fixed_backend_in_the_swarm(mode):
     """The same swarm (own clocks, messages with latency and loss in async mode) on the
     golden model and on the C itself: bit for bit, every snapshot."""
-    from sim.async_ref import LAT_UNIFORM, AsyncConfig
+    from sim.rules import LAT_UNIFORM, AsyncConfig
     m = blob_model()
     cfg = AsyncConfig(latency_kind=LAT_UNIFORM, latency=0.0, latency_high=0.4, loss=0.1) if mode == "async" else None
     a = SimPySwarm(seed_state(16, 16), make_backend("fixed", m), seed=3, config=cfg, mode=mode)
@@ -90,7 +92,7 @@ def with_error_feedback(m):
 def test_error_feedback_swarm_is_the_same_on_the_golden_model_and_the_c():
     """Own states with their remainders live in the swarm's float arrays (exact); a
     message carries the whole state and the receiver takes its int8 part."""
-    from sim.async_ref import LAT_UNIFORM, AsyncConfig
+    from sim.rules import LAT_UNIFORM, AsyncConfig
     m = with_error_feedback(blob_model())
     fixed = make_backend("fixed", m)
     assert fixed.q.fmt.ef_bits == F.EF_BITS
@@ -177,7 +179,7 @@ def test_regenerating_lizard_fixed_point_fidelity_and_regrowth():
     reaches 3.20e-4 (1.70x): asserted within 1.85x and at least 4x better than
     post-training quantisation. Both regrow after a circle cut as the float model does
     (seeds 0-2)."""
-    from sim.targets import fit_target, load_target
+    from sim.pictures import fit_target, load_target
     from sim.weights import load
     float_model, qat_model, ef_model = load(LIZARD), load(LIZARD_QAT), load(LIZARD_EF)
     target = fit_target(load_target("lizard"), 40, 40)
@@ -229,9 +231,9 @@ def test_persistent_lizard_grows_in_fixed_point():
     """A trained model (the persistent lizard): synchronous fixed point from the seed for
     1,000 steps keeps the lizard (loss within 0.005 of a perfect picture, the same number
     of living cells as the float run within 5%)."""
-    from codegen.backends import quantized
-    from sim.reference import SyncGrid
-    from sim.targets import fit_target, load_target
+    from codegen.quantize import quantized
+    from sim.grid import SyncGrid
+    from sim.pictures import fit_target, load_target
     from sim.weights import load
     model = load(REPO / "weights" / "lizard_persistent.npz")
     target = fit_target(load_target("lizard"), 40, 40)
@@ -252,22 +254,24 @@ def test_sim_run_backend_option_runs_the_integer_cell(tmp_path, backend):
     the saved final state equals a swarm driven directly, bit for bit."""
     if backend == "firmware" and shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the firmware for this machine")
-    from sim import run as R
+    import sim.assemble
+    import sim.run
     from sim.weights import load
     path = REPO / "weights" / "fixture_blob.npz"
     out = tmp_path / "final.npy"
     argv = ["--backend", backend, "--model", str(path), "--size", "20", "--steps", "60",
             "--seed", "3", "--latency", "0.2", "--save-state", str(out), "--no-progress"]
-    assert R.main(argv) == 0
+    assert sim.run.main(argv) == 0
     sw = SimPySwarm(seed_state(20, 20), make_backend("fixed", load(path)), seed=3,
-                    config=R.AsyncConfig(latency=0.2))
+                    config=sim.assemble.AsyncConfig(latency=0.2))
     sw.run(60)
     np.testing.assert_array_equal(np.load(out), sw.grid)
     assert np.count_nonzero(sw.grid[..., ALPHA] > 0.1) > 10
 
 
 def test_sim_run_backend_needs_the_simpy_engine(capsys):
-    from sim import run as R
-    assert R.main(["--backend", "fixed", "--engine", "sync", "--steps", "5"]) == 2
+    import sim.assemble
+    import sim.run
+    assert sim.run.main(["--backend", "fixed", "--engine", "sync", "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "simpy" in err and len(err.splitlines()) == 1

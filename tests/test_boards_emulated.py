@@ -14,41 +14,46 @@ import numpy as np
 import pytest
 from test_firmware_host import adversarial_cells, golden_update
 
-from codegen import board as B
-from codegen import flash as FL
+import boards.client
+import boards.emulator
+import boards.swarm
+import boards.transport
+import sim.assemble
+import sim.simulate
+from boards import flash as FL
 from codegen import golden as G
-from codegen import link as L
-from codegen.backends import FixedBackend
+from boards import protocol as L
+from codegen.fixed_cells import FixedBackend
 from sim.fixture import blob_model
 from sim.model import seed_state
-from sim.reference import Params
+from sim.spec import Params
 from sim.swarm import SimPySwarm
 from sim.weights import load as load_model
 
 
 def needs(target: str):
-    miss = B.emulator_tools(target)
+    miss = boards.emulator.emulator_tools(target)
     return pytest.mark.skipif(bool(miss), reason=f"{target} board needs {', '.join(e for e, _ in miss)}")
 
 
 @pytest.fixture(scope="module")
 def m0():
-    if B.emulator_tools("cortex-m0"):
+    if boards.emulator.emulator_tools("cortex-m0"):
         pytest.skip("no qemu-system-arm / arm-none-eabi-gcc")
-    with B.Emulator("cortex-m0") as e:
+    with boards.emulator.Emulator("cortex-m0") as e:
         yield e
 
 
 @pytest.fixture(scope="module")
 def avr(tmp_path_factory):
-    if B.emulator_tools("avr"):
+    if boards.emulator.emulator_tools("avr"):
         pytest.skip("no simavr / avr-gcc")
     flash = tmp_path_factory.mktemp("avr") / "flash.bin"
-    with B.Emulator("avr", flash_file=flash) as e:
+    with boards.emulator.Emulator("avr", flash_file=flash) as e:
         yield e
 
 
-def check_200_steps(board: B.Board, q) -> None:
+def check_200_steps(board: boards.client.Board, q) -> None:
     xs, nbs = adversarial_cells(150, seed=11)
     pick = np.r_[0:150, len(xs) - 60:len(xs)]
     xs, nbs = xs[pick], nbs[pick]
@@ -101,11 +106,11 @@ def test_avr_nca_flash_then_steps_equal_golden(avr, models, capsys):
     flash_then_steps(avr, "avr", models, capsys)
 
 
-def cut_then_check(emu: B.Emulator, qa, qb, cuts, kill: bool = False) -> None:
+def cut_then_check(emu: boards.emulator.Emulator, qa, qb, cuts, kill: bool = False) -> None:
     """For each k: flash B for k chunks, cut (close the link, or kill and restart the emulator),
     then the board must still run A."""
     with emu.board(timeout=5) as b:
-        B.ensure_model(b, L.image_of(qa))
+        boards.swarm.ensure_model(b, L.image_of(qa))
     xs, nbs = adversarial_cells(4, seed=13)
     gc, go = golden_update(qa, xs, nbs)
     for k in cuts:
@@ -152,7 +157,7 @@ def test_avr_flash_cut_at_every_chunk_boundary(avr, models):
 def test_cortex_m0_bad_crc_genome_is_never_activated(m0, models):
     _, _, qa, qb = models
     with m0.board(timeout=5) as b:
-        B.ensure_model(b, L.image_of(qa))
+        boards.swarm.ensure_model(b, L.image_of(qa))
         good = L.image_of(qb)
         assert b.request("FLASH_BEGIN", good.header() + struct.pack("<IB", 5, 0))[0] == 0
         for off, chunk in good.chunks():
@@ -175,7 +180,7 @@ def test_swarm_with_boards_equals_fixed_backend(m0, avr, models, mode, until):
     ref = SimPySwarm(x0, FixedBackend(qa), seed=3, mode=mode)
     ref.run(until)
     with m0.board(timeout=5) as b1, avr.board(timeout=5) as b2:
-        cells = B.board_cells(params, {3 * 8 + 4: b1, 4 * 8 + 3: b2})
+        cells = boards.swarm.board_cells(params, {3 * 8 + 4: b1, 4 * 8 + 3: b2})
         sw = SimPySwarm(x0, cells, seed=3, mode=mode)
         sw.run(until)
     assert cells.calls >= 6
@@ -185,20 +190,20 @@ def test_swarm_with_boards_equals_fixed_backend(m0, avr, models, mode, until):
 
 @needs("cortex-m0")
 def test_sim_run_with_a_board_equals_the_fixed_backend(m0, models, tmp_path, capsys):
-    from sim import run as R
+    import sim.run
     pa = models[0]
     common = ["--model", str(pa), "--size", "8", "--steps", "12", "--seed", "2", "--engine", "simpy",
               "--backend", "fixed", "--target", "lizard"]
-    assert R.main(common + ["--save-state", str(tmp_path / "ref.npy")]) == 0
-    assert R.main(common + ["--board", f"4,3={m0.url}", "--board", "3,4=emu:cortex-m0",
+    assert sim.run.main(common + ["--save-state", str(tmp_path / "ref.npy")]) == 0
+    assert sim.run.main(common + ["--board", f"4,3={m0.url}", "--board", "3,4=emu:cortex-m0",
                             "--save-state", str(tmp_path / "hil.npy")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "ref.npy"), np.load(tmp_path / "hil.npy"))
     capsys.readouterr()
-    assert R.main(common + ["--board", "9,9=emu:cortex-m0"]) == 2
+    assert sim.run.main(common + ["--board", "9,9=emu:cortex-m0"]) == 2
     assert "outside the 8x8 grid" in capsys.readouterr().err
-    assert R.main(common + ["--board", "1,1=emu:z80"]) == 2
+    assert sim.run.main(common + ["--board", "1,1=emu:z80"]) == 2
     assert "no emulated board" in capsys.readouterr().err
-    assert R.main(common[:-6] + ["--engine", "sync", "--board", "1,1=emu:avr"]) == 2
+    assert sim.run.main(common[:-6] + ["--engine", "sync", "--board", "1,1=emu:avr"]) == 2
     assert "--engine simpy" in capsys.readouterr().err
 
 
@@ -206,36 +211,37 @@ def test_sim_run_with_a_board_equals_the_fixed_backend(m0, models, tmp_path, cap
 def test_simulate_reports_its_boards_and_always_stops_its_emulators(m0, models, monkeypatch):
     """simulate() counts the board requests, and stops the emulators it started even
     when a metric after the last step raises."""
-    from sim import run as R
-    started: list[B.Emulator] = []
+    import sim.assemble
+    import sim.run
+    started: list[boards.emulator.Emulator] = []
 
-    class Recorded(B.Emulator):
-        def start(self) -> B.Emulator:
+    class Recorded(boards.emulator.Emulator):
+        def start(self) -> boards.emulator.Emulator:
             started.append(self)
             return super().start()
 
-    monkeypatch.setattr(B, "Emulator", Recorded)
+    monkeypatch.setattr(boards.swarm, "Emulator", Recorded)
     model = load_model(models[0])
     kw = dict(engine="simpy", backend="fixed", steps=6, size=8, seed=2, warm_up=False)
-    res = R.simulate(model, boards={(4, 3): m0.url, (3, 4): "emu:cortex-m0"}, **kw)
+    res = sim.assemble.simulate(model, boards={(4, 3): m0.url, (3, 4): "emu:cortex-m0"}, **kw)
     assert res.metrics["boards"]["cells"] == 2 and res.metrics["boards"]["requests"] > 0
     assert len(started) == 1 and started[0].proc is None
 
     def broken(_swarm_metrics):
         raise RuntimeError("metric failed")
 
-    monkeypatch.setattr(R, "message_metrics", broken)
+    monkeypatch.setattr(sim.simulate, "message_metrics", broken)
     with pytest.raises(RuntimeError, match="metric failed"):
-        R.simulate(model, boards={(3, 4): "emu:cortex-m0"}, **kw)
+        sim.assemble.simulate(model, boards={(3, 4): "emu:cortex-m0"}, **kw)
     assert len(started) == 2 and started[1].proc is None
 
 
 @needs("avr")
 def test_avr_bridge_pty_mode(models):
     """The simavr bridge's pty mode: pyserial opens the pseudo-terminal as a serial port."""
-    with B.Emulator("avr", pty=True) as e:
+    with boards.emulator.Emulator("avr", pty=True) as e:
         assert e.url.startswith("/dev/")
-        with B.Board(e.url, timeout=5) as b:
+        with boards.client.Board(e.url, timeout=5) as b:
             h = b.hello()
             assert h.board == "avr" and h.capacity == L.F.GENOME_BYTES
             b.set_state(np.arange(16, dtype=np.int8))
@@ -248,10 +254,10 @@ def test_cortex_m0_flash_through_a_faulty_link(m0, models):
     QEMU: the flash completes (timeouts and NAKs retransmit) and the genome answers."""
     _, _, qa, qb = models
     with m0.board(timeout=5) as b:
-        B.ensure_model(b, L.image_of(qa))
-    ft = B.FaultyTransport(B.open_port(m0.url), seed=7, corrupt=0.03, truncate=0.03, duplicate=0.03,
+        boards.swarm.ensure_model(b, L.image_of(qa))
+    ft = boards.transport.FaultyTransport(boards.client.open_port(m0.url), seed=7, corrupt=0.03, truncate=0.03, duplicate=0.03,
                            reorder=0.03, drop=0.03)
-    with B.Board(ft, timeout=0.1, slow_timeout=0.5, retries=30) as b:
+    with boards.client.Board(ft, timeout=0.1, slow_timeout=0.5, retries=30) as b:
         r = b.flash(L.image_of(qb))
         assert r.model_hash == qb.model_hash and r.retries > 0
         assert sum(ft.faults.values()) > 5, ft.faults
@@ -273,7 +279,7 @@ def test_error_feedback_on_boards_equals_the_golden_model_and_the_fixed_swarm(m0
     from test_backends_fixed import with_error_feedback
     from test_firmware_host import with_remainders
 
-    from codegen.backends import quantized
+    from codegen.quantize import quantized
     m = with_error_feedback(blob_model())
     q = quantized(m)
     e = q.fmt.ef_bits
@@ -284,7 +290,7 @@ def test_error_feedback_on_boards_equals_the_golden_model_and_the_fixed_swarm(m0
     gc, go = golden_update(q, xs, nbs)
     for emu in (m0, avr):
         with emu.board(timeout=5) as b:
-            B.ensure_model(b, L.image_of(q))
+            boards.swarm.ensure_model(b, L.image_of(q))
             assert b.hello().ef_bits == e
             for k in range(len(xs)):
                 c, s = b.cell(xs[k], nbs[k], ef_bits=e)
@@ -295,11 +301,11 @@ def test_error_feedback_on_boards_equals_the_golden_model_and_the_fixed_swarm(m0
     ref = SimPySwarm(x0, FixedBackend(q), seed=4)
     ref.run(14.0)
     with m0.board(timeout=5) as b1, avr.board(timeout=5) as b2:
-        cells = B.board_cells(Params.from_model(m), {3 * 8 + 4: b1, 4 * 8 + 3: b2})
+        cells = boards.swarm.board_cells(Params.from_model(m), {3 * 8 + 4: b1, 4 * 8 + 3: b2})
         sw = SimPySwarm(x0, cells, seed=4)
         sw.run(14.0)
         # a genome without error feedback refuses remainders
-        B.ensure_model(b1, L.image_of(quantized(blob_model())))
+        boards.swarm.ensure_model(b1, L.image_of(quantized(blob_model())))
         assert b1.request("STATE_SET", bytes(16) + bytes([1]) + bytes(7))[0] == L.ERR["ERR_ARG"]
     assert cells.calls >= 6
     np.testing.assert_array_equal(sw.grid, ref.grid)

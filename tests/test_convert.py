@@ -14,8 +14,7 @@ import pytest
 
 from sim import convert as C
 from sim import weights as W
-from sim.model import (ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES, concat_to_interleaved,
-                       interleaved_to_concat)
+from sim.model import ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES, concat_to_interleaved, interleaved_to_concat
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import pytest
 
 from codegen import formats as F
 from codegen import golden as G
-from codegen import targets as T
+from codegen import toolchain as T
 from codegen.quantize import quantize
 from sim import rng
 from sim.fixture import blob_model
@@ -34,7 +34,7 @@ def q():
 @pytest.fixture(scope="module")
 def hostfw(q, tmp_path_factory):
     os.environ["NCA_CODEGEN_CACHE"] = str(tmp_path_factory.mktemp("nca-cache"))
-    from codegen.backends import HostFirmware
+    from codegen.host_cells import HostFirmware
     return HostFirmware(q)
 
 
@@ -53,7 +53,7 @@ def q_ef():
 
 @pytest.fixture(scope="module")
 def hostfw_ef(q_ef, hostfw):
-    from codegen.backends import HostFirmware
+    from codegen.host_cells import HostFirmware
     return HostFirmware(q_ef)
 
 
@@ -141,7 +141,7 @@ def test_host_library_equals_golden_at_zero_rounding_shifts(monkeypatch, tmp_pat
     """Gradient and hidden shifts 0 and a bias shift (the blob's own format: 1, 7, 0):
     the core's round-and-shift steps at their edge."""
     monkeypatch.setenv("NCA_CODEGEN_CACHE", str(tmp_path))
-    from codegen.backends import HostFirmware
+    from codegen.host_cells import HostFirmware
     q0 = quantize(blob_model(), grad_shift=0, hidden_shift=0)
     assert (q0.fmt.grad_shift, q0.fmt.hidden_shift) == (0, 0) and q0.fmt.bias_shift > 0
     xs, nbs = adversarial_cells(3000, seed=77)
@@ -167,7 +167,7 @@ def test_stdin_harness_equals_golden_and_identifies_the_model(q, hostbuild):
 
 
 def firmware_sync_step(hostfw, x: np.ndarray, seed: int, step: int) -> np.ndarray:
-    """sim.reference's synchronous step with every fired cell computed by the C (own
+    """sim.grid's synchronous step with every fired cell computed by the C (own
     states x; the neighbours and the alive rule see their int8 part)."""
     e = hostfw.q.fmt.ef_bits
     H, W = x.shape[:2]

@@ -15,7 +15,7 @@ from test_firmware_host import adversarial_cells, golden_update, with_remainders
 from codegen import emit
 from codegen import formats as F
 from codegen import golden as G
-from codegen import targets as T
+from codegen import toolchain as T
 from codegen.quantize import quantize
 from sim.fixture import blob_model
 

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from codegen import board as B
-from codegen import flash as FL
-from codegen import link as L
+import boards.client
+import boards.emulator
+import boards.transport
+from boards import flash as FL
+from boards import protocol as L
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
                                 reason="needs gcc and make")
@@ -25,7 +27,7 @@ class HostServer:
     """The host link firmware behind a TCP port: what pyserial's socket:// reaches."""
 
     def __init__(self, host: Any = None):
-        self.host = host if host is not None else B.HostLink()
+        self.host = host if host is not None else boards.transport.HostLink()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
@@ -81,7 +83,7 @@ def test_flash_verify_activate_one_line(server, models, capsys):
     assert FL.main(["--port", server.url, "--model", str(pb), "--progress"]) == 0
     cap = capsys.readouterr()
     assert "slot B, generation 2" in cap.out and "100%" in cap.err
-    with B.Board(server.url) as b:
+    with boards.client.Board(server.url) as b:
         assert b.hello().model_hash == qb.model_hash
         xs = np.zeros(16, np.int8)
         xs[3:] = 32
@@ -93,7 +95,7 @@ def test_flash_verify_activate_one_line(server, models, capsys):
 
 def test_flash_resumes_after_a_cut(server, models, capsys):
     pa, _, qa, _ = models
-    with B.Board(server.url) as b:
+    with boards.client.Board(server.url) as b:
         b.flash(L.image_of(qa), stop_after=20)
     assert FL.main(["--port", server.url, "--model", str(pa)]) == 0
     out = capsys.readouterr().out
@@ -137,21 +139,21 @@ class CountingOpens:
     resetting does (nothing listens), and socket:// opens are tried once instead of for 10 s."""
 
     def __init__(self, fail: int = 0):
-        self.real, self.calls, self.fail, self.connect_timeouts = B.open_port, 0, fail, []
+        self.real, self.calls, self.fail, self.connect_timeouts = boards.client.open_port, 0, fail, []
 
     def __call__(self, port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Any:
         self.calls += 1
         self.connect_timeouts.append(connect_timeout)
         if self.calls <= self.fail:
-            return self.real(f"socket://127.0.0.1:{B.free_port()}", baud, 0.0)
+            return self.real(f"socket://127.0.0.1:{boards.emulator.free_port()}", baud, 0.0)
         return self.real(port, baud, 0.0)
 
 
 @pytest.mark.parametrize("port", ["socket://127.0.0.1:{free}", "/dev/nonexistent-tty"])
 def test_a_port_that_cannot_be_opened_is_retried(port, models, capsys, monkeypatch):
     opens = CountingOpens()
-    monkeypatch.setattr(B, "open_port", opens)
-    port = port.format(free=B.free_port())                  # nothing listens there
+    monkeypatch.setattr(boards.client, "open_port", opens)
+    port = port.format(free=boards.emulator.free_port())                  # nothing listens there
     assert FL.main(["--port", port, "--model", str(models[0]), "--attempts", "3", "--timeout", "0.05"]) == 2
     one_line_error(capsys, f"cannot open {port}", "gave up after 3 attempts", "previous genome stays active")
     assert opens.calls == 3 and opens.connect_timeouts == [10.0] * 3
@@ -164,7 +166,7 @@ def test_a_port_that_cannot_be_opened_is_retried(port, models, capsys, monkeypat
 
 def test_a_board_back_after_a_failed_open_is_flashed(server, models, capsys, monkeypatch):
     opens = CountingOpens(fail=1)
-    monkeypatch.setattr(B, "open_port", opens)
+    monkeypatch.setattr(boards.client, "open_port", opens)
     assert FL.main(["--port", server.url, "--model", str(models[0]), "--timeout", "0.05"]) == 0
     assert "verified" in capsys.readouterr().out and opens.calls == 2
 
@@ -180,18 +182,18 @@ def test_a_refusal_is_not_retried(server, models, capsys, monkeypatch):
         return dataclasses.replace(img, genome=bytes(g))
 
     opens = CountingOpens()
-    monkeypatch.setattr(B, "open_port", opens)
+    monkeypatch.setattr(boards.client, "open_port", opens)
     monkeypatch.setattr(L, "image_of", zero_t)
     assert FL.main(["--port", server.url, "--model", str(models[0]), "--attempts", "3"]) == 2
     one_line_error(capsys, "FLASH_VERIFY refused: ERR_FORMAT", "previous genome stays active")
     assert opens.calls == 1
-    with B.Board(server.url) as b:
+    with boards.client.Board(server.url) as b:
         assert b.hello().active_slot is None
 
 
 def test_a_flash_sends_one_hello(models, capsys):
-    from test_link import RequestCounter
-    link = RequestCounter(B.HostLink())
+    from test_protocol import RequestCounter
+    link = RequestCounter(boards.transport.HostLink())
     server = HostServer(link)
     try:
         assert FL.main(["--port", server.url, "--model", str(models[0])]) == 0

@@ -1,5 +1,5 @@
 """codegen/golden.py: the integer model equals an independent numpy reading of
-the formats, follows the alive rules of sim.async_ref.cell_wakeup, rotates as
+the formats, follows the alive rules of sim.rules.cell_wakeup, rotates as
 the float model does, and stays close to the float model over a swarm's run."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from codegen import golden as G
 from codegen.quantize import quantize
 from sim.fixture import blob_model
 from sim.model import ALPHA, NEIGHBOUR_OFFSETS, seed_state
-from sim.reference import Params, SyncGrid
+from sim.spec import Params
+from sim.grid import SyncGrid
 
 OFFS = NEIGHBOUR_OFFSETS
 

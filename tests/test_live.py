@@ -13,11 +13,13 @@ import pytest
 from matplotlib.backend_bases import MouseEvent
 from PIL import Image
 
-from sim import run as R
+import sim.assemble
+import sim.run
+import sim.simulate
 from sim.damage import Damage
 from sim.fixture import blob_model
 from sim.live import LiveApp, model_choices
-from sim.reference import Params
+from sim.spec import Params
 from sim.weights import save
 
 N = 16
@@ -72,7 +74,7 @@ def test_rotation_changes_params_and_equals_a_scheduled_rotation(app):
     np.testing.assert_array_equal(app.params.kxy, Params.from_model(blob_model()).rotated(90).kxy)
     for _ in range(3):
         app.step_frame()                                   # t = 12
-    ref = R.simulate(blob_model(), engine="simpy", steps=12, size=N, seed=1, rotations=["90@6"])
+    ref = sim.assemble.simulate(blob_model(), engine="simpy", steps=12, size=N, seed=1, rotations=["90@6"])
     assert app.t == 12.0 and app.state.tobytes() == ref.state.tobytes()
 
 
@@ -100,7 +102,7 @@ def test_select_model_switches_and_regrows(app, models, tmp_path):
     assert app.select_model(models[1])
     other = blob_model(seed=5, gain=0.8)
     np.testing.assert_array_equal(app.params.w1, other.params["w1"])
-    assert app.t == 0.0 and R.alive_cells(app.state) == 1   # back to the seed
+    assert app.t == 0.0 and sim.simulate.alive_cells(app.state) == 1   # back to the seed
     assert app.radio.index_selected == 1
     app._on_radio(app._label(models[0]))                   # the list's click handler
     np.testing.assert_array_equal(app.params.w1, blob_model().params["w1"])
@@ -135,7 +137,7 @@ def test_other_engines_run_live(engine, models):
 
 def test_cli_screenshot_without_a_display(models, tmp_path, capsys):
     shot = tmp_path / "live.png"
-    rc = R.main(["--live", "--model", str(models[0]), "--size", str(N), "--live-frames", "5",
+    rc = sim.run.main(["--live", "--model", str(models[0]), "--size", str(N), "--live-frames", "5",
                  "--live-screenshot", str(shot)])
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -154,7 +156,7 @@ def test_cli_screenshot_without_a_display(models, tmp_path, capsys):
     (["--live", "--live-radius", "0"], ["--live-radius"]),
 ])
 def test_live_errors_are_one_line(argv, words, models, capsys):
-    rc = R.main(["--model", str(models[0]), "--size", str(N), *argv])
+    rc = sim.run.main(["--model", str(models[0]), "--size", str(N), *argv])
     _, err = capsys.readouterr()
     assert rc == 2 and len(err.splitlines()) == 1, err
     for w in words:

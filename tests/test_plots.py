@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sim import run as R
-from sim.async_ref import CLOCK_PERIODIC, AsyncConfig
+import sim.assemble
+import sim.progress
+import sim.run
+import sim.simulate
+from sim.rules import CLOCK_PERIODIC, AsyncConfig
 from sim.fixture import blob_model
 from sim.model import seed_state
 from sim.plots import draw_statistics
@@ -25,7 +28,7 @@ N = 16
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
-    rc = R.main([str(a) for a in argv])
+    rc = sim.run.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -55,7 +58,7 @@ def test_gif_plots_and_json_of_an_event_run(model_file, tmp_path, capsys):
     assert rc == 0, err
     assert err == ""                                      # no progress line when not a terminal
     with Image.open(gif) as im:
-        assert im.format == "GIF" and im.n_frames == len(R.movie_steps(20, 5)) == 5
+        assert im.format == "GIF" and im.n_frames == len(sim.simulate.movie_steps(20, 5)) == 5
         assert im.size[0] == N * 6 and im.info["loop"] == 0   # 6 px per cell, loops
     assert sorted(p.name for p in plots.iterdir()) == ["loss.png", "messages.png", "wakeups.png"]
     for p in plots.iterdir():
@@ -79,8 +82,8 @@ def test_sync_run_plots_loss_only_and_strip_marks_rotation(model_file, tmp_path,
     assert rc == 0, err
     assert [p.name for p in plots.iterdir()] == ["loss.png"]   # no clocks, no messages
     _png(plots / "loss.png")
-    r = R.simulate(blob_model(), engine="sync", steps=12, size=N, rotations=["45@7"],
-                   frame_steps=R.strip_steps(12, extra=[7]))
+    r = sim.assemble.simulate(blob_model(), engine="sync", steps=12, size=N, rotations=["45@7"],
+                   frame_steps=sim.simulate.strip_steps(12, extra=[7]))
     f7 = next(f for f in r.frames if f.step == 7)
     assert f7.rotated == 45.0 and "rotated 45 deg" in f7.label()
 
@@ -108,26 +111,26 @@ def test_periodic_clock_options_reach_the_swarm(model_file, tmp_path, capsys):
     c = json.loads(js.read_text())["async_config"]
     assert (c["clock"], c["mean_interval"], c["jitter"], c["drift"]) == ("periodic", 1.5, 0.2, 0.05)
     cfg = AsyncConfig(clock=CLOCK_PERIODIC, mean_interval=1.5, jitter=0.2, drift=0.05)
-    r = R.simulate(blob_model(), engine="async", steps=15, size=N, async_config=cfg)
+    r = sim.assemble.simulate(blob_model(), engine="async", steps=15, size=N, async_config=cfg)
     st = draw_statistics(r.swarm)["wake"]
     lo, hi = 1.5 * 0.95 - 0.2, 1.5 * 1.05 + 0.2
     assert lo <= st["edges"][0] and st["edges"][-1] <= hi    # period +- drift +- jitter
-    assert not np.array_equal(r.state, R.simulate(blob_model(), engine="async", steps=15, size=N).state)
+    assert not np.array_equal(r.state, sim.assemble.simulate(blob_model(), engine="async", steps=15, size=N).state)
 
 
 # ---------------------------------------------------------------- rotation changes
 def test_rotate_at_equals_schedule_params_and_async(blob_params):
     cfg = AsyncConfig(latency=0.2)
-    r = R.simulate(blob_params, engine="simpy", steps=20, size=N, seed=2, async_config=cfg,
+    r = sim.assemble.simulate(blob_params, engine="simpy", steps=20, size=N, seed=2, async_config=cfg,
                    rotations=["90@8", "-30@14"])
     sw = SimPySwarm(seed_state(N, N), blob_params, 2, cfg)
     sw.schedule_params(8.0, blob_params.rotated(90))
     sw.schedule_params(14.0, blob_params.rotated(-30))
     np.testing.assert_array_equal(r.state, sw.run(20))
-    a = R.simulate(blob_params, engine="async", steps=20, size=N, seed=2, async_config=cfg,
+    a = sim.assemble.simulate(blob_params, engine="async", steps=20, size=N, seed=2, async_config=cfg,
                    rotations=["90@8", "-30@14"])
     assert a.state.tobytes() == r.state.tobytes()
-    plain = R.simulate(blob_params, engine="simpy", steps=20, size=N, seed=2, async_config=cfg)
+    plain = sim.assemble.simulate(blob_params, engine="simpy", steps=20, size=N, seed=2, async_config=cfg)
     assert not np.array_equal(plain.state, r.state)
 
 
@@ -157,7 +160,7 @@ def test_mp4_goes_through_ffmpeg_atomically(model_file, tmp_path, capsys, monkey
                         "--save-mp4", mp4)
     assert rc == 0, err
     h, w = N * 6 + 18, N * 6                               # picture + caption band, even sizes
-    assert mp4.stat().st_size == len(R.movie_steps(10, 2)) * h * w * 3
+    assert mp4.stat().st_size == len(sim.simulate.movie_steps(10, 2)) * h * w * 3
     assert [p.name for p in mp4.parent.iterdir()] == ["v.mp4"]     # no temporary file left
     _fake_ffmpeg(tmp_path / "bad", 'echo "Unknown encoder libx264" >&2\nexit 1\n')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bad'}{os.pathsep}{os.environ['PATH']}")
@@ -178,7 +181,7 @@ def test_real_ffmpeg_writes_a_playable_mp4(model_file, tmp_path, capsys):
     p = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
                         "stream=codec_name,nb_read_frames", "-of", "csv=p=0", str(mp4)],
                        capture_output=True, text=True, check=True)
-    assert p.stdout.strip() == f"h264,{len(R.movie_steps(12, 3))}"
+    assert p.stdout.strip() == f"h264,{len(sim.simulate.movie_steps(12, 3))}"
 
 
 # ---------------------------------------------------------------- bad options
@@ -213,10 +216,10 @@ def test_save_plots_onto_a_file_is_refused(model_file, tmp_path, capsys):
 
 # ---------------------------------------------------------------- progress
 def test_progress_line_and_flag(model_file, capsys):
-    bar = R.Progress(200, "time units", stream=io.StringIO(), width=10)
-    assert bar.line(50, 2.0) == "[##--------] 50/200 time units  25.0 time units/s  ETA 0:06"
+    bar = sim.progress.Progress(200, "time units", stream=io.StringIO(), width=10)
+    assert bar.line(50, 2.0) == "[##--------]  25% 50/200 time units  25.0 time units/s  ETA 0:06"
     assert bar.line(200, 65.0).endswith("in 1:05")
-    assert not R.Progress.wanted(None, io.StringIO()) and R.Progress.wanted(True, io.StringIO())
+    assert not sim.progress.Progress.wanted(None, io.StringIO()) and sim.progress.Progress.wanted(True, io.StringIO())
     rc, _, err = _run(capsys, "--model", model_file, "--size", N, "--steps", 10, "--progress")
     assert rc == 0
     assert err.startswith("\r[") and "10/10 time units" in err and err.endswith("\n")

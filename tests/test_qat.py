@@ -10,14 +10,16 @@ import pytest
 
 from codegen import formats as F
 from codegen import golden as G
-from codegen.qat import FakeQuant, recorded_format
+from train.qat import FakeQuant, recorded_format
 from codegen.quantize import build_at, quantize
 from sim import weights
-from sim.backends import make_backend
+from sim.assemble import make_backend
 from sim.model import gradient_kernels, seed_state
-from sim.reference import Params
-from sim.train import TrainConfig, main, train
-from sim.train_core import forward
+from sim.spec import Params
+from train.config import TrainConfig
+from train.cli import main
+from train.loop import train
+from train.bptt import forward
 
 
 @pytest.mark.parametrize("ef", [False, True], ids=["int8", "error-feedback"])
@@ -89,7 +91,7 @@ def _fixed_loss(model, target: np.ndarray, steps: int = 14, seeds=(0, 1, 2)) -> 
 
 
 def test_fine_tuning_lowers_the_fixed_point_loss(disc_png, tmp_path):
-    from sim.targets import load_target, pad_target
+    from sim.pictures import load_target, pad_target
     base = tmp_path / "disc.npz"
     cfg = TrainConfig(target=str(disc_png), kind="growing", iterations=150, pad=4, seed=0, lr=5e-3,
                       min_steps=12, max_steps=16)
@@ -160,7 +162,7 @@ def test_state_noise_is_uniform_within_the_state_steps(blob):
     and none where the width is 0; with a rounding it is refused."""
     import pytest
 
-    from sim.train_core import StateNoise
+    from train.bptt import StateNoise
     rng = np.random.default_rng(3)
     x0 = rng.normal(size=(1, 40, 40, 16)).astype(np.float32)
     x0[..., 3] = 1.0
@@ -221,7 +223,8 @@ def test_state_noise_is_a_setting_a_checkpoint_keeps(disc_png, tmp_path):
 
     import pytest
 
-    from sim.train import CheckpointError, checkpoint_path
+    from train.config import CheckpointError
+    from train.checkpoint import checkpoint_path
     base, out = tmp_path / "disc.npz", tmp_path / "noisy.npz"
     small = dict(target=str(disc_png), kind="growing", pad=4, min_steps=12, max_steps=16, seed=1)
     train(TrainConfig(iterations=30, lr=5e-3, **small), base, checkpoint_every=0, stream=io.StringIO())

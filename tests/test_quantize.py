@@ -13,14 +13,7 @@ from codegen import formats as F
 from codegen import golden as G
 from codegen.quantize import QuantizeError, quantize
 from sim.fixture import blob_model
-from sim.model import (
-    ALIVE_THRESHOLD,
-    CHANNELS,
-    HIDDEN,
-    PERCEPTION,
-    gradient_kernels,
-    init_params,
-)
+from sim.model import ALIVE_THRESHOLD, CHANNELS, HIDDEN, PERCEPTION, gradient_kernels, init_params
 from sim.weights import Model, default_meta, load, save
 
 

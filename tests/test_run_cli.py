@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sim import run as R
-from sim.async_ref import AsyncConfig
+import sim.assemble
+import sim.paths
+import sim.run
+import sim.simulate
+from sim.rules import AsyncConfig
 from sim.damage import parse_damage
 from sim.fixture import blob_model
 from sim.weights import default_meta, save
@@ -21,7 +24,7 @@ N = 24
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
-    rc = R.main([str(a) for a in argv])
+    rc = sim.run.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -43,7 +46,7 @@ def test_every_engine_writes_its_outputs_and_equals_simulate(engine, model_file,
     assert err == ""
     state = np.load(st)
     assert state.shape == (N, N, 16) and state.dtype == np.float32
-    ref = R.simulate(blob_model(), engine=engine, steps=30, size=N, seed=3, target="lizard")
+    ref = sim.assemble.simulate(blob_model(), engine=engine, steps=30, size=N, seed=3, target="lizard")
     np.testing.assert_array_equal(state, ref.state)       # the CLI is simulate(), nothing more
     assert ref.alive > 10                                 # the blob grew
     m = json.loads(js.read_text())
@@ -69,12 +72,12 @@ def test_every_engine_writes_its_outputs_and_equals_simulate(engine, model_file,
 
 
 def test_loss_is_mse_against_the_centred_target(model_file):
-    from sim.targets import fit_target, load_target
+    from sim.pictures import fit_target, load_target
 
-    r = R.simulate(blob_model(), engine="sync", steps=12, size=N, seed=1, target="lizard")
+    r = sim.assemble.simulate(blob_model(), engine="sync", steps=12, size=N, seed=1, target="lizard")
     t = fit_target(load_target("lizard"), N, N)
     assert r.loss == pytest.approx(float(np.mean((r.state[..., :4].astype(np.float64) - t) ** 2)))
-    empty = R.simulate(blob_model(), engine="sync", steps=0, size=N, target="lizard")
+    empty = sim.assemble.simulate(blob_model(), engine="sync", steps=0, size=N, target="lizard")
     assert empty.history == [{"step": 0, "loss": empty.loss, "alive": 1}]
 
 
@@ -105,8 +108,8 @@ def test_simpy_and_async_give_bit_identical_states(model_file, tmp_path, capsys)
 
 def test_async_run_is_deterministic_and_independent_of_sampling(model_file, tmp_path, capsys):
     cfg = AsyncConfig(latency=0.3, loss=0.2, mtbf=40.0, mttr=2.0)
-    a = R.simulate(blob_model(), engine="async", steps=40, size=N, seed=7, async_config=cfg)
-    b = R.simulate(blob_model(), engine="async", steps=40, size=N, seed=7, async_config=cfg,
+    a = sim.assemble.simulate(blob_model(), engine="async", steps=40, size=N, seed=7, async_config=cfg)
+    b = sim.assemble.simulate(blob_model(), engine="async", steps=40, size=N, seed=7, async_config=cfg,
                    history_every=1, frame_steps=[3, 17])
     np.testing.assert_array_equal(a.state, b.state)
     assert a.metrics["swarm"]["failures"] > 0 and a.metrics["swarm"]["messages_lost"] > 0
@@ -116,7 +119,7 @@ def test_async_run_is_deterministic_and_independent_of_sampling(model_file, tmp_
     assert rc == 0, err
     np.testing.assert_array_equal(np.load(st), a.state)
     assert "lost" in out and "failures" in out
-    c = R.simulate(blob_model(), engine="async", steps=40, size=N, seed=8, async_config=cfg)
+    c = sim.assemble.simulate(blob_model(), engine="async", steps=40, size=N, seed=8, async_config=cfg)
     assert not np.array_equal(c.state, a.state)            # the seed matters
 
 
@@ -140,7 +143,7 @@ def test_damage_zeroes_the_circle(engine, model_file, tmp_path, capsys):
     assert rc == 0, err
     x = np.load(st)
     mask = parse_damage(spec).mask(N, N)
-    undamaged = R.simulate(blob_model(), engine=engine, steps=40, size=N, target="lizard").state
+    undamaged = sim.assemble.simulate(blob_model(), engine=engine, steps=40, size=N, target="lizard").state
     assert np.abs(undamaged[mask]).sum() > 0               # there was something to wipe
     assert not x[mask].any()                               # all 16 channels zero inside
     np.testing.assert_array_equal(x[~mask], undamaged[~mask])
@@ -160,8 +163,8 @@ def test_damage_mid_run_shows_in_history_and_strip(model_file, tmp_path, capsys)
     assert alive[25] < alive[24]                            # history is sampled after the damage
     with Image.open(strip) as im:
         assert im.width > 5 * im.height                    # frames side by side
-    r = R.simulate(blob_model(), engine="sync", steps=50, size=N, damage=["half:left@25"],
-                   frame_steps=R.strip_steps(50, [parse_damage("half:left@25")]))
+    r = sim.assemble.simulate(blob_model(), engine="sync", steps=50, size=N, damage=["half:left@25"],
+                   frame_steps=sim.simulate.strip_steps(50, [parse_damage("half:left@25")]))
     steps = [f.step for f in r.frames]
     assert 25 in steps and steps[0] == 0 and steps[-1] == 50 and len(steps) == 9
     f25 = r.frames[steps.index(25)]
@@ -169,8 +172,8 @@ def test_damage_mid_run_shows_in_history_and_strip(model_file, tmp_path, capsys)
 
 
 def test_rotation_changes_the_run(model_file):
-    a = R.simulate(blob_model(), engine="sync", steps=20, size=N)
-    b = R.simulate(blob_model(), engine="sync", steps=20, size=N, rotate=90.0)
+    a = sim.assemble.simulate(blob_model(), engine="sync", steps=20, size=N)
+    b = sim.assemble.simulate(blob_model(), engine="sync", steps=20, size=N, rotate=90.0)
     assert not np.array_equal(a.state, b.state)
 
 
@@ -214,7 +217,7 @@ def test_bad_models(kind, words, tmp_path, capsys):
 
 
 def test_missing_default_model_says_which_file_and_what_to_do(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(R, "DEFAULT_MODEL", tmp_path / "lizard_regenerating.npz")
+    monkeypatch.setattr(sim.paths, "DEFAULT_MODEL", tmp_path / "lizard_regenerating.npz")
     rc, _, err = _run(capsys, "--steps", 5)
     _assert_one_line_error(rc, err, "lizard_regenerating.npz", "does not exist", "--model", "nca-convert")
 
@@ -334,7 +337,7 @@ def test_process_runs_and_writes(model_file, tmp_path):
               "--save-state", st)
     assert p.returncode == 0, p.stderr
     assert p.stderr == "" and "final loss" in p.stdout
-    ref = R.simulate(blob_model(), engine="sync", steps=25, size=N, seed=2)
+    ref = sim.assemble.simulate(blob_model(), engine="sync", steps=25, size=N, seed=2)
     np.testing.assert_array_equal(np.load(st), ref.state)
 
 

@@ -1,4 +1,4 @@
-"""sim/swarm.py and sim/backends.py: the SimPy swarm equals the sync reference in
+"""sim/swarm.py and sim/cell_backends.py: the SimPy swarm equals the sync reference in
 lockstep mode and the numba event-driven reference (AsyncSwarm) in async mode,
 bit for bit, in state, inbox and metrics; scheduling, snapshots, backends."""
 from __future__ import annotations
@@ -8,25 +8,22 @@ import time
 import numpy as np
 import pytest
 
-from sim import async_ref as A
-from sim.backends import (
-    BackendError,
-    CellBackend,
-    FloatBackend,
-    backend_names,
-    make_backend,
-    register_backend,
-)
+import sim.events
+import sim.lockstep
+import sim.rules
+from sim.cell_backends import BackendError, CellBackend, FloatBackend
+from sim.assemble import backend_names, make_backend, register_backend
 from sim.model import seed_state
-from sim.reference import Params, SyncGrid
+from sim.spec import Params
+from sim.grid import SyncGrid
 from sim.swarm import SimPySwarm
 
 N = 24
 LATENCIES = {
     "zero": dict(),
-    "constant": dict(latency_kind=A.LAT_CONSTANT, latency=0.3),
-    "uniform": dict(latency_kind=A.LAT_UNIFORM, latency=0.1, latency_high=0.9),
-    "exponential": dict(latency_kind=A.LAT_EXPONENTIAL, latency=0.4),
+    "constant": dict(latency_kind=sim.rules.LAT_CONSTANT, latency=0.3),
+    "uniform": dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.1, latency_high=0.9),
+    "exponential": dict(latency_kind=sim.rules.LAT_EXPONENTIAL, latency=0.4),
 }
 FAULTS = dict(loss=0.1, mtbf=40.0, mttr=5.0)
 
@@ -37,7 +34,7 @@ def hole(n=N):
     return m
 
 
-def assert_same(sw: SimPySwarm, ref: A.AsyncSwarm, when) -> None:
+def assert_same(sw: SimPySwarm, ref: sim.events.AsyncSwarm, when) -> None:
     assert np.array_equal(sw.grid, ref.grid), when
     assert np.array_equal(sw.inbox, ref.inbox), when
     ms, mr = sw.metrics(), ref.metrics()
@@ -49,7 +46,7 @@ def assert_same(sw: SimPySwarm, ref: A.AsyncSwarm, when) -> None:
 def compare(params, seed, cfg, checkpoints, damage_at=None, mask=None, n=N, state=None):
     """Run both engines with the same damage schedule; compare at each checkpoint."""
     x = seed_state(n, n) if state is None else state
-    ref = A.AsyncSwarm(x, params, seed, cfg)
+    ref = sim.events.AsyncSwarm(x, params, seed, cfg)
     sw = SimPySwarm(x, params, seed, cfg)
     if damage_at is not None:
         sw.schedule_damage(damage_at, mask)
@@ -72,7 +69,7 @@ def test_lockstep_equals_sync_bit_for_bit(blob, angle):
     params = Params.from_model(blob, angle)
     sw = SimPySwarm(seed_state(n, n), params, seed, mode="lockstep", step0=step0)
     grid = SyncGrid(seed_state(n, n), params, seed, step0)
-    lock = A.LockstepSwarm(seed_state(n, n), params, seed, step0)
+    lock = sim.lockstep.LockstepSwarm(seed_state(n, n), params, seed, step0)
     mask = hole(n)
     sw.schedule_damage(60, mask)
     for t in range(20, 121, 20):
@@ -101,21 +98,21 @@ def test_lockstep_post_rule_hand_built(post_rule_case):
 
 def test_lockstep_rejects_links_and_faults(blob_params):
     for bad in ({"latency": 0.1}, {"loss": 0.1}, {"mtbf": 10.0},
-                {"latency_kind": A.LAT_UNIFORM, "latency_high": 0.5}):
+                {"latency_kind": sim.rules.LAT_UNIFORM, "latency_high": 0.5}):
         with pytest.raises(ValueError):
-            SimPySwarm(seed_state(8, 8), blob_params, config=A.AsyncConfig(**bad), mode="lockstep")
+            SimPySwarm(seed_state(8, 8), blob_params, config=sim.rules.AsyncConfig(**bad), mode="lockstep")
 
 
 # ---------------------------------------------------------------- async == numba reference
 @pytest.mark.parametrize("lat", sorted(LATENCIES))
 def test_async_equals_reference(blob_params, lat):
-    compare(blob_params, 3, A.AsyncConfig(**LATENCIES[lat]), (13.7, 50.0, 110.0))
+    compare(blob_params, 3, sim.rules.AsyncConfig(**LATENCIES[lat]), (13.7, 50.0, 110.0))
 
 
 @pytest.mark.parametrize("lat", ["zero", "constant", "uniform", "exponential"])
 def test_async_everything_on_equals_reference(blob_params, lat):
     """Latency, loss 0.1, failures (mtbf 40, mttr 5) and a damage at t = 50, together."""
-    cfg = A.AsyncConfig(**LATENCIES[lat], **FAULTS)
+    cfg = sim.rules.AsyncConfig(**LATENCIES[lat], **FAULTS)
     sw, _ = compare(blob_params, 7, cfg, (25.0, 50.0, 50.5, 80.0, 120.0), damage_at=50.0,
                     mask=hole())
     m = sw.metrics()
@@ -128,7 +125,7 @@ def test_async_everything_on_equals_reference(blob_params, lat):
 
 def test_async_damage_by_callable_and_immediate(blob_params):
     """A callable mask evaluated at its time; damage() between runs (as the reference does)."""
-    cfg = A.AsyncConfig(**LATENCIES["uniform"], **FAULTS)
+    cfg = sim.rules.AsyncConfig(**LATENCIES["uniform"], **FAULTS)
 
     def living(sw):
         return sw.grid[..., 3] > 0.1
@@ -146,22 +143,22 @@ def test_async_damage_by_callable_and_immediate(blob_params):
 
 
 def test_async_periodic_clock_with_jitter_and_drift(blob_params):
-    cfg = A.AsyncConfig(clock=A.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.3, drift=0.2,
-                        latency_kind=A.LAT_UNIFORM, latency=0.05, latency_high=0.4, loss=0.05)
+    cfg = sim.rules.AsyncConfig(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.3, drift=0.2,
+                        latency_kind=sim.rules.LAT_UNIFORM, latency=0.05, latency_high=0.4, loss=0.05)
     sw, _ = compare(blob_params, 11, cfg, (30.0, 100.0))
     assert sw.metrics()["cell_updates"] > 10_000
 
 
 def test_async_periodic_clock_exact_period_and_integer_latency(blob_params):
     """Exactly representable periods and latencies: the configuration where ties are likeliest."""
-    cfg = A.AsyncConfig(clock=A.CLOCK_PERIODIC, mean_interval=1.0, latency=1.0, mtbf=30.0, mttr=2.0)
+    cfg = sim.rules.AsyncConfig(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, latency=1.0, mtbf=30.0, mttr=2.0)
     compare(blob_params, 12, cfg, (20.0, 64.0, 101.0), damage_at=40.0, mask=hole())
 
 
 def test_async_rotation_change_at_a_time(blob):
     p0, p90 = Params.from_model(blob), Params.from_model(blob, 90.0)
-    cfg = A.AsyncConfig(**LATENCIES["exponential"])
-    ref = A.AsyncSwarm(seed_state(N, N), p0, 2, cfg)
+    cfg = sim.rules.AsyncConfig(**LATENCIES["exponential"])
+    ref = sim.events.AsyncSwarm(seed_state(N, N), p0, 2, cfg)
     sw = SimPySwarm(seed_state(N, N), blob, 2, cfg)        # a Model is accepted too
     sw.schedule_params(30.0, p90)
     ref.run(30.0)
@@ -174,7 +171,7 @@ def test_async_rotation_change_at_a_time(blob):
 
 
 def test_async_split_runs_and_noop_runs(blob_params):
-    cfg = A.AsyncConfig(**LATENCIES["exponential"], **FAULTS)
+    cfg = sim.rules.AsyncConfig(**LATENCIES["exponential"], **FAULTS)
     a = SimPySwarm(seed_state(N, N), blob_params, 5, cfg)
     b = SimPySwarm(seed_state(N, N), blob_params, 5, cfg)
     a.run(17.3)
@@ -186,7 +183,7 @@ def test_async_split_runs_and_noop_runs(blob_params):
 
 
 def test_async_seeds_differ(blob_params):
-    cfg = A.AsyncConfig(**LATENCIES["constant"], loss=0.1)
+    cfg = sim.rules.AsyncConfig(**LATENCIES["constant"], loss=0.1)
     a = SimPySwarm(seed_state(N, N), blob_params, 1, cfg).run(40.0)
     b = SimPySwarm(seed_state(N, N), blob_params, 2, cfg).run(40.0)
     assert not np.array_equal(a, b)
@@ -204,10 +201,10 @@ def test_dormant_cells_sleep_without_events(blob_params):
 
 
 def test_inbox_staleness_metric(blob_params):
-    sw = SimPySwarm(seed_state(N, N), blob_params, 1, A.AsyncConfig(latency=0.5))
+    sw = SimPySwarm(seed_state(N, N), blob_params, 1, sim.rules.AsyncConfig(latency=0.5))
     sw.run(30.0)
     fast = SimPySwarm(seed_state(N, N), blob_params, 1,
-                      A.AsyncConfig(clock=A.CLOCK_PERIODIC, mean_interval=0.5))
+                      sim.rules.AsyncConfig(clock=sim.rules.CLOCK_PERIODIC, mean_interval=0.5))
     fast.run(30.0)
     assert 0.5 < sw.metrics()["mean_inbox_staleness"] < 30.0
     assert fast.metrics()["mean_inbox_staleness"] < sw.metrics()["mean_inbox_staleness"]
@@ -215,9 +212,9 @@ def test_inbox_staleness_metric(blob_params):
 
 # ---------------------------------------------------------------- snapshots, realtime
 def test_snapshots_every_k(blob_params):
-    cfg = A.AsyncConfig(**LATENCIES["constant"])
+    cfg = sim.rules.AsyncConfig(**LATENCIES["constant"])
     sw = SimPySwarm(seed_state(N, N), blob_params, 3, cfg)
-    ref = A.AsyncSwarm(seed_state(N, N), blob_params, 3, cfg)
+    ref = sim.events.AsyncSwarm(seed_state(N, N), blob_params, 3, cfg)
     snaps = sw.record(10.0)
     sw.run(35.0)
     assert [t for t, _ in snaps] == [0.0, 10.0, 20.0, 30.0]
@@ -232,7 +229,7 @@ def test_snapshots_every_k(blob_params):
 
 
 def test_realtime_factor(blob_params):
-    cfg = A.AsyncConfig(latency=0.2)
+    cfg = sim.rules.AsyncConfig(latency=0.2)
     sw = SimPySwarm(seed_state(12, 12), blob_params, 1, cfg, realtime_factor=0.01)
     t0 = time.perf_counter()
     sw.run(5.0)
@@ -241,7 +238,7 @@ def test_realtime_factor(blob_params):
     t0 = time.perf_counter()
     g = sw.run(8.0)
     assert 0.025 <= time.perf_counter() - t0 < 0.5
-    assert np.array_equal(g, A.AsyncSwarm(seed_state(12, 12), blob_params, 1, cfg).run(8.0))
+    assert np.array_equal(g, sim.events.AsyncSwarm(seed_state(12, 12), blob_params, 1, cfg).run(8.0))
 
 
 # ---------------------------------------------------------------- backends
@@ -262,10 +259,10 @@ class CountingBackend(CellBackend):
 
 
 def test_custom_backend_through_the_interface(blob_params):
-    cfg = A.AsyncConfig(**LATENCIES["uniform"], **FAULTS)
+    cfg = sim.rules.AsyncConfig(**LATENCIES["uniform"], **FAULTS)
     be = CountingBackend(FloatBackend(blob_params))
     sw = SimPySwarm(seed_state(16, 16), be, 6, cfg)
-    ref = A.AsyncSwarm(seed_state(16, 16), blob_params, 6, cfg)
+    ref = sim.events.AsyncSwarm(seed_state(16, 16), blob_params, 6, cfg)
     sw.run(60.0)
     ref.run(60.0)
     assert_same(sw, ref, 60.0)
@@ -295,7 +292,7 @@ def test_bad_arguments(blob_params):
     with pytest.raises(ValueError):
         SimPySwarm(seed_state(4, 4), blob_params, mode="sync")
     with pytest.raises(ValueError):
-        SimPySwarm(seed_state(4, 4), blob_params, config=A.AsyncConfig(loss=2.0))
+        SimPySwarm(seed_state(4, 4), blob_params, config=sim.rules.AsyncConfig(loss=2.0))
     sw = SimPySwarm(seed_state(4, 6), blob_params)
     with pytest.raises(ValueError):
         sw.damage(np.zeros((6, 4), bool))
@@ -306,13 +303,13 @@ def test_bad_arguments(blob_params):
 
 # ---------------------------------------------------------------- questionable in async_ref
 def test_reference_now_never_goes_back(blob_params):
-    ref = A.AsyncSwarm(seed_state(8, 8), blob_params, 1)
+    ref = sim.events.AsyncSwarm(seed_state(8, 8), blob_params, 1)
     ref.run(20.0)
     ref.run(5.0)
     assert ref.now == 20.0
 
 
 def test_reference_damage_checks_mask_shape(blob_params):
-    ref = A.AsyncSwarm(seed_state(4, 6), blob_params, 1)
+    ref = sim.events.AsyncSwarm(seed_state(4, 6), blob_params, 1)
     with pytest.raises(ValueError):
         ref.damage(np.ones((6, 4), bool))

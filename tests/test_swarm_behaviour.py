@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from sim import weights
-from sim.async_ref import AsyncConfig
-from sim.run import simulate
-from sim.targets import fit_target, load_target
+from sim.rules import AsyncConfig
+from sim.assemble import simulate
+from sim.pictures import fit_target, load_target
 
 MODEL = Path(__file__).resolve().parents[1] / "weights" / "lizard_regenerating.npz"
 SEEDS = (0, 1, 2)

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from sim import sweep as S
-from sim.async_ref import AsyncConfig
+from sim.rules import AsyncConfig
 from sim.fixture import blob_model
-from sim.run import simulate
-from sim.targets import load_target
+from sim.assemble import simulate
+from sim.pictures import load_target
 
 N, STEPS = 16, 20
 

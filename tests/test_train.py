@@ -1,4 +1,4 @@
-"""The trainer (sim/train_core.py, sim/train.py): exact gradients, the reference's
+"""The trainer (train/bptt.py, train/cli.py): exact gradients, the reference's
 forward semantics, that it learns, exact resume, and one-line CLI errors."""
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ import pytest
 
 from sim import model as M
 from sim import rng as R
-from sim import train_core as core
+from train import bptt as core
 from sim import weights
-from sim.reference import Params, run_sync
-from sim.train import TrainConfig, checkpoint_path, main, make_circle_masks, train
+from sim.spec import Params
+from sim.grid import run_sync
+from train.config import TrainConfig
+from train.checkpoint import checkpoint_path
+from train.cli import main
+from train.loop import make_circle_masks, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,7 +133,7 @@ def test_float32_gradients_match_float64():
 # ------------------------------------------------------------------ forward semantics
 
 def test_forward_equals_reference_run_sync(blob):
-    """Same fire masks (the counter generator's) -> the same states as sim.reference."""
+    """Same fire masks (the counter generator's) -> the same states as sim.grid."""
     B, H, W, N = 3, 32, 32, 40
     seeds = [5, 6, 7]
     x0 = M.seed_state(H, W, B)
@@ -262,7 +266,7 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, disc_png):
 
 
 def test_module_entry_point_reports_errors(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "sim.train", "--iterations", "-3",
+    r = subprocess.run([sys.executable, "-m", "train.cli", "--iterations", "-3",
                         "--out", str(tmp_path / "x.npz")], cwd=REPO, capture_output=True, text=True,
                        env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--iterations" in r.stderr

@@ -1,4 +1,4 @@
-"""Output-bias tuning of a fine-tuned model on its fixed-point swarm (codegen.tune)."""
+"""Output-bias tuning of a fine-tuned model on its fixed-point swarm (train.tune)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +9,11 @@ import pytest
 from codegen import formats as F
 from codegen import golden as G
 from codegen.quantize import QuantizeError, quantize
-from codegen.tune import META_KEY, cut_of, rollout_losses, tune_output_biases, with_output_biases
+from train.tune import META_KEY, cut_of, rollout_losses, tune_output_biases, with_output_biases
 from sim import weights
 from sim.model import seed_state
-from sim.targets import load_target
-from sim.train import main
+from sim.pictures import load_target
+from train.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 QAT = ROOT / "weights" / "lizard_regenerating_qat.npz"

@@ -32,7 +32,7 @@
 #define NCA_NEIGHBOURS 8
 #define NCA_ALPHA 3
 
-/* nca_cell_update results (sim.backends DORMANT / ZEROED / UPDATED) */
+/* nca_cell_update results (sim.cell_backends DORMANT / ZEROED / UPDATED) */
 #define NCA_DORMANT 0
 #define NCA_ZEROED 1
 #define NCA_UPDATED 2

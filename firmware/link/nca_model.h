@@ -4,8 +4,8 @@
  * board that takes genomes over the link instead reads the genome from its
  * active flash slot and the model's four shifts and error feedback from that slot's header, at run
  * time.  The format constants come from the generated nca_link_ids.h
- * (codegen/link.py, from codegen/formats.py); the genome type is the one
- * codegen/emit.py declares. */
+ * (boards/protocol.py, from codegen/formats.py); the genome type is
+ * core/nca_genome.h. */
 #ifndef NCA_MODEL_H
 #define NCA_MODEL_H
 
@@ -13,12 +13,7 @@
 
 #ifndef __ASSEMBLER__
 #include "nca_rom.h"
-
-typedef struct {
-    int8_t groups[NCA_GROUPS][NCA_GROUP_BYTES];
-    int16_t out_bias[16];
-    uint16_t out_mt[16];
-} nca_genome_t;
+#include "nca_genome.h"
 
 /* the active genome and its shifts (nca_link.c keeps them; genome NULL: none) */
 typedef struct {

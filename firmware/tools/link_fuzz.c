@@ -1,4 +1,4 @@
-/* link_fuzz.c - feed the cell link parser (core/nca_link.c, host port) random,
+/* link_fuzz.c - feed the cell link parser (link/nca_link.c, host port) random,
  * mutated and valid frames; built with -fsanitize=address,undefined so any
  * out-of-bounds access or undefined behaviour aborts the run.
  *

@@ -34,13 +34,13 @@ import numpy as np
 from sim.model import CHANNELS, PERCEPTION
 from sim.weights import Model
 
-from . import formats as F
-from .quantize import META_KEY, QModel, build_at, quantize, recorded_error_feedback, recorded_format
+from codegen import formats as F
+from codegen.quantize import META_KEY, QModel, build_at, quantize, recorded_error_feedback, recorded_format
 
 
 @dataclass
 class FakeQuant:
-    """The firmware's arithmetic at fixed shifts and state formats, for sim.train_core.forward."""
+    """The firmware's arithmetic at fixed shifts and state formats, for train.bptt.forward."""
     grad_shift: int
     hidden_shift: int
     hidden_fracs: tuple[int, ...]

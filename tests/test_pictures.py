@@ -1,4 +1,4 @@
-"""Targets (sim/targets.py): shipped emoji, user images, padding/fitting, display."""
+"""Targets (sim/pictures.py): shipped emoji, user images, padding/fitting, display."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sim import targets as T
+from sim import pictures as T
 from sim.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,7 +276,7 @@ def test_render_with_a_missing_font_is_a_user_error(tmp_path, capsys):
 
 def test_module_lists_targets():
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "sim.targets"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sim.pictures"], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert all(name in r.stdout for name in T.EMOJI)

@@ -1,4 +1,4 @@
-"""sim/async_ref.py: lockstep == sync reference; the event-driven swarm's determinism,
+"""sim/rules.py: lockstep == sync reference; the event-driven swarm's determinism,
 metrics, counter-based draws, message loss, damage and config validation."""
 from __future__ import annotations
 
@@ -7,24 +7,27 @@ import math
 import numpy as np
 import pytest
 
-from sim import async_ref as A
+import sim.events
+import sim.lockstep
+import sim.rules
 from sim.fixture import frozen_pattern_model
 from sim.model import NEIGHBOUR_OFFSETS, seed_state
-from sim.reference import Params, SyncGrid
+from sim.spec import Params
+from sim.grid import SyncGrid
 
 N = 24
 
 ALL_ON = dict(loss=0.2, mtbf=50.0, mttr=5.0)
 LATENCIES = {
-    "constant": dict(latency_kind=A.LAT_CONSTANT, latency=0.3),
-    "uniform": dict(latency_kind=A.LAT_UNIFORM, latency=0.1, latency_high=0.9),
-    "exponential": dict(latency_kind=A.LAT_EXPONENTIAL, latency=0.4),
+    "constant": dict(latency_kind=sim.rules.LAT_CONSTANT, latency=0.3),
+    "uniform": dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.1, latency_high=0.9),
+    "exponential": dict(latency_kind=sim.rules.LAT_EXPONENTIAL, latency=0.4),
 }
 
 
 def swarm(params, seed=1, n=N, state=None, **cfg):
     x = seed_state(n, n) if state is None else state
-    return A.AsyncSwarm(x, params, seed, A.AsyncConfig(**cfg))
+    return sim.events.AsyncSwarm(x, params, seed, sim.rules.AsyncConfig(**cfg))
 
 
 def in_flight(sw):
@@ -37,7 +40,7 @@ def in_flight(sw):
 def test_lockstep_equals_sync_bit_for_bit(blob, angle):
     params = Params.from_model(blob, angle)
     seed, step0 = 9, 5
-    lock = A.LockstepSwarm(seed_state(N, N), params, seed, step0)
+    lock = sim.lockstep.LockstepSwarm(seed_state(N, N), params, seed, step0)
     grid = SyncGrid(seed_state(N, N), params, seed, step0)
     damage = np.zeros((N, N), bool)
     damage[4:14, 6:18] = True
@@ -55,7 +58,7 @@ def test_lockstep_equals_sync_bit_for_bit(blob, angle):
 
 def test_lockstep_post_rule_hand_built(post_rule_case):
     x, params, expect = post_rule_case
-    lock = A.LockstepSwarm(x, Params.from_arrays(params), 0, 0, fire_rate=1.0)
+    lock = sim.lockstep.LockstepSwarm(x, Params.from_arrays(params), 0, 0, fire_rate=1.0)
     np.testing.assert_array_equal(lock.run(1), expect)
 
 
@@ -93,7 +96,7 @@ def test_async_split_run_equals_direct(blob_params):
 def test_async_growth_of_heap_and_pool_is_transparent(blob_params):
     """Latency 3 piles messages up past the initial heap/pool capacity: growing them mid-run
     (the engine stops, grows, resumes) gives the same result as 40 short runs."""
-    cfg = dict(latency_kind=A.LAT_CONSTANT, latency=3.0)
+    cfg = dict(latency_kind=sim.rules.LAT_CONSTANT, latency=3.0)
     a = swarm(blob_params, seed=2, n=12, **cfg)
     b = swarm(blob_params, seed=2, n=12, **cfg)
     cap = a.ht.shape[0]
@@ -156,44 +159,44 @@ def test_message_loss_fraction_in_swarm(blob_params):
 
 # ---------------------------------------------------------------- the draws
 def test_wake_interval_exponential_mean():
-    cfg = A.AsyncConfig().asarray()
+    cfg = sim.rules.AsyncConfig().asarray()
     n = 40_000
-    v = np.array([A.wake_interval(11, cfg, c % 400, c // 400) for c in range(n)])
+    v = np.array([sim.rules.wake_interval(11, cfg, c % 400, c // 400) for c in range(n)])
     assert v.min() > 0.0
     assert abs(v.mean() - 2.0) < 5 * 2.0 / math.sqrt(n)
     assert abs(np.median(v) - 2.0 * math.log(2.0)) < 0.05      # exponential, not just mean 2
     # a pure function of (seed, cell, k)
-    assert A.wake_interval(11, cfg, 3, 7) == A.wake_interval(11, cfg, 3, 7)
-    assert A.wake_interval(11, cfg, 3, 7) != A.wake_interval(12, cfg, 3, 7)
+    assert sim.rules.wake_interval(11, cfg, 3, 7) == sim.rules.wake_interval(11, cfg, 3, 7)
+    assert sim.rules.wake_interval(11, cfg, 3, 7) != sim.rules.wake_interval(12, cfg, 3, 7)
 
 
 def test_wake_interval_periodic():
-    cfg = A.AsyncConfig(clock=A.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.2, drift=0.1).validate()
+    cfg = sim.rules.AsyncConfig(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.2, drift=0.1).validate()
     arr = cfg.asarray()
     for c in range(50):
-        first = A.wake_interval(1, arr, c, 0)
-        later = np.array([A.wake_interval(1, arr, c, k) for k in range(1, 50)])
+        first = sim.rules.wake_interval(1, arr, c, 0)
+        later = np.array([sim.rules.wake_interval(1, arr, c, k) for k in range(1, 50)])
         assert 0.0 <= first < 1.1
         assert later.min() >= 0.9 - 0.2 - 1e-12 and later.max() <= 1.1 + 0.2 + 1e-12
         assert later.max() - later.min() <= 0.4 + 1e-12      # one drift per cell, jitter +-0.2
-    plain = A.AsyncConfig(clock=A.CLOCK_PERIODIC, mean_interval=1.5).asarray()
-    assert all(A.wake_interval(1, plain, 3, k) == 1.5 for k in range(1, 20))
+    plain = sim.rules.AsyncConfig(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.5).asarray()
+    assert all(sim.rules.wake_interval(1, plain, 3, k) == 1.5 for k in range(1, 20))
 
 
 def test_message_fate_loss_fraction_and_latency():
     n = 40_000
-    cfg = A.AsyncConfig(loss=0.2, latency_kind=A.LAT_UNIFORM, latency=0.1, latency_high=0.5).asarray()
-    fates = [A.message_fate(4, cfg, m % 100, m // 100) for m in range(n)]
+    cfg = sim.rules.AsyncConfig(loss=0.2, latency_kind=sim.rules.LAT_UNIFORM, latency=0.1, latency_high=0.5).asarray()
+    fates = [sim.rules.message_fate(4, cfg, m % 100, m // 100) for m in range(n)]
     lost = np.array([f[0] for f in fates])
     lat = np.array([f[1] for f in fates if not f[0]])
     assert abs(lost.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
     assert lat.min() >= 0.1 and lat.max() <= 0.5 and abs(lat.mean() - 0.3) < 0.01
-    none = A.AsyncConfig(loss=0.0, latency=0.25).asarray()
-    assert all(A.message_fate(4, none, 1, m) == (False, 0.25) for m in range(500))
-    every = A.AsyncConfig(loss=1.0).asarray()
-    assert all(A.message_fate(4, every, 1, m)[0] for m in range(500))
-    expo = A.AsyncConfig(latency_kind=A.LAT_EXPONENTIAL, latency=0.4).asarray()
-    e = np.array([A.message_fate(4, expo, m % 100, m // 100)[1] for m in range(n)])
+    none = sim.rules.AsyncConfig(loss=0.0, latency=0.25).asarray()
+    assert all(sim.rules.message_fate(4, none, 1, m) == (False, 0.25) for m in range(500))
+    every = sim.rules.AsyncConfig(loss=1.0).asarray()
+    assert all(sim.rules.message_fate(4, every, 1, m)[0] for m in range(500))
+    expo = sim.rules.AsyncConfig(latency_kind=sim.rules.LAT_EXPONENTIAL, latency=0.4).asarray()
+    e = np.array([sim.rules.message_fate(4, expo, m % 100, m // 100)[1] for m in range(n)])
     assert abs(e.mean() - 0.4) < 5 * 0.4 / math.sqrt(n)
 
 
@@ -256,35 +259,35 @@ def test_damage_is_deterministic(blob_params):
 # ---------------------------------------------------------------- validation
 @pytest.mark.parametrize("bad", [
     dict(latency=-0.1),
-    dict(latency_kind=A.LAT_UNIFORM, latency=0.0, latency_high=-1.0),
-    dict(latency_kind=A.LAT_UNIFORM, latency=0.5, latency_high=0.2),
+    dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.0, latency_high=-1.0),
+    dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.5, latency_high=0.2),
     dict(loss=1.5),
     dict(loss=-0.1),
     dict(mean_interval=0.0),
     dict(mean_interval=-2.0),
-    dict(clock=A.CLOCK_PERIODIC, mean_interval=1.0, jitter=1.0),
-    dict(clock=A.CLOCK_PERIODIC, mean_interval=1.0, jitter=-0.1),
-    dict(clock=A.CLOCK_PERIODIC, mean_interval=1.0, drift=1.0),
-    dict(clock=A.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.5, drift=0.5),
+    dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=1.0),
+    dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=-0.1),
+    dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, drift=1.0),
+    dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.5, drift=0.5),
     dict(mtbf=-1.0),
     dict(mttr=0.0),
 ])
 def test_config_validation(blob_params, bad):
     with pytest.raises(ValueError):
-        A.AsyncConfig(**bad).validate()
+        sim.rules.AsyncConfig(**bad).validate()
     with pytest.raises(ValueError):
-        A.AsyncSwarm(seed_state(4, 4), blob_params, 0, A.AsyncConfig(**bad))
+        sim.events.AsyncSwarm(seed_state(4, 4), blob_params, 0, sim.rules.AsyncConfig(**bad))
 
 
 def test_good_configs_validate():
     for ok in [dict(), dict(loss=1.0), dict(loss=0.0, latency=0.0),
-               dict(clock=A.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.44, drift=0.5),
-               dict(latency_kind=A.LAT_UNIFORM, latency=0.3, latency_high=0.3)]:
-        A.AsyncConfig(**ok).validate()
+               dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.44, drift=0.5),
+               dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.3, latency_high=0.3)]:
+        sim.rules.AsyncConfig(**ok).validate()
 
 
 def test_bad_state_shape_raises(blob_params):
     with pytest.raises(ValueError):
-        A.AsyncSwarm(np.zeros((4, 4, 15), np.float32), blob_params)
+        sim.events.AsyncSwarm(np.zeros((4, 4, 15), np.float32), blob_params)
     with pytest.raises(ValueError):
-        A.AsyncSwarm(np.zeros((2, 4, 4, 16), np.float32), blob_params)
+        sim.events.AsyncSwarm(np.zeros((2, 4, 4, 16), np.float32), blob_params)

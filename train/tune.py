@@ -1,6 +1,6 @@
 """Output-bias tuning of a fine-tuned fixed-point model against its own swarm.
 
-Quantisation-aware training (codegen.qat) sees the integer arithmetic through
+Quantisation-aware training (train.qat) sees the integer arithmetic through
 the straight-through estimator and rollouts of under 100 steps. What it leaves
 is where each channel's update settles in the long run: the 16 int16 output
 biases b2 move every update of a channel by a constant, and one step of b2 is
@@ -29,8 +29,9 @@ from sim.damage import Damage
 from sim.model import CHANNELS, seed_state
 from sim.weights import Model
 
-from . import formats as F
-from .quantize import QModel, QuantizeError, output_bias_fits, quantize, recorded_format
+from codegen import formats as F
+from codegen import golden as G
+from codegen.quantize import QModel, QuantizeError, output_bias_fits, quantize, recorded_format
 
 DEFAULT_SEEDS = tuple(range(1000, 1006))   # disjoint from the tests' and the README's seeds 0..4
 DEFAULT_CHECKPOINTS = (400, 500, 600)      # the pattern has grown by 400 (loss flat from there)
@@ -55,7 +56,6 @@ def rollout_losses(q: QModel, target: np.ndarray, seeds: Sequence[int] = DEFAULT
     pattern_limit: the caller only wants a pattern loss below it. Once the seeds done
     show that the mean cannot be, the rest are skipped and (a lower bound >= the
     limit, nan) is returned; the regrowth is only grown for a pattern below it."""
-    from . import golden as G  # numba; imported on use
     arrays = list(q.arrays())
     if b2 is not None:
         arrays[3] = np.asarray(b2, np.int16)

@@ -1,7 +1,5 @@
-"""sim/reference.py (numba synchronous grid) against a slow float64 numpy model, and its own contracts."""
+"""sim/grid.py (numba synchronous grid) against a slow float64 numpy model, and its own contracts."""
 from __future__ import annotations
-
-import math
 
 import numba as nb
 import numpy as np
@@ -10,52 +8,11 @@ import pytest
 from sim import rng
 from sim.cell import perceive
 from sim.model import gradient_kernels, seed_state
-from sim.reference import Params, SyncGrid, run_sync
+from sim.spec import Params, kernels64, maxpool64, perceive64, step64
+from sim.grid import SyncGrid, run_sync
 
 TOL = 1e-5          # max |a - b| / max(1, |b|), float32 engine vs float64 numpy, one step
 H = W = 32
-
-
-# ---------------------------------------------------------------- the slow float64 model
-def kernels64(angle_deg=0.0):
-    """Sobel-x/y (cross-correlation taps [dy+1, dx+1], /8) rotated by angle, float64."""
-    sx = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-    sy = sx.T
-    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    return c * sx - s * sy, s * sx + c * sy
-
-
-def perceive64(x, kx, ky):
-    """(H, W, 48): [state(16), grad_x(16), grad_y(16)], zero padding, explicit 3x3 taps."""
-    x = np.asarray(x, np.float64)
-    h, w, _ = x.shape
-    pad = np.pad(x, ((1, 1), (1, 1), (0, 0)))
-    gx = np.zeros_like(x)
-    gy = np.zeros_like(x)
-    for i in range(3):              # i = dy + 1
-        for j in range(3):          # j = dx + 1
-            nb_ = pad[i:i + h, j:j + w]          # value of cell (y + dy, x + dx)
-            gx += kx[i, j] * nb_
-            gy += ky[i, j] * nb_
-    return np.concatenate([x, gx, gy], axis=-1)
-
-
-def maxpool64(alpha):
-    h, w = alpha.shape
-    pad = np.pad(np.asarray(alpha, np.float64), 1, constant_values=-np.inf)
-    return np.max([pad[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
-
-
-def step64(x, params, kx, ky, fire):
-    """One synchronous step in float64. Returns (new state, tentative state)."""
-    w1, b1, w2, b2 = (np.asarray(params[k], np.float64) for k in ("w1", "b1", "w2", "b2"))
-    x = np.asarray(x, np.float64)
-    pre = maxpool64(x[..., 3]) > 0.1
-    hid = np.maximum(perceive64(x, kx, ky) @ w1 + b1, 0.0)
-    dx = hid @ w2 + b2
-    xt = x + dx * fire[..., None]
-    post = maxpool64(xt[..., 3]) > 0.1          # the updated alphas of ALL cells
-    return xt * (pre & post)[..., None], xt
 
 
 @nb.njit

@@ -21,11 +21,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
+import serial.tools.list_ports
+
+from codegen.quantize import quantized
+from sim import paths
 from sim.errors import ArgParser, UserError, cli_entry
+from sim.progress import Progress
+from sim.weights import load
 
-from . import link as L
+from . import protocol
+from .client import Board
+from .errors import BoardRefused, LinkError
 
 PROG = "nca-flash"
 
@@ -68,9 +75,8 @@ def upload_image(board: str, image: str, port: str | None, dry_run: bool = False
 
 def list_ports() -> list[str]:
     """One line per serial port pyserial finds (emulated boards are reached by URL instead)."""
-    from serial.tools import list_ports as lp
     return [f"{p.device}\t{p.description}" + (f"\t{p.hwid}" if p.hwid and p.hwid != "n/a" else "")
-            for p in sorted(lp.comports(), key=lambda p: p.device)]
+            for p in sorted(serial.tools.list_ports.comports(), key=lambda p: p.device)]
 
 
 def pulse_reset(ser, line: str) -> None:
@@ -85,30 +91,11 @@ def pulse_reset(ser, line: str) -> None:
         print(f"{PROG}: warning: cannot pulse {line.upper()} on this port ({e}); not reset", file=sys.stderr)
 
 
-class Bar:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, stream: IO[str], enabled: bool):
-        self.stream, self.enabled, self.t0 = stream, enabled, time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        w = 30
-        k = int(w * done / max(total, 1))
-        rate = done / max(time.perf_counter() - self.t0, 1e-9) / 1024
-        self.stream.write(f"\r[{'#' * k}{'.' * (w - k)}] {100 * done // max(total, 1):3d}% "
-                          f"{done:,}/{total:,} B {rate:6.1f} KiB/s")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def _parser() -> ArgParser:
     ap = ArgParser(prog=PROG, description="Flash a model's genome to a cell board over a serial port "
                    "(pyserial URL or device; socket:// reaches an emulated board).")
     ap.add_argument("--port", help="serial URL or device, e.g. socket://127.0.0.1:4321, /dev/ttyACM0, COM3")
-    ap.add_argument("--model", help="weights .npz (quantised here, as nca-codegen does)")
+    ap.add_argument("--model", help="weights .npz or a shipped model's name (quantised here, as nca-codegen does)")
     ap.add_argument("--baud", type=int, default=115200, help="baud rate (default: %(default)s)")
     ap.add_argument("--list", action="store_true", help="list serial ports and exit")
     ap.add_argument("--reset", choices=("none", "dtr", "rts"), default="none",
@@ -150,18 +137,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--model is required (a weights .npz)")
     if a.baud <= 0 or a.timeout <= 0 or a.retries < 0 or a.attempts < 1 or not a.connect_timeout >= 0:
         raise UserError("--baud and --timeout must be > 0, --retries and --connect-timeout >= 0 and --attempts >= 1")
-    from sim.weights import load
-
-    from .backends import quantized
-    from .board import Board, BoardRefused, LinkError
-    if not Path(a.model).is_file():
-        raise UserError(f"model {a.model} does not exist")
+    if not paths.model_path(a.model).is_file():
+        raise UserError(f"model {a.model} does not exist (a weights .npz or a shipped model's name)")
     try:
         model = load(a.model)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read model {a.model}: {e}") from None
-    image = L.image_of(quantized(model))
-    bar = Bar(sys.stderr, sys.stderr.isatty() if a.progress is None else a.progress)
+    image = protocol.image_of(quantized(model))
+    bar = Progress(len(image.genome), "B") if Progress.wanted(a.progress) else None
     last: Exception | None = None
     was_reset = False
     for attempt in range(a.attempts):
@@ -183,6 +166,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       f"(slot {'AB'[hello.active_slot or 0]}, generation {hello.generation}); --force flashes again")
                 return 0
             r = board.flash(image, progress=bar, resume=not a.no_resume, hello=hello)
+            if bar:
+                bar.close()
             print(f"{PROG}: flashed model 0x{r.model_hash:08x} to {a.port} ({hello.board}): slot "
                   f"{'AB'[r.slot]}, generation {r.generation}, CRC32 0x{r.crc:08x} verified, "
                   f"{len(image.genome):,} B in {r.seconds:.2f} s ({r.requests} requests, {r.retries} retries"

@@ -81,7 +81,7 @@ static uint8_t in_range(uint8_t v, uint8_t lo, uint8_t hi)
     return (uint8_t)((int16_t)v >= (int16_t)lo && (int16_t)v <= (int16_t)hi);
 }
 
-/* header layout (codegen/link.py HEADER_STRUCT) */
+/* header layout (boards/protocol.py HEADER_STRUCT) */
 #define H_MAGIC 0
 #define H_IVER 4
 #define H_FVER 5

@@ -15,28 +15,32 @@ from the toolchains and emulators themselves:
 - Cycles: AVR exact, simavr's cycle counter between GPIOR0 marks. Cortex-M0:
   instructions exact (QEMU -icount shift=6 with SysTick: 1.024 ticks per
   instruction) and cycles from QEMU's instruction trace of one update with the
-  Cortex-M0 timings (embedded_feasibility.md 4): QEMU has no cycle model.
+  Cortex-M0 timings (the ARM Cortex-M0 technical reference manual): QEMU has no cycle model.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sim.errors import UserError
+from sim.paths import FIRMWARE, cache_dir
 
 from . import emit
 from . import formats as F
 from .quantize import QModel
 
-APT_PACKAGES = "gcc-arm-none-eabi qemu-system-arm gcc-avr avr-libc simavr libsimavr-dev"
+APT_PACKAGES = " ".join(ln.strip() for ln in (FIRMWARE / "apt-packages.txt").read_text().splitlines()
+                        if ln.strip() and not ln.startswith("#"))
 APT_COMMAND = f"apt-get install -y --no-install-recommends {APT_PACKAGES}"
 TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     # target: (executable, Debian package)
@@ -50,7 +54,7 @@ RUN_TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     "avr": (),
 }
 SIMAVR_HEADER = Path("/usr/include/simavr/sim_avr.h")
-# Budgets of DESIGN.md / the issue, asserted by the tests and printed by --report.
+# The cell's budgets (docs/design.md), asserted by the tests and printed by --report.
 BUDGETS = {
     "cortex-m0": {"rom": 9000, "ram": 256, "cycles": 50000},
     "avr": {"ram": 256, "cycles": 120000},
@@ -361,18 +365,39 @@ def measure(b: Build) -> dict[str, Any]:
             "kernel": kernel}
 
 
-@dataclass
-class TargetReport:
-    target: str
-    rom_code: int
-    rom_weights: int
-    ram: int
-    stack: int
-    cycles: float
-    cycles_max: float
-    instructions: float = 0.0
-    notes: dict[str, Any] = field(default_factory=dict)
+# ---------------------------------------------------------------- builds of the link firmware
+def _sources_key() -> str:
+    h = hashlib.sha1()
+    for sub in ("core", "link", "ports/host", "ports/cortex-m0", "ports/avr", "tools"):
+        for f in sorted((FIRMWARE / sub).glob("*")):
+            if f.is_file() and f.suffix in (".c", ".h", ".S", ".ld"):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    h.update((FIRMWARE / "Makefile").read_bytes())
+    return h.hexdigest()[:12]
 
-    @property
-    def rom(self) -> int:
-        return self.rom_code + self.rom_weights
+
+ARTEFACTS = {"host": "libnca_link.so", "cortex-m0": "nca_link_m0.elf", "avr": "nca_link_avr.elf",
+             "fuzz": "nca_link_fuzz"}
+
+
+def link_firmware(target: str) -> Path:
+    """Build (once per source version, in the codegen cache) the link firmware of a target
+    and return its artefact: libnca_link.so (host), nca_link_m0.elf or nca_link_avr.elf."""
+    mk_target = "host" if target == "fuzz" else target
+    root = cache_dir() / f"link-{_sources_key()}" / mk_target
+    art = root / ARTEFACTS[target]
+    if art.exists():
+        return art
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{mk_target}.", dir=root.parent))
+    try:
+        make(FIRMWARE, mk_target, variables=("APP=link", f"BUILD={tmp}"))
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)     # built meanwhile by another process
+    return art

@@ -1,6 +1,6 @@
 /* nca_link.h - the cell link on the board side: frame parser, command dispatch
  * and the two genome slots (A/B).  Protocol: firmware/PROTOCOL.md; ids, codes
- * and limits: the generated nca_link_ids.h (codegen/link.py).
+ * and limits: the generated nca_link_ids.h (boards/protocol.py).
  *
  * Portable C99, no malloc: one receive buffer of NCA_LINK_RX_BUFFER bytes, one
  * reply buffer, one cell.  The port feeds every received byte to nca_link_rx()

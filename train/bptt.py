@@ -8,7 +8,7 @@ everything else (alive max-pool, index build, perception gather, update
 scatter, transposed stencil) is a numba kernel, parallel over batch*rows.
 See shared/research/bptt_feasibility.md for the measurements behind this.
 
-Model semantics are those of sim.reference (DESIGN.md "The model"):
+Model semantics are those of sim.grid (DESIGN.md "The model"):
     p[16k+c] = [x, Kx*x, Ky*x] (zero padding, cross-correlation)
     dx = relu(p @ W1 + b1) @ W2 + b2
     pre = maxpool3x3(alpha) > 0.1;  x' = x + dx * fire
@@ -38,12 +38,12 @@ from typing import Protocol
 import numba as nb
 import numpy as np
 
-from .jit import compiled_variant
-from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
+from sim.jit import compiled_variant
+from sim.model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
 
 
 class Rounding(Protocol):
-    """A fixed-point cell's dense layers (codegen.qat.FakeQuant): from perception rows
+    """A fixed-point cell's dense layers (train.qat.FakeQuant): from perception rows
     P (n, 49) it sets dx (n, 16) to the exact state change and rewrites P's inputs and
     h (n, 128) to the values the integer arithmetic used, for the backward pass. With
     error_feedback the states carry more bits than the cells see: perception and the
@@ -346,7 +346,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     (pre, keep) arrays of shape (N, B, H, W) to use instead of the alive rule
     (the gradient check holds them constant so finite differences cannot flip
     them). rounding: a fixed-point cell's arithmetic for the dense layers
-    (quantisation-aware training, codegen.qat.FakeQuant; x0 must then be on the
+    (quantisation-aware training, train.qat.FakeQuant; x0 must then be on the
     state grid, and stays on it); the backward pass treats its rounding as the
     identity (straight-through). noise: added to each float state change (with the
     bias; not with rounding, which has the real errors). x0 is not modified.

@@ -1,6 +1,6 @@
-"""Pluggable per-cell compute of the SimPy swarm (DESIGN.md: "The SimPy swarm can
-run every cell on the float model, on the fixed-point golden model, on the
-generated C itself, or on a board").
+"""Per-cell compute of the SimPy swarm: the swarm can run every cell on the float
+model (here), on the fixed-point golden model or the generated C (`codegen`), or
+on a board (`boards`); `sim.assemble` names them for the command line.
 
 The swarm owns the arrays and the messaging; a backend only computes one cell
 from what that cell knows, so every backend sees exactly the information a real
@@ -13,7 +13,7 @@ cell would have:
 Two operations, both on cell `c` only:
 
 - `update(c, state, inbox) -> int`: one asynchronous wake-up (the rules of
-  `async_ref.cell_wakeup`: alive rule on what the cell knows); updates
+  `sim.rules.cell_wakeup`: alive rule on what the cell knows); updates
   `state[c]` in place and returns DORMANT (0: nothing done, zero state and no
   known living neighbour), ZEROED (1: state set to zero) or UPDATED (2: the
   network ran).
@@ -21,8 +21,7 @@ Two operations, both on cell `c` only:
   with no alive rule (the post-update rule needs the neighbours' new alphas,
   which only the swarm's next phase delivers).
 
-New backends (fixed point, firmware over ctypes, a board over serial) subclass
-`CellBackend` and register a factory with `register_backend`.
+New backends subclass `CellBackend`; `sim.assemble.register_backend` gives one a name.
 """
 from __future__ import annotations
 
@@ -30,10 +29,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .async_ref import cell_wakeup, tentative
 from .cell import scratch
 from .errors import UserError
-from .reference import Params
+from .rules import cell_wakeup, tentative
+from .spec import Params
 from .weights import Model
 
 DORMANT, ZEROED, UPDATED = 0, 1, 2
@@ -64,7 +63,7 @@ class CellBackend:
 
 
 class FloatBackend(CellBackend):
-    """The float32 model through the shared numba kernel (`async_ref.cell_wakeup`),
+    """The float32 model through the shared numba kernel (`sim.rules.cell_wakeup`),
     which is what makes the swarm bit-identical to the numba references."""
 
     name = "float"
@@ -94,45 +93,13 @@ def as_params(model: ModelLike, angle: float | None = None) -> Params:
         return model if angle is None else model.rotated(angle)
     if isinstance(model, Model):
         return Params.from_model(model, 0.0 if angle is None else angle)
-    raise TypeError(f"expected a weights.Model or reference.Params, got {type(model).__name__}")
+    raise TypeError(f"expected a weights.Model or spec.Params, got {type(model).__name__}")
 
 
 BackendFactory = Callable[[ModelLike, float | None], CellBackend]
-_REGISTRY: dict[str, BackendFactory] = {
-    "float": lambda model, angle: FloatBackend(as_params(model, angle)),
-}
+"""Builds a backend for a model (Model or Params) at a rotation angle (None: its own)."""
 
 
-# Modules that register more backends when imported ("fixed", "firmware": codegen.backends);
-# imported on first need, so that asking for those names works without importing them first.
-_PLUGINS = ("codegen.backends",)
-
-
-def _load_plugins() -> None:
-    import importlib
-    for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make `make_backend(name, ...)` build backends with factory(model, angle)."""
-    _REGISTRY[name] = factory
-
-
-def backend_names() -> tuple[str, ...]:
-    _load_plugins()
-    return tuple(sorted(_REGISTRY))
-
-
-def make_backend(name: str, model: ModelLike, angle: float | None = None) -> CellBackend:
-    """Build the backend called `name` for a model (Model or Params) at a rotation angle."""
-    if name not in _REGISTRY:
-        _load_plugins()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise BackendError(f"unknown cell backend {name!r}; known: {', '.join(backend_names())}") from None
-    return factory(model, angle)
+def float_backend(model: ModelLike, angle: float | None = None) -> CellBackend:
+    """The float model's backend (a BackendFactory)."""
+    return FloatBackend(as_params(model, angle))

@@ -17,10 +17,13 @@ import pytest
 from conftest import other_model
 from test_firmware_host import adversarial_cells, golden_update
 
-from codegen import board as B
+import boards.client
+import boards.errors
+import boards.swarm
+import boards.transport
 from codegen import golden as G
-from codegen import link as L
-from codegen.backends import quantized
+from boards import protocol as L
+from codegen.quantize import quantized
 from sim.fixture import blob_model
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
@@ -39,7 +42,7 @@ def qb():
 
 @pytest.fixture
 def host():
-    return B.HostLink()
+    return boards.transport.HostLink()
 
 
 class RequestCounter:
@@ -55,7 +58,7 @@ class RequestCounter:
 
     def write(self, data: bytes) -> int:
         self._wbuf += data
-        for f in B._split_frames(self._wbuf):
+        for f in boards.transport._split_frames(self._wbuf):
             if len(f) > 1:
                 try:
                     self.sent[self.NAMES.get(L.decode_frame(f[:-1])[0], "?")] += 1
@@ -77,7 +80,7 @@ class RequestCounter:
         self.inner.close()
 
 
-def check_cells(board: B.Board, q, n: int = 60, seed: int = 0, angle=None) -> None:
+def check_cells(board: boards.client.Board, q, n: int = 60, seed: int = 0, angle=None) -> None:
     """n cells through CELL requests equal the golden model bit for bit."""
     xs, nbs = adversarial_cells(n, seed=seed)
     pick = np.r_[0:n, len(xs) - 20:len(xs)]
@@ -122,7 +125,7 @@ def test_frames_roundtrip_and_reject_damage():
 
 
 def test_flash_then_cells_equal_golden(host, qa):
-    b = B.Board(host)
+    b = boards.client.Board(host)
     h = b.hello()
     assert (h.board, h.active_slot, h.capacity, h.max_payload) == ("host", None, L.F.GENOME_BYTES, L.MAX_PAYLOAD)
     r = b.flash(L.image_of(qa))
@@ -135,7 +138,7 @@ def test_flash_then_cells_equal_golden(host, qa):
 
 
 def test_separate_commands_tentative_rgb_and_reset(host, qa):
-    b = B.Board(host)
+    b = boards.client.Board(host)
     b.flash(L.image_of(qa))
     xs, nbs = adversarial_cells(40, seed=3)
     gc, go = golden_update(qa, xs, nbs)
@@ -159,16 +162,16 @@ def test_separate_commands_tentative_rgb_and_reset(host, qa):
     assert b.hello().model_hash == qa.model_hash
 
 
-def status_of(b: B.Board, name: str, body: bytes = b"") -> int:
+def status_of(b: boards.client.Board, name: str, body: bytes = b"") -> int:
     return b.request(name, body)[0]
 
 
 def test_every_error_is_a_reply_with_a_code(host, qa):
-    b = B.Board(host)
+    b = boards.client.Board(host)
     E = L.ERR
     step = struct.pack("<BBBhh", 0, 1, 0, 0, 0)
     assert status_of(b, "STEP", step) == E["ERR_NO_GENOME"]
-    with pytest.raises(B.BoardRefused, match="ERR_NO_GENOME"):
+    with pytest.raises(boards.errors.BoardRefused, match="ERR_NO_GENOME"):
         b.step()
     assert status_of(b, "HELLO", b"x") == E["ERR_LENGTH"]
     assert status_of(b, "STATE_SET", bytes(15)) == E["ERR_LENGTH"]
@@ -210,7 +213,7 @@ def test_every_error_is_a_reply_with_a_code(host, qa):
 
 
 def test_a_repeated_request_is_answered_not_run_twice(host, qa):
-    b = B.Board(host)
+    b = boards.client.Board(host)
     b.flash(L.image_of(qa))
     xs, nbs = adversarial_cells(5, seed=9)
     b.set_state(xs[0])
@@ -224,7 +227,7 @@ def test_a_repeated_request_is_answered_not_run_twice(host, qa):
 
 
 def test_bad_crc_genome_is_never_activated(host, qa, qb):
-    b = B.Board(host)
+    b = boards.client.Board(host)
     b.flash(L.image_of(qa))
     good = L.image_of(qb)
     bad = L.Image(good.genome[:1000] + bytes([good.genome[1000] ^ 1]) + good.genome[1001:], good.shifts,
@@ -241,21 +244,21 @@ def test_bad_crc_genome_is_never_activated(host, qa, qb):
     assert b.request("FLASH_ACTIVATE")[0] == L.ERR["ERR_NOT_VERIFIED"]
     assert b.hello().model_hash == qa.model_hash
     host.power_cycle()
-    b = B.Board(host)
+    b = boards.client.Board(host)
     assert b.hello().model_hash == qa.model_hash
     check_cells(b, qa, 20, seed=4)
     # a genome whose output shifts are out of range verifies its CRC but is refused
     g = bytearray(good.genome)
     g[L.F.GROUPS * L.F.GROUP_BYTES + 32] &= 0xE0                 # T = 0
     zero_t = L.Image(bytes(g), good.shifts, good.model_hash)
-    with pytest.raises(B.BoardRefused, match="FLASH_VERIFY refused: ERR_FORMAT"):
+    with pytest.raises(boards.errors.BoardRefused, match="FLASH_VERIFY refused: ERR_FORMAT"):
         b.flash(zero_t)
     assert b.hello().model_hash == qa.model_hash
     # ... and so is one whose output multiplier M is 2^15 or more (acc*M would overflow int32)
     g = bytearray(good.genome)
     g[L.F.GROUPS * L.F.GROUP_BYTES + 32 + 2 * 5 + 1] |= 0x80
     big_m = L.Image(bytes(g), good.shifts, good.model_hash)
-    with pytest.raises(B.BoardRefused, match="ERR_FORMAT"):
+    with pytest.raises(boards.errors.BoardRefused, match="ERR_FORMAT"):
         b.flash(big_m)
     assert b.hello().model_hash == qa.model_hash
 
@@ -264,31 +267,31 @@ def test_flash_cut_at_every_chunk_boundary_keeps_the_previous_genome(host, qa, q
     """Cut after k chunks, for every k: by closing the link (the board keeps its session
     and the next flash resumes there) or by restarting the board (RAM lost)."""
     img_a, img_b = L.image_of(qa), L.image_of(qb)
-    B.Board(host).flash(img_a)
+    boards.client.Board(host).flash(img_a)
     n = len(img_b.chunks())
     xs, nbs = adversarial_cells(3, seed=5)
     gc, go = golden_update(qa, xs, nbs)
     for k in range(n + 1):
         for restart in (False, True):
-            b = B.Board(host)
+            b = boards.client.Board(host)
             b.flash(img_b, stop_after=k, resume=False)
             b.close()
             if restart:
                 host.power_cycle()
-            b = B.Board(host)
+            b = boards.client.Board(host)
             h = b.hello()
             assert h.model_hash == qa.model_hash, (k, restart)
             c, s = b.cell(xs[k % 3], nbs[k % 3])
             assert c == gc[k % 3] and np.array_equal(s, go[k % 3])
-    b = B.Board(host)
+    b = boards.client.Board(host)
     b.flash(img_b, stop_after=7, resume=False)
-    b = B.Board(host)
+    b = boards.client.Board(host)
     r = b.flash(img_b)                      # the link was closed, the board kept its session
     assert r.resumed_from == 7 * L.CHUNK and r.model_hash == qb.model_hash
     check_cells(b, qb, 20, seed=6)
     # and an activation cut short (a torn header write) leaves the previous genome too
     host.power_cycle()
-    b = B.Board(host)
+    b = boards.client.Board(host)
     assert b.hello().model_hash == qb.model_hash
     active = b.hello().active_slot
     b.flash(img_a, stop_after=len(img_a.chunks()))
@@ -298,28 +301,28 @@ def test_flash_cut_at_every_chunk_boundary_keeps_the_previous_genome(host, qa, q
     for i in range(16):                     # the first half of the header reached the flash
         slot[L.SLOT_HEADER_OFFSET + i] &= header[i]
     host.power_cycle()
-    assert B.Board(host).hello().model_hash == qb.model_hash
+    assert boards.client.Board(host).hello().model_hash == qb.model_hash
 
 
 def test_corrupt_active_slot_falls_back_to_the_previous_genome(host, qa, qb):
-    B.Board(host).flash(L.image_of(qa))
-    b = B.Board(host)
+    boards.client.Board(host).flash(L.image_of(qa))
+    b = boards.client.Board(host)
     b.flash(L.image_of(qb))
     h = b.hello()
     assert h.model_hash == qb.model_hash and h.generation == 2
     host.flash(h.active_slot)[4000] ^= 0x55          # a flipped byte in the active genome
     host.power_cycle()
-    h2 = B.Board(host).hello()
+    h2 = boards.client.Board(host).hello()
     assert h2.model_hash == qa.model_hash and h2.active_slot == 1 - h.active_slot
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_flash_completes_through_a_faulty_link(qa, qb, seed):
-    host = B.HostLink()
-    B.Board(host).flash(L.image_of(qa))
-    ft = B.FaultyTransport(host, seed=seed, corrupt=0.06, truncate=0.06, duplicate=0.06, reorder=0.06,
+    host = boards.transport.HostLink()
+    boards.client.Board(host).flash(L.image_of(qa))
+    ft = boards.transport.FaultyTransport(host, seed=seed, corrupt=0.06, truncate=0.06, duplicate=0.06, reorder=0.06,
                            drop=0.06)
-    b = B.Board(ft, retries=30)
+    b = boards.client.Board(ft, retries=30)
     r = b.flash(L.image_of(qb))
     assert r.model_hash == qb.model_hash and r.retries > 0
     assert all(v > 0 for v in ft.faults.values()), ft.faults
@@ -327,14 +330,14 @@ def test_flash_completes_through_a_faulty_link(qa, qb, seed):
 
 
 def test_a_dead_link_fails_cleanly_and_keeps_the_genome(qa, qb):
-    host = B.HostLink()
-    B.Board(host).flash(L.image_of(qa))
-    b = B.Board(B.FaultyTransport(host, seed=1, drop=0.5), retries=2)
-    with pytest.raises(B.LinkError, match=r"no reply from .* after 3 tries") as e:
+    host = boards.transport.HostLink()
+    boards.client.Board(host).flash(L.image_of(qa))
+    b = boards.client.Board(boards.transport.FaultyTransport(host, seed=1, drop=0.5), retries=2)
+    with pytest.raises(boards.errors.LinkError, match=r"no reply from .* after 3 tries") as e:
         for _ in range(20):
             b.flash(L.image_of(qb))
-    assert not isinstance(e.value, B.BoardRefused)          # a lost link is worth another try
-    assert B.Board(host).hello().model_hash == qa.model_hash
+    assert not isinstance(e.value, boards.errors.BoardRefused)          # a lost link is worth another try
+    assert boards.client.Board(host).hello().model_hash == qa.model_hash
 
 
 class Unplugged:
@@ -346,54 +349,54 @@ class Unplugged:
 
 
 def test_a_port_that_fails_is_a_link_error_not_a_traceback(host):
-    with pytest.raises(B.LinkError, match="lost the link to Unplugged: write failed") as e:
-        B.Board(Unplugged())
-    assert not isinstance(e.value, B.BoardRefused)
-    b = B.Board(host)
+    with pytest.raises(boards.errors.LinkError, match="lost the link to Unplugged: write failed") as e:
+        boards.client.Board(Unplugged())
+    assert not isinstance(e.value, boards.errors.BoardRefused)
+    b = boards.client.Board(host)
     b.ser = Unplugged()
-    with pytest.raises(B.LinkError, match="lost the link to HostLink during HELLO") as e:
+    with pytest.raises(boards.errors.LinkError, match="lost the link to HostLink during HELLO") as e:
         b.hello()
-    assert not isinstance(e.value, B.BoardRefused)
+    assert not isinstance(e.value, boards.errors.BoardRefused)
 
 
 def test_what_the_board_refuses_is_board_refused(host, qa, qb):
     """Every answer that the same request would get again raises BoardRefused."""
-    b = B.Board(host)
+    b = boards.client.Board(host)
     img_a, img_b = L.image_of(qa), L.image_of(qb)
     b.flash(img_a)
     h = b.hello()
-    with pytest.raises(B.BoardRefused, match=r"the board holds genomes of 100 B, this one has \d+ B"):
+    with pytest.raises(boards.errors.BoardRefused, match=r"the board holds genomes of 100 B, this one has \d+ B"):
         b.flash(img_b, hello=dataclasses.replace(h, capacity=100))
-    with pytest.raises(B.BoardRefused, match=f"the board runs fixed-point format {h.format_version + 1}, "):
+    with pytest.raises(boards.errors.BoardRefused, match=f"the board runs fixed-point format {h.format_version + 1}, "):
         b.flash(img_b, hello=dataclasses.replace(h, format_version=h.format_version + 1))
     hdr = bytearray(img_b.header())
     hdr[4] = 99                                                  # image version: FLASH_BEGIN says ERR_FORMAT
-    with pytest.raises(B.BoardRefused, match="FLASH_BEGIN refused by the board at HostLink: ERR_FORMAT"):
+    with pytest.raises(boards.errors.BoardRefused, match="FLASH_BEGIN refused by the board at HostLink: ERR_FORMAT"):
         b.call("FLASH_BEGIN", bytes(hdr) + bytes(5))
     # every chunk written, then a bit flipped in the slot: the resumed flash fails its verify
     b.flash(img_b, stop_after=len(img_b.chunks()))
     host.flash(1 - h.active_slot)[1234] ^= 0x10
-    with pytest.raises(B.BoardRefused, match=r"verify failed: .* not activated"):
+    with pytest.raises(boards.errors.BoardRefused, match=r"verify failed: .* not activated"):
         b.flash(img_b)
     assert b.hello().model_hash == qa.model_hash
 
 
 def test_a_flash_asks_hello_once(qa, qb):
     """Board.flash asks HELLO itself only when the caller did not pass the reply it has."""
-    link = RequestCounter(B.HostLink())
-    b = B.Board(link)
+    link = RequestCounter(boards.transport.HostLink())
+    b = boards.client.Board(link)
     b.flash(L.image_of(qa))
     assert link.sent["HELLO"] == 1 and link.sent["FLASH_ACTIVATE"] == 1
     h = b.hello()
     r = b.flash(L.image_of(qb), hello=h)
     assert link.sent["HELLO"] == 2 and link.sent["FLASH_BEGIN"] == 2 and r.model_hash == qb.model_hash
-    B.ensure_model(b, L.image_of(qa))              # HELLO says "not this model", then the flash
+    boards.swarm.ensure_model(b, L.image_of(qa))              # HELLO says "not this model", then the flash
     assert link.sent["HELLO"] == 3 and link.sent["FLASH_ACTIVATE"] == 3
     assert b.hello().model_hash == qa.model_hash
 
 
 def run_fuzz(count: int, seed: int) -> str:
-    exe = B.link_firmware("fuzz")
+    exe = boards.transport.link_firmware("fuzz")
     r = subprocess.run([str(exe), str(count), str(seed)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr

@@ -3,7 +3,7 @@
 A target is a float32 (H, W, 4) RGBA array in [0, 1] with RGB premultiplied by
 alpha, because that is what the CA's channels 0..3 hold and what the loss
 compares them with. The emoji are rendered once from Noto Color Emoji (the
-font the paper's PNGs come from) by `python -m sim.targets --render` and
+font the paper's PNGs come from) by `python -m sim.pictures --render` and
 shipped, so nothing is fetched at run time (see weights/targets/ATTRIBUTION.md).
 """
 from __future__ import annotations
@@ -12,9 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import paths
 from .errors import UserError, cli_entry
 
 TARGET_SIZE = 40       # the notebook's TARGET_SIZE
@@ -35,7 +37,8 @@ EMOJI: dict[str, str] = {
 }
 TARGET_NAMES: tuple[str, ...] = tuple(EMOJI)
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "weights" / "targets"
+TARGETS_DIR = paths.TARGETS
+DEFAULT_TARGET = "lizard"
 NOTO_EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 _NOTO_BITMAP_SIZE = 109   # CBDT strike: the only size at which FreeType loads the font
 _NOTO_PNG_SIZE = 128      # noto-emoji's png/128 files, which the notebook downloads
@@ -157,7 +160,7 @@ def load_target(name_or_path: str | Path, size: int = TARGET_SIZE) -> np.ndarray
         path = TARGETS_DIR / f"{name}.png"
         if not path.is_file():
             raise TargetError(f"shipped target '{name}' is missing ({path}); re-create it with "
-                              f"'python -m sim.targets --render'")
+                              f"'python -m sim.pictures --render'")
     else:
         path = Path(key)
         if not path.exists() and path.suffix == "" and "/" not in key and "\\" not in key:
@@ -222,10 +225,22 @@ def to_rgba8(state_or_rgba: np.ndarray) -> np.ndarray:
     return np.round(out * 255.0).astype(np.uint8)
 
 
+def load_target_for(model: Any, name: str | None) -> tuple[np.ndarray, str]:
+    """The target picture a run measures against: `name` (a --target), else the recorded
+    target of `model` (a weights.Model), else lizard; returns (RGBA array, the name used)."""
+    target_name = name or model.meta.get("target") or DEFAULT_TARGET
+    try:
+        return load_target(target_name), str(target_name)
+    except TargetError as e:
+        if name is None and model.meta.get("target"):
+            raise TargetError(f"{e} (the model's recorded target; choose another with --target)") from None
+        raise
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     """Render (maintainers) or list the shipped emoji targets."""
     ap = argparse.ArgumentParser(
-        prog="python -m sim.targets",
+        prog="python -m sim.pictures",
         description="Shipped emoji targets. --render re-creates weights/targets/*.png from "
                     "Noto Color Emoji (Debian: fonts-noto-color-emoji).")
     ap.add_argument("--render", action="store_true", help="render all targets to --out")
@@ -251,7 +266,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-_main.prog = "python -m sim.targets"  # type: ignore[attr-defined]
+_main.prog = "python -m sim.pictures"  # type: ignore[attr-defined]
 main = cli_entry(_main)
 
 if __name__ == "__main__":

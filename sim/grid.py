@@ -1,9 +1,8 @@
-"""numba references: the synchronous grid (the paper's semantics) and the
-lockstep tick of a grid of message-passing cells, which must equal it.
+"""The paper's synchronous grid in numba (`SyncGrid`, `run_sync`): every cell
+steps at once. `sim.spec.step64` is the readable float64 statement of the same
+step; `sim.lockstep` reaches the same result with message-passing cells.
 
-The event-driven asynchronous reference lives in `sim.async_ref`.
-
-Synchronous step (DESIGN.md "The model"), per batch element b with seed s_b:
+Synchronous step (docs/design.md, "The model"), per batch element b with seed s_b:
   pre  = maxpool3x3(alpha) > 0.1
   fire = u(s_b, FIRE, y*W+x, step) < fire_rate
   x'   = x + dx  where fired, else x
@@ -15,51 +14,17 @@ is set to zero without computing; this equals the dense path bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
 import numba as nb
 import numpy as np
 
 from . import rng
 from .cell import alive_value, cell_delta
 from .jit import compiled_variant
-from .model import ALPHA, CHANNELS, FIRE_RATE, PARAM_SHAPES, PERCEPTION, gradient_kernels
-from .weights import Model
+from .model import ALPHA, CHANNELS, FIRE_RATE, PERCEPTION
+from .spec import Params
 
 
-@dataclass(frozen=True)
-class Params:
-    """Model arrays plus the (rotated) gradient kernels, as the kernels take them."""
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
-    kxy: np.ndarray
-    # the model's metadata, for consumers that need more than the arrays (the
-    # quantiser reads the shifts a quantisation-aware fine-tuning trained at)
-    meta: dict | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def from_model(cls, model: Model, angle_deg: float = 0.0) -> "Params":
-        p = cls.from_arrays(model.params, angle_deg)
-        return replace(p, meta=model.meta)
-
-    @classmethod
-    def from_arrays(cls, params: dict[str, np.ndarray], angle_deg: float = 0.0) -> "Params":
-        arrays = {k: np.ascontiguousarray(params[k], np.float32) for k in PARAM_SHAPES}
-        for k, shape in PARAM_SHAPES.items():
-            if arrays[k].shape != shape:   # the cell kernels read raw memory of these shapes
-                raise ValueError(f"parameter {k} has shape {arrays[k].shape}, expected {shape}")
-        return cls(arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"], gradient_kernels(angle_deg))
-
-    def rotated(self, angle_deg: float) -> "Params":
-        return Params(self.w1, self.b1, self.w2, self.b2, gradient_kernels(angle_deg), self.meta)
-
-    def astuple(self) -> tuple[np.ndarray, ...]:
-        return self.w1, self.b1, self.w2, self.b2, self.kxy
-
-
-# The dilation passes are written out in each kernel (here and in train_core): a
+# The dilation passes are written out in each kernel (here and in train.bptt): a
 # shared njit helper taking the arrays made them ~15x slower (per-call reference counting).
 def _alive_masks(x, pre, active, skip_dead, tmp):
     """pre-alive mask; `active` = cells within one cell of a pre-alive cell.

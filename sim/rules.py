@@ -1,0 +1,245 @@
+"""The rules every asynchronous engine shares, one copy (docs/design.md,
+"Asynchronous semantics"): the clock, link and fault settings, the counter-based
+draws of wake-ups, message fates and failures, the neighbour table, and what a
+cell does when it wakes. The numba event loop (`sim.events`), the lockstep swarm
+(`sim.lockstep`) and the SimPy swarm (`sim.swarm`) call these functions, so they
+match bit for bit:
+- A cell keeps its state and the last state received from each of its 8
+  neighbours (its inbox). At start the inbox holds the neighbours' initial
+  states (a boot-time exchange); restart and damage clear it.
+- At a wake-up: pre = own alpha or any known neighbour alpha > 0.1. A cell whose
+  state is all zero and that is not pre-alive is dormant: no work, no message.
+  Otherwise: if pre, x' = x + dx (perception from own state and inbox) and
+  post = own new alpha or any known neighbour alpha > 0.1; the new state is x'
+  if pre and post, else zero. It is stored and sent to the 8 neighbours.
+- Message m of sender c (m = 8 * send_round + slot) is lost with probability
+  `loss` (draw LOSS, c, m); otherwise it arrives after a latency (draw LATENCY,
+  c, m). A latency <= 0 delivers at once. A later arrival overwrites the slot.
+- Wake-up k of cell c happens after an interval drawn with (WAKE, c, k):
+  exponential(mean) or a jittered period with a per-cell drift (INIT draws).
+- Failures (if mtbf > 0): failure j of a cell after exponential(mtbf) (FAIL, c,
+  j) of running; it stops computing, sending and receiving; restart after
+  exponential(mttr) (REPAIR, c, j) with state and inbox zero.
+- Events at equal times run in the order they were scheduled. run(until=T)
+  runs the events with time < T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from . import rng
+from .cell import alive_value, cell_delta
+from .model import ALPHA, CHANNELS, NEIGHBOUR_OFFSETS
+
+EV_WAKE, EV_MSG, EV_FAIL, EV_RESTART = 0, 1, 2, 3
+CLOCK_EXPONENTIAL, CLOCK_PERIODIC = 0, 1
+LAT_CONSTANT, LAT_UNIFORM, LAT_EXPONENTIAL = 0, 1, 2
+CLOCKS = {"exp": CLOCK_EXPONENTIAL, "periodic": CLOCK_PERIODIC}          # names on the command line
+LATENCY_KINDS = {"const": LAT_CONSTANT, "uniform": LAT_UNIFORM, "exp": LAT_EXPONENTIAL}
+
+# stats slots
+ST_WAKEUPS, ST_UPDATES, ST_DORMANT, ST_SENT, ST_LOST, ST_DELIVERED, ST_DROPPED, \
+    ST_FAILURES, ST_RESTARTS, ST_STALENESS_SUM = range(10)
+STAT_NAMES = ("wakeups", "cell_updates", "dormant_wakeups", "messages_sent", "messages_lost",
+              "messages_delivered", "messages_dropped", "failures", "restarts")
+
+_OFFS = np.array(NEIGHBOUR_OFFSETS, np.int64)
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """Clock, link and fault settings of an asynchronous run."""
+    clock: int = CLOCK_EXPONENTIAL
+    mean_interval: float = 2.0       # exponential clock mean; periodic clock period
+    jitter: float = 0.0              # periodic: +- uniform jitter per interval
+    drift: float = 0.0               # periodic: per-cell rate offset, uniform in +-drift
+    latency_kind: int = LAT_CONSTANT
+    latency: float = 0.0             # constant value; uniform low; exponential mean
+    latency_high: float = 0.0        # uniform high
+    loss: float = 0.0                # message loss probability
+    mtbf: float = 0.0                # mean running time between failures (0: none)
+    mttr: float = 1.0                # mean time to repair
+
+    def validate(self) -> "AsyncConfig":
+        if not self.mean_interval > 0:
+            raise ValueError("mean wake-up interval must be > 0")
+        if self.clock == CLOCK_PERIODIC and not (0 <= self.jitter and 0 <= self.drift < 1
+                                                 and self.jitter < self.mean_interval * (1 - self.drift)):
+            raise ValueError("periodic clock needs 0 <= drift < 1 and 0 <= jitter < period*(1-drift)")
+        if not 0.0 <= self.loss <= 1.0:
+            raise ValueError("message loss must be within [0, 1]")
+        if self.latency < 0 or self.latency_high < 0:
+            raise ValueError("latency must be >= 0")
+        if self.latency_kind == LAT_UNIFORM and self.latency_high < self.latency:
+            raise ValueError("uniform latency needs low <= high")
+        if self.mtbf < 0 or self.mttr <= 0:
+            raise ValueError("mtbf must be >= 0 and mttr > 0")
+        return self
+
+    def asarray(self) -> np.ndarray:
+        return np.array([self.clock, self.mean_interval, self.jitter, self.drift, self.latency_kind,
+                         self.latency, self.latency_high, self.loss, self.mtbf, self.mttr], np.float64)
+
+
+# ---------------------------------------------------------------- draws shared with SimPy
+@nb.njit(cache=True)
+def wake_interval(seed, cfg, c, k):
+    """Interval before wake-up k of cell c (k = 0 is the first, from t = 0 or a restart)."""
+    if int(cfg[0]) == CLOCK_EXPONENTIAL:
+        return rng.exponential(seed, rng.WAKE, c, k, cfg[1])
+    period = cfg[1] * (1.0 + cfg[3] * (2.0 * rng.uniform(seed, rng.INIT, c, 1) - 1.0))
+    if k == 0:
+        return rng.uniform(seed, rng.INIT, c, 0) * period
+    return period + cfg[2] * (2.0 * rng.uniform(seed, rng.WAKE, c, k) - 1.0)
+
+
+@nb.njit(cache=True)
+def message_fate(seed, cfg, c, m):
+    """(lost, latency) of message m of sender c."""
+    if cfg[7] > 0.0 and rng.uniform(seed, rng.LOSS, c, m) < cfg[7]:
+        return True, 0.0
+    kind = int(cfg[4])
+    if kind == LAT_CONSTANT:
+        return False, cfg[5]
+    if kind == LAT_UNIFORM:
+        return False, cfg[5] + (cfg[6] - cfg[5]) * rng.uniform(seed, rng.LATENCY, c, m)
+    return False, rng.exponential(seed, rng.LATENCY, c, m, cfg[5])
+
+
+@nb.njit(cache=True)
+def time_to_failure(seed, cfg, c, j):
+    return rng.exponential(seed, rng.FAIL, c, j, cfg[8])
+
+
+@nb.njit(cache=True)
+def time_to_repair(seed, cfg, c, j):
+    return rng.exponential(seed, rng.REPAIR, c, j, cfg[9])
+
+
+@nb.njit(cache=True)
+def neighbour_table(height, width):
+    """(N, 8) neighbour cell index per slot (-1 outside) and the slot at which
+    that neighbour stores this cell."""
+    n = height * width
+    nbr = np.full((n, 8), -1, np.int64)
+    back = np.full((n, 8), -1, np.int64)
+    for y in range(height):
+        for x in range(width):
+            c = y * width + x
+            for s in range(8):
+                yy = y + _OFFS[s, 0]
+                xx = x + _OFFS[s, 1]
+                if 0 <= yy < height and 0 <= xx < width:
+                    nbr[c, s] = yy * width + xx
+                    back[c, s] = 7 - s      # offsets are symmetric: slot of (-dy,-dx)
+    return nbr, back
+
+
+@nb.njit(cache=True, inline="always")
+def alive_known(own_alpha, c, box):
+    """The alive rule on what cell c knows: its own alpha or one of the 8 it
+    received in box[c] (a missing neighbour's slot is zero)."""
+    m = alive_value(own_alpha)
+    for s in range(8):
+        if alive_value(box[c, s, ALPHA]):
+            m = True
+    return m
+
+
+@nb.njit(cache=True, inline="always")
+def gather(c, state, inbox, nbhd):
+    """The 3x3 neighbourhood cell c perceives: its state at the centre, its inbox
+    slots (model.NEIGHBOUR_OFFSETS order) around it."""
+    for s in range(8):
+        i = _OFFS[s, 0] + 1
+        j = _OFFS[s, 1] + 1
+        for ch in range(CHANNELS):
+            nbhd[i, j, ch] = inbox[c, s, ch]
+    for ch in range(CHANNELS):
+        nbhd[1, 1, ch] = state[c, ch]
+
+
+@nb.njit(cache=True)
+def cell_wakeup(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx):
+    """One wake-up of cell c on what it knows. Returns 0 dormant, 1 zeroed, 2 updated."""
+    if not alive_known(state[c, ALPHA], c, inbox):
+        zero = True
+        for ch in range(CHANNELS):
+            if state[c, ch] != 0.0:
+                zero = False
+        if zero:
+            return 0
+        for ch in range(CHANNELS):
+            state[c, ch] = 0.0
+        return 1
+    gather(c, state, inbox, nbhd)
+    cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
+    if alive_known(state[c, ALPHA] + dx[ALPHA], c, inbox):
+        for ch in range(CHANNELS):
+            state[c, ch] = state[c, ch] + dx[ch]
+    else:
+        for ch in range(CHANNELS):
+            state[c, ch] = 0.0
+    return 2
+
+
+@nb.njit(cache=True)
+def tentative(c, state, inbox, w1, b1, w2, b2, kxy, nbhd, p, dx, out):
+    """out[c] = state[c] + dx of the network on what c knows (a fired lockstep cell)."""
+    gather(c, state, inbox, nbhd)
+    cell_delta(nbhd, kxy, w1, b1, w2, b2, p, dx)
+    for ch in range(CHANNELS):
+        out[c, ch] = state[c, ch] + dx[ch]
+
+
+@nb.njit(cache=True)
+def keep_or_zero(c, state, tent, tinbox, pre):
+    """Lockstep phase C: c keeps its tentative state iff it was alive before (pre[c])
+    and is after (its own and its neighbours' tentative alphas), else it is zeroed."""
+    if pre[c] and alive_known(tent[c, ALPHA], c, tinbox):
+        for ch in range(CHANNELS):
+            state[c, ch] = tent[c, ch]
+    else:
+        for ch in range(CHANNELS):
+            state[c, ch] = 0.0
+
+
+@nb.njit(cache=True)
+def catch_up(seed, cfg, c, t, wake_k, sleep_t, stats):
+    """Draw the wake-ups a sleeping cell skipped (each would have been dormant)
+    and return the first wake-up time after t. Sleeping only saves events: the
+    cell's sequence of wake-up draws is the one it would have had awake."""
+    tw = sleep_t[c]
+    while True:
+        k = wake_k[c]
+        wake_k[c] = k + 1
+        tw += wake_interval(seed, cfg, c, k)
+        if tw > t:
+            return tw
+        stats[ST_WAKEUPS] += 1
+        stats[ST_DORMANT] += 1
+
+@nb.njit(cache=True)
+def fill_inbox(state, nbr, back, inbox):
+    """Every cell learns its neighbours' current states (the boot-time exchange)."""
+    n = state.shape[0]
+    for c in range(n):
+        for s in range(8):
+            d = nbr[c, s]
+            if d >= 0:
+                for ch in range(CHANNELS):
+                    inbox[d, back[c, s], ch] = state[c, ch]
+            else:
+                for ch in range(CHANNELS):
+                    inbox[c, s, ch] = 0.0
+
+
+def mask_cells(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Flat cell indices of a (H, W) boolean mask; any other shape is an error."""
+    m = np.asarray(mask, bool)
+    if m.shape != (height, width):
+        raise ValueError(f"damage mask has shape {m.shape}, the grid is {(height, width)}")
+    return np.flatnonzero(m.ravel())

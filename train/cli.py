@@ -1,0 +1,179 @@
+"""nca-train: train a Growing-NCA model for a target picture with the paper's recipe.
+
+    nca-train --target lizard --kind regenerating --iterations 8000
+    nca-train --target my.png --kind persistent --out my.npz
+    nca-train --init M.npz --state-noise 1 --out M_noise.npz   # then, for the firmware:
+    nca-train --init M_noise.npz --qat [--error-feedback] --out M_qat.npz
+    nca-train --tune-biases --init M_qat.npz --out M_qat.npz
+
+The loop is train.loop; this module parses, checks (one-line errors, exit 2) and
+turns SIGTERM into a checkpoint and a clean stop.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from codegen.quantize import QuantizeError
+from sim import paths
+from sim.errors import ArgParser, UserError, cli_entry
+from sim.pictures import EMOJI, load_target, pad_target
+from sim.weights import load as load_model
+from sim.weights import save as save_model
+
+from .checkpoint import target_digest
+from .config import DAMAGE_N, KINDS, TrainConfig
+from .loop import train
+from .tune import tune_output_biases
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before hours of training, not after: the output folder must take a file."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as {out / 'model.npz'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+
+
+def _parser() -> ArgParser:
+    ap = ArgParser(prog="nca-train", description=(
+        "Train a Growing-NCA model for a target picture with the paper's recipe "
+        "(growing, persistent or regenerating). Writes OUT (.npz), OUT's folder/curves/"
+        "<name>_loss.png and <name>_pool.png, and a checkpoint OUT.ckpt.npz while running."))
+    ap.add_argument("--target", default="lizard", help="shipped target name (lizard, smiley, ...) "
+                    "or an image path (default: %(default)s)")
+    ap.add_argument("--kind", choices=KINDS, default="regenerating", help="experiment (default: %(default)s)")
+    ap.add_argument("--iterations", type=int, default=8000, help="total iterations (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=8, help="batch size (default: %(default)s)")
+    ap.add_argument("--pool", type=int, default=1024, help="pool size (default: %(default)s)")
+    ap.add_argument("--pad", type=int, default=16, help="target padding per side (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    ap.add_argument("--rotate-train", action="store_true",
+                    help="random perception rotation angle per batch (our extension)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: %(default)s)")
+    ap.add_argument("--lr-drop-at", type=int, default=2000,
+                    help="iteration at which lr drops to --lr-after (default: %(default)s)")
+    ap.add_argument("--lr-after", type=float, default=2e-4, help="(default: %(default)s)")
+    ap.add_argument("--min-steps", type=int, default=64, help="shortest rollout (default: %(default)s)")
+    ap.add_argument("--max-steps", type=int, default=95, help="longest rollout (default: %(default)s)")
+    ap.add_argument("--damage-n", type=int, default=DAMAGE_N,
+                    help="regenerating: samples damaged per batch (default: %(default)s)")
+    ap.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
+    ap.add_argument("--qat", action="store_true",
+                    help="quantisation-aware fine-tuning of the --init model: the forward runs the "
+                         "firmware's integer arithmetic (int8 weights, gradient inputs, hidden units and "
+                         "state), the gradients pass its rounding straight through, so that nca-codegen's "
+                         "fixed-point cell keeps the pattern")
+    ap.add_argument("--distill", type=float, default=0.0, metavar="W",
+                    help="with --qat: also pull the integer rollout's 16 channels towards the --init "
+                         "model's float rollout from the same states (weight W, e.g. 0.1; default: off)")
+    ap.add_argument("--state-noise", type=float, default=0.0, metavar="W",
+                    help="float fine-tuning of the --init model with uniform noise W steps of its "
+                         "fixed-point state format wide added to every state change (e.g. 1.0: the "
+                         "rounding's size), so that the pattern survives the firmware's rounding; a "
+                         "start for --qat, which keeps the formats it records (default: off)")
+    ap.add_argument("--error-feedback", action="store_true",
+                    help="with --qat: train the fixed-point cell that keeps 8 more bits of its own "
+                         "state (int16; its neighbours and its network see the int8 state), so that "
+                         "updates below half a state step are not lost (recorded in the model)")
+    ap.add_argument("--tune-biases", action="store_true",
+                    help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
+                         "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
+                         "regrowth after a cut kept (train.tune); writes the tuned model to --out")
+    ap.add_argument("--tune-sweeps", type=int, default=4, metavar="N",
+                    help="with --tune-biases: at most N sweeps over the 16 channels (default: %(default)s)")
+    ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
+                         "--damage-n and --distill may differ (a new stage, recorded in the model's metadata)")
+    ap.add_argument("--checkpoint-every", type=int, default=100,
+                    help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
+    ap.add_argument("--keep-checkpoint", action="store_true",
+                    help="keep OUT.ckpt.npz after the model is saved (to extend the run later)")
+    return ap
+
+
+def _tune_biases(args: Any) -> int:
+    """nca-train --tune-biases: train.tune on the --init model, written to --out."""
+    if not args.init:
+        raise UserError("--tune-biases needs --init MODEL (a model fine-tuned with --qat)")
+    if args.qat or args.resume or args.distill or args.state_noise:
+        raise UserError("--tune-biases does not train: drop --qat, --distill, --state-noise and --resume")
+    if args.tune_sweeps < 1:
+        raise UserError(f"--tune-sweeps must be >= 1, got {args.tune_sweeps}")
+    out = Path(args.out) if args.out else _default_out(args.target, args.kind)
+    _check_writable(out)
+    model = load_model(args.init)
+    target = load_target(args.target)       # 40 x 40: the swarm's grid
+    trained = model.meta.get("training", {})
+    if "target_digest" in trained and "pad" in trained:
+        if target_digest(pad_target(target, int(trained["pad"]))) != trained["target_digest"]:
+            raise UserError(f"--init {args.init} was trained for another picture than --target "
+                            f"{args.target}; give the target it was trained for")
+    t0 = time.time()
+    try:
+        tuned, entry = tune_output_biases(model, target, sweeps=args.tune_sweeps,
+                                          log=lambda s: print(s, flush=True))
+    except QuantizeError as e:
+        raise UserError(f"--init {args.init}: {e}") from None
+    save_model(out, tuned)
+    print(f"saved {out}: pattern loss {entry['loss_before']:.3e} -> {entry['loss_after']:.3e}, regrowth "
+          f"{entry['regrow_before']:.3e} -> {entry['regrow_after']:.3e} ({entry['sweeps']} sweeps, "
+          f"{time.time() - t0:.0f} s; changes {entry['b2_changes']})", flush=True)
+    return 0
+
+
+def _default_out(target: str, kind: str) -> Path:
+    """<name>_<kind>.npz in weights/ (a checkout) or here (an installed package): the
+    emoji's name, or the picture file's stem."""
+    name = next((n for n, ch in EMOJI.items() if target.replace("\ufe0f", "") in (n, ch)), None)
+    name = name or Path(target).stem
+    return paths.output_folder() / f"{name}_{kind}.npz"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """nca-train entry point."""
+    args = _parser().parse_args(argv)
+    if args.tune_biases:
+        return _tune_biases(args)
+    cfg = TrainConfig(target=args.target, kind=args.kind, iterations=args.iterations,
+                      batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
+                      rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
+                      lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
+                      damage_n=args.damage_n, init=args.init, qat=args.qat,
+                      distill=args.distill, state_noise=args.state_noise,
+                      error_feedback=args.error_feedback)
+    cfg.validate()
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    out = Path(args.out) if args.out else _default_out(args.target, args.kind)
+    _check_writable(out)
+    load_target(cfg.target)    # a bad target fails now, with its own one-line message
+    stopping = {"flag": False}
+
+    def on_term(signum, frame):   # SIGTERM: checkpoint and stop like Ctrl-C
+        stopping["flag"] = True
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        train(cfg, out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+              keep_checkpoint=args.keep_checkpoint, stop=lambda: stopping["flag"])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    return 0
+
+
+_main.prog = "nca-train"  # type: ignore[attr-defined]
+main = cli_entry(_main)
+
+if __name__ == "__main__":
+    sys.exit(main())
