@@ -12,7 +12,6 @@ centre; batches repeat it. Each figure is the median of 5 timed repetitions.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -20,29 +19,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim import async_ref, fixture, model as M, reference, rng, weights  # noqa: E402
-from sim.pictures import load_target
+from sim import events, fixture, rng, rules, spec, weights  # noqa: E402
+from sim.grid import SyncGrid, run_sync  # noqa: E402
+from sim import model as M  # noqa: E402
+from sim.pictures import load_target  # noqa: E402
 
 CASES = [("40x40 B1", 40, 1), ("72x72 B8", 72, 8), ("256x256 B1", 256, 1)]
 
 
-def grown_pattern(model_path: Path | None) -> tuple[np.ndarray, reference.Params, str]:
+def grown_pattern(model_path: Path | None) -> tuple[np.ndarray, spec.Params, str]:
     if model_path is not None and model_path.is_file():
         m = weights.load(model_path)
-        params = reference.Params.from_model(m)
-        x = reference.run_sync(M.seed_state(40, 40), params, 300, seed=0)
+        params = spec.Params.from_model(m)
+        x = run_sync(M.seed_state(40, 40), params, 300, seed=0)
         return x, params, f"{model_path.name} grown 300 steps"
     target = load_target("lizard")
     alive = target[..., 3] > 0.1
     r = np.random.default_rng(0)
     x = r.uniform(-1, 1, (40, 40, M.CHANNELS)).astype(np.float32) * alive[..., None]
     x[..., :4] = target
-    params = reference.Params.from_model(fixture.frozen_pattern_model())
+    params = spec.Params.from_model(fixture.frozen_pattern_model())
     return x, params, "lizard silhouette, fixture model with frozen alpha"
 
 
@@ -70,7 +70,7 @@ def timed(fn, seconds: float) -> float:
 
 
 # ------------------------------------------------------------------ plain numpy (BLAS) baseline
-def numpy_step(x: np.ndarray, p: reference.Params, step: int) -> np.ndarray:
+def numpy_step(x: np.ndarray, p: spec.Params, step: int) -> np.ndarray:
     B, H, W, C = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     gx = np.zeros_like(x)
@@ -134,7 +134,7 @@ def _scatter(x, out, active, rows, dx, n):
             flat_o[rows[k], c] += dx[k, c]
 
 
-def gathered_blas_stepper(grid: reference.SyncGrid):
+def gathered_blas_stepper(grid: SyncGrid):
     """The synchronous step with the dense layers as BLAS GEMMs on the gathered
     active-and-fired cells (the alternative to the per-cell kernel)."""
     w1, b1, w2, b2, kxy = grid.params.astuple()
@@ -155,7 +155,7 @@ def gathered_blas_stepper(grid: reference.SyncGrid):
     return step
 
 
-def torch_stepper(x0: np.ndarray, p: reference.Params):
+def torch_stepper(x0: np.ndarray, p: spec.Params):
     try:
         import torch
     except ImportError:
@@ -196,13 +196,13 @@ def main(argv=None) -> int:
           f"{'vs gather':>11}{'vs numpy':>10}{'vs torch':>10}")
     for name, size, batch in CASES:
         x0 = place(pattern, size, batch)
-        grid = reference.SyncGrid(x0, params, np.arange(batch))
+        grid = SyncGrid(x0, params, np.arange(batch))
 
         def ours():
             grid.x[:] = x0
             grid.run(10)
         t_ours = timed(ours, args.seconds) / 10
-        g2 = reference.SyncGrid(x0, params, np.arange(batch))
+        g2 = SyncGrid(x0, params, np.arange(batch))
         gstep = gathered_blas_stepper(g2)
 
         def gathered():
@@ -223,19 +223,19 @@ def main(argv=None) -> int:
     print("(steps/s; 'vs X' = how many times faster the numba sync reference is than X)")
 
     print("\nasynchronous reference, 40x40, mean wake-up interval 2 (cell updates/s: updates that ran the network)")
-    for label, cfg in [("latency 0", async_ref.AsyncConfig()),
-                       ("latency 0.1", async_ref.AsyncConfig(latency=0.1)),
-                       ("latency exp 0.2, loss 0.1", async_ref.AsyncConfig(
-                           latency_kind=async_ref.LAT_EXPONENTIAL, latency=0.2, loss=0.1))]:
-        sw = async_ref.AsyncSwarm(pattern, params, seed=1, config=cfg)
+    for label, cfg in [("latency 0", rules.AsyncConfig()),
+                       ("latency 0.1", rules.AsyncConfig(latency=0.1)),
+                       ("latency exp 0.2, loss 0.1", rules.AsyncConfig(
+                           latency_kind=rules.LAT_EXPONENTIAL, latency=0.2, loss=0.1))]:
+        sw = events.AsyncSwarm(pattern, params, seed=1, config=cfg)
         sw.run(2.0)
-        u0, t0 = sw.stats[async_ref.ST_UPDATES], time.perf_counter()
+        u0, t0 = sw.stats[rules.ST_UPDATES], time.perf_counter()
         until = 2.0
         while time.perf_counter() - t0 < args.seconds:
             until += 50.0
             sw.run(until)
         dt = time.perf_counter() - t0
-        ups = (sw.stats[async_ref.ST_UPDATES] - u0) / dt
+        ups = (sw.stats[rules.ST_UPDATES] - u0) / dt
         print(f"  {label:<28}{ups / 1e6:8.2f} M cell updates/s  ({(until - 2.0) / dt:8.0f} time units/s)")
     return 0
 

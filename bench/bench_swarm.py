@@ -25,24 +25,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 from bench_reference import grown_pattern  # noqa: E402
 
-from sim import async_ref as A  # noqa: E402
-from sim.model import seed_state
-from sim.swarm import SimPySwarm
+from sim import rules  # noqa: E402
+from sim.events import AsyncSwarm  # noqa: E402
+from sim.model import seed_state  # noqa: E402
+from sim.swarm import SimPySwarm  # noqa: E402
 
 CONFIGS = {
-    "zero": ("latency 0", A.AsyncConfig()),
-    "0.1": ("latency 0.1", A.AsyncConfig(latency=0.1)),
-    "exp": ("latency exp 0.2, loss 0.1", A.AsyncConfig(latency_kind=A.LAT_EXPONENTIAL,
+    "zero": ("latency 0", rules.AsyncConfig()),
+    "0.1": ("latency 0.1", rules.AsyncConfig(latency=0.1)),
+    "exp": ("latency exp 0.2, loss 0.1", rules.AsyncConfig(latency_kind=rules.LAT_EXPONENTIAL,
                                                        latency=0.2, loss=0.1)),
 }
 
 
 def timed_run(sw, until: float) -> tuple[float, int]:
     """(wall seconds, cell updates) of sw.run(until) from its start."""
-    u0 = int(sw.stats[A.ST_UPDATES])
+    u0 = int(sw.stats[rules.ST_UPDATES])
     t0 = time.perf_counter()
     sw.run(until)
-    return time.perf_counter() - t0, int(sw.stats[A.ST_UPDATES]) - u0
+    return time.perf_counter() - t0, int(sw.stats[rules.ST_UPDATES]) - u0
 
 
 def main(argv=None) -> int:
@@ -54,15 +55,15 @@ def main(argv=None) -> int:
     pattern, params, what = grown_pattern(args.model)
     print(f"pattern: {what}; {int((pattern[..., 3] > 0.1).sum())} alive cells of 1600; "
           f"mean wake-up interval 2; {args.until:g} time units per run")
-    for cfg in (A.AsyncConfig(), A.AsyncConfig(latency=0.1)):      # load numba caches
+    for cfg in (rules.AsyncConfig(), rules.AsyncConfig(latency=0.1)):      # load numba caches
         SimPySwarm(seed_state(8, 8), params, 0, cfg).run(4.0)
-        A.AsyncSwarm(seed_state(8, 8), params, 0, cfg).run(4.0)
+        AsyncSwarm(seed_state(8, 8), params, 0, cfg).run(4.0)
     print(f"{'config':<28}{'SimPy':>16}{'numba async':>18}{'ratio':>8}{'SimPy wall':>12}"
           f"{'ref wall':>10}  identical")
     for key in args.configs.split(","):
         label, cfg = CONFIGS[key]
         sw = SimPySwarm(pattern, params, 1, cfg)
-        ref = A.AsyncSwarm(pattern, params, 1, cfg)
+        ref = AsyncSwarm(pattern, params, 1, cfg)
         t_sw, u_sw = timed_run(sw, args.until)
         t_ref, u_ref = timed_run(ref, args.until)
         same = np.array_equal(sw.grid, ref.grid) and u_sw == u_ref

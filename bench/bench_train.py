@@ -24,13 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from sim import fixture, model as M, reference, train_core as core, weights  # noqa: E402
-from sim.pictures import load_target, pad_target
-from train.loop import make_circle_masks
+from sim import fixture, grid, spec, weights  # noqa: E402
+from sim import model as M  # noqa: E402
+from sim.pictures import load_target, pad_target  # noqa: E402
+from train import bptt as core  # noqa: E402
+from train.loop import make_circle_masks  # noqa: E402
 
 H = W = 72
 B = 8
@@ -42,9 +43,9 @@ def pool_batch(model_path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarra
     seed = M.seed_state(H, W)
     if model_path is not None and model_path.is_file():
         m = weights.load(model_path)
-        p = reference.Params.from_model(m)
+        p = spec.Params.from_model(m)
         ages = [0, 40, 60, 80, 120, 200, 300, 300]
-        x = np.stack([reference.run_sync(seed, p, a, seed=i) for i, a in enumerate(ages)])
+        x = np.stack([grid.run_sync(seed, p, a, seed=i) for i, a in enumerate(ages)])
         x[-2:] *= (~make_circle_masks(g, 2, H, W))[..., None]
         return x, m.params, f"{model_path.name}: seeds grown {ages} steps, 2 cut by circles"
     t = pad_target(load_target("lizard"), (H - 40) // 2)

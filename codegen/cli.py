@@ -1,6 +1,8 @@
-"""nca-codegen: quantise a model and emit the fixed-point C firmware of one cell.
+"""nca-codegen: quantise a model and emit the fixed-point C firmware of one cell,
+or build the board firmware that takes its genome over the cell link.
 
     nca-codegen --model M.npz --target host|cortex-m0|avr|arduino --out DIR [--build] [--report]
+    nca-codegen --app link --target host|cortex-m0|avr --out DIR [--report]
 
 DIR receives the generated model (generated/nca_model.h, .c), a copy of the
 hand-written core and of the target's port, and a Makefile (`make` builds it);
@@ -11,14 +13,20 @@ quantisation's choices and errors; --dequantized writes the int8 weights back
 as a float .npz (sim.weights) to run them through the float engines. Bad input (an unreadable or unquantisable
 model, an unknown target, a missing toolchain, an output folder that cannot be
 written) is one line on stderr and exit status 2.
+
+--app link builds the link firmware (firmware/PROTOCOL.md) into DIR/build/TARGET:
+no model is compiled in; `nca-flash` then sends a genome over the serial port.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from sim.errors import ArgParser, UserError, cli_entry
 from sim.weights import load, save
@@ -27,12 +35,17 @@ from . import emit, formats, toolchain
 from .quantize import quantize
 
 PROG = "nca-codegen"
+APPS = ("harness", "link")
 
 
 def _parser() -> ArgParser:
     ap = ArgParser(prog=PROG, description="Quantise a model and emit the fixed-point C firmware of one "
                    "cell (host, cortex-m0, avr, arduino).")
-    ap.add_argument("--model", required=True, help="weights .npz (sim.weights format)")
+    ap.add_argument("--app", choices=APPS, default="harness",
+                    help="harness: the cell with the model compiled in, behind the test harness; link: the "
+                         "board firmware that takes genomes over the cell link (no --model) "
+                         "(default: %(default)s)")
+    ap.add_argument("--model", help="weights .npz or a shipped model's name (harness only)")
     ap.add_argument("--target", required=True, choices=emit.TARGETS, help="what to generate for")
     ap.add_argument("--out", required=True, help="output folder (created if missing)")
     ap.add_argument("--build", action="store_true", help="build after generating (make)")
@@ -67,8 +80,6 @@ def _row(cells: Sequence[str]) -> str:
 
 def report_lines(target: str, b: toolchain.Build) -> list[str]:
     """The per-target table: ROM (weights, code), RAM, stack, cycles (measured)."""
-    import numpy as np
-
     head = _row(("target", "ROM code", "ROM wts", "ROM total", "RAM", "stack", "cycles", "budget"))
     if target in ("cortex-m0", "avr"):
         m = toolchain.measure(b)
@@ -107,8 +118,31 @@ def report_lines(target: str, b: toolchain.Build) -> list[str]:
     return [f"arduino: sketch folder {b.root / 'nca_cell'} (core compiled for the ATmega328P as a check)"]
 
 
+def _link_app(a: argparse.Namespace) -> int:
+    """--app link: build the link firmware of the target into --out."""
+    if a.model or a.dequantized or a.per_tensor:
+        raise UserError("--app link compiles no model in (genomes arrive over the link with nca-flash): "
+                        "drop --model, --dequantized and --per-tensor")
+    if a.target not in toolchain.LINK_TARGETS:
+        raise UserError(f"--app link is built for {', '.join(toolchain.LINK_TARGETS)}, not {a.target}")
+    out = check_output_folder(a.out)
+    toolchain.check_toolchain(a.target)
+    art = toolchain.build_link(a.target, out / "build" / a.target)
+    print(f"{PROG}: built the {a.target} link firmware: {art}")
+    if a.report and a.target != "host":
+        z = toolchain.link_sizes(art, a.target)
+        print(f"{a.target} link firmware: ROM {z['rom']:,} B (code, constants and initialised data), "
+              f"static RAM {z['ram']:,} B (.data + .bss; the stack comes on top)")
+    return 0
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.app == "link":
+        return _link_app(a)
+    if not a.model:
+        raise UserError("--model is required (a weights .npz or a shipped model's name; "
+                        "--app link needs none)")
     model = load(a.model)
     out = check_output_folder(a.out)
     if a.build or a.report:

@@ -1,8 +1,9 @@
 """Emit the generated C of a quantised model and lay out a buildable firmware folder.
 
 Generated (never edited by hand): nca_model.h (the format constants of
-codegen/formats.py and the model's, the genome's type) and nca_model.c (the
-genome: weights and biases as one const table, in program memory on AVR).
+codegen/formats.py and the model's, and the genome's declaration; its type is
+firmware/core/nca_genome.h) and nca_model.c (the genome: weights and biases as
+one const table, in program memory on AVR).
 `write_project` copies the hand-written core and the chosen port next to them,
 with firmware/Makefile, so the folder builds on its own.
 """

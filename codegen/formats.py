@@ -6,7 +6,7 @@ emitter (codegen/emit.py: the generated nca_model.h takes its constants from
 `header_constants`) and the tests import it. The C core
 (firmware/core/nca_cell.c) implements exactly this arithmetic.
 
-Why these formats (measured, see README "Fixed point" and nca_reference.md 4.2):
+Why these formats (measured; the fine-tunings made for them: docs/fixed-point.md):
 - State: int8, Q0.7 for RGBA (value q/128, range -1 .. 0.992) and, per model,
   one of Q3.4, Q2.5, Q1.6 for each of the 12 hidden channels (q/16 .. q/64; range
   +-8 .. +-2), chosen by the quantiser (the least squared rounding + clipping error

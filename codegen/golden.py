@@ -188,7 +188,7 @@ def _alive_grid(x, out, ef=0):
             out[y, xx] = m
 
 
-@nb.njit(cache=True, nogil=True)   # tune.rollout_losses runs seeds in threads
+@nb.njit(cache=True, nogil=True)   # train.tune.rollout_losses runs seeds in threads
 def sync_step(x, seed, step, fire_rate, w1, b1, w2, b2, mult, tsh, consts, rot):
     """One synchronous step of an (H, W, 16) grid of own states (int8, or int16 with
     error feedback; sim.grid.SyncGrid's semantics: pre-alive, fire mask

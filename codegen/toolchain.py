@@ -54,7 +54,7 @@ RUN_TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     "avr": (),
 }
 SIMAVR_HEADER = Path("/usr/include/simavr/sim_avr.h")
-# The cell's budgets (docs/design.md), asserted by the tests and printed by --report.
+# The cell's budgets (docs/design.md, "The fixed-point contract"), asserted by the tests and printed by --report.
 BUDGETS = {
     "cortex-m0": {"rom": 9000, "ram": 256, "cycles": 50000},
     "avr": {"ram": 256, "cycles": 120000},
@@ -381,6 +381,25 @@ ARTEFACTS = {"host": "libnca_link.so", "cortex-m0": "nca_link_m0.elf", "avr": "n
              "fuzz": "nca_link_fuzz"}
 
 
+LINK_TARGETS = ("host", "cortex-m0", "avr")
+
+
+def build_link(target: str, build_dir: Path) -> Path:
+    """Build the link firmware of a target (no model compiled in: genomes arrive over the
+    cell link) into build_dir, from the firmware sources where they are installed; returns
+    its artefact (libnca_link.so, nca_link_m0.elf or nca_link_avr.elf, or the fuzzer)."""
+    mk_target = "host" if target == "fuzz" else target
+    make(FIRMWARE, mk_target, variables=("APP=link", f"BUILD={Path(build_dir).resolve()}"))
+    return Path(build_dir) / ARTEFACTS[target]
+
+
+def link_sizes(elf: Path, target: str) -> dict[str, int]:
+    """ROM (.text + .data) and static RAM (.data + .bss) of a link firmware ELF."""
+    sec = _size_sections({"cortex-m0": "arm-none-eabi-size", "avr": "avr-size"}[target], elf)
+    data, bss = sec.get(".data", 0), sec.get(".bss", 0)
+    return {"rom": sec.get(".text", 0) + data, "ram": data + bss}
+
+
 def link_firmware(target: str) -> Path:
     """Build (once per source version, in the codegen cache) the link firmware of a target
     and return its artefact: libnca_link.so (host), nca_link_m0.elf or nca_link_avr.elf."""
@@ -392,7 +411,7 @@ def link_firmware(target: str) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{mk_target}.", dir=root.parent))
     try:
-        make(FIRMWARE, mk_target, variables=("APP=link", f"BUILD={tmp}"))
+        build_link(target, tmp)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

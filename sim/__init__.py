@@ -1,4 +1,4 @@
-"""Growing Neural Cellular Automata: model, references, swarm, trainer."""
+"""Growing Neural Cellular Automata: the model and its simulators (the trainer is `train`)."""
 import os as _os
 
 # numba's OpenMP workers spin after each parallel region and fight OpenBLAS's

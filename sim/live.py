@@ -191,7 +191,8 @@ class LiveApp:
         return int(mask.sum())
 
     def on_rotate(self, val: float) -> None:
-        """Rotate every cell's perception to `val` degrees from now on (experiment 4)."""
+        """Rotate every cell's perception to `val` degrees from now on (the paper's
+        rotation experiment: turning the perception mid-run)."""
         self.rotation = float(val)
         self.engine.set_params(self.base.rotated(self.rotation))
         self._sync(self.rotate_slider, self.rotation)

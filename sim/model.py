@@ -1,7 +1,7 @@
 """The Growing-NCA model: the one place that fixes shapes, kernels, order and rules.
 
 Everything else (references, swarm, trainer, quantiser, tests) imports these
-names instead of restating them. See DESIGN.md "The model".
+names instead of restating them. See docs/design.md, "The model".
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = tuple(
 def gradient_kernels(angle_deg: float = 0.0) -> np.ndarray:
     """Return float32 (2, 3, 3): the rotated x and y gradient kernels.
 
-    Kx = cos*Sx - sin*Sy, Ky = sin*Sx + cos*Sy (DESIGN.md, experiment 4),
+    Kx = cos*Sx - sin*Sy, Ky = sin*Sx + cos*Sy (the paper's rotation experiment:
+    turning the perception mid-run; docs/design.md, "The model"),
     computed in float64 and rounded once so every engine sees the same taps.
     """
     th = math.radians(angle_deg)

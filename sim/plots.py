@@ -10,7 +10,7 @@ what happened in it.
   delays with the count of lost, delivered and dropped messages.
 
 The event-engine histograms are not recorded during the run: every random number is
-a pure function of (seed, stream, cell, counter) (DESIGN.md), and a swarm keeps each
+a pure function of (seed, stream, cell, counter) (sim/rng.py), and a swarm keeps each
 cell's counters (`wake_k`: wake-up draws, `sends`: send rounds), so the exact
 intervals and latencies the run drew are recomputed afterwards with the engines' own
 draw functions (`rules.wake_interval`, `rules.message_fate`), in two bounded
@@ -309,7 +309,7 @@ def plot_messages(result: Any, stats: dict[str, Any]):
 
 def save_plots(folder: str | os.PathLike, result: Any) -> list[Path]:
     """Write loss.png, and for an event-engine run wakeups.png and messages.png, into folder
-    (made if needed); returns the files written. `result` is a run.Result."""
+    (made if needed); returns the files written. `result` is a sim.simulate.Result."""
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     written = [_save_fig(plot_history(result), d / "loss.png")]

@@ -78,7 +78,7 @@ def _parser() -> ArgParser:
                                                             "(default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
     ap.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
-                    help="rotate the perception's gradient kernels by DEG degrees (experiment 4)")
+                    help="rotate the perception's gradient kernels by DEG degrees (the paper's rotation experiment)")
     ap.add_argument("--rotate-at", action="append", default=[], metavar="DEG@STEP",
                     help="set the rotation to DEG degrees after STEP steps, e.g. 90@300 (repeatable)")
     ap.add_argument("--damage", action="append", default=[], metavar="SPEC",

@@ -2,10 +2,10 @@
 links carry its new state to its 8 neighbours after a latency and may lose it;
 failures, restarts, damage and rotation changes are events.
 
-Two modes (DESIGN.md "Three ways to run the same swarm"):
+Two modes (docs/design.md, "Asynchronous semantics" and "Lockstep mode"):
 
 - "async": the asynchronous semantics of `sim.rules` (read its docstring),
-  equal to `AsyncSwarm` bit for bit in state and in every metric both define,
+  equal to `AsyncSwarm` (sim.events) bit for bit in state and in every metric both define,
   including the wake-up counts. It draws the same counter-based numbers
   (`rules.wake_interval`, `message_fate`, `time_to_failure`,
   `time_to_repair`) and reproduces the reference's event order exactly:
@@ -41,8 +41,8 @@ Two modes (DESIGN.md "Three ways to run the same swarm"):
   the result equals `grid.SyncGrid` and `lockstep.LockstepSwarm` bit for
   bit.
 
-The per-cell compute is a `sim.cell_backends.CellBackend` (float now; fixed point,
-firmware and boards later). The bookkeeping around it (sends, deliveries,
+The per-cell compute is a `sim.cell_backends.CellBackend`: the float model, or
+one that `sim.assemble` names (fixed point, firmware, boards). The bookkeeping around it (sends, deliveries,
 statistics) runs in small numba functions, since a Python loop over 8
 neighbours would cost more than the cell update itself.
 """
@@ -323,7 +323,7 @@ class SimPySwarm:
         self.backend.set_params(as_params(params))
 
     def schedule_params(self, time: float, params: ModelLike) -> Event:
-        """set_params at `time` (experiment 4: rotate the perception mid-run)."""
+        """set_params at `time` (the paper's rotation experiment: turn the perception mid-run)."""
         p = as_params(params)
         return self.at(time, lambda sw: sw.backend.set_params(p))
 

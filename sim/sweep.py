@@ -10,7 +10,7 @@ paper's loss against the target and the living cells. Writes
                     loss rate across, one panel per failure setting
 
 Runs are independent and each is a pure function of its arguments (`sim.simulate.simulate`;
-the counter-based generator, DESIGN.md), so they go to parallel worker processes
+the counter-based generator of sim/rng.py), so they go to parallel worker processes
 (`--workers`, default all cores) and give the same numbers in any process, on any
 machine, in any order. The executor is pluggable: `process` (ProcessPoolExecutor) or
 `dask` (a dask.distributed cluster at `--scheduler ADDRESS`, or a LocalCluster of

@@ -1,7 +1,8 @@
-"""The "fixed" (golden model) and "firmware" (generated C over ctypes) cell
-backends in the SimPy swarm: registered on demand, equal to each other and to
-the golden synchronous grid, rotatable; and the fixed-point swarm's fidelity to
-the float one (the trained regenerating lizard when it is there)."""
+"""The "fixed" (golden model, codegen/fixed_cells.py) and "firmware" (generated C
+over ctypes, codegen/host_cells.py) cell backends in the SimPy swarm: found by name
+(sim.assemble), equal to each other and to the golden synchronous grid, rotatable;
+and the fixed-point swarm's fidelity to the float one (the trained regenerating
+lizard when it is there)."""
 from __future__ import annotations
 
 import os

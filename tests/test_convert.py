@@ -71,7 +71,7 @@ def write_json(path: Path, obj) -> Path:
 # ---------------------------------------------------------------- webgl
 
 def test_webgl_decode_matches_the_documented_byte_layout():
-    """Byte i*out_ch + o is W[i, o]; the last row is the bias (nca_reference.md 2.1)."""
+    """Byte i*out_ch + o is W[i, o]; the last row is the bias (the Distill WebGL demo's 8-bit layout)."""
     rng = np.random.default_rng(5)
     layers = []
     tables = []

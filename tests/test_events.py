@@ -1,5 +1,6 @@
-"""sim/rules.py: lockstep == sync reference; the event-driven swarm's determinism,
-metrics, counter-based draws, message loss, damage and config validation."""
+"""sim/rules.py, sim/events.py and sim/lockstep.py: lockstep == the synchronous grid;
+the event-driven swarm's determinism, metrics, counter-based draws, message loss,
+damage and config validation."""
 from __future__ import annotations
 
 import math

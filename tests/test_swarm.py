@@ -301,7 +301,7 @@ def test_bad_arguments(blob_params):
         sw.schedule_damage(4.0, np.zeros((4, 6), bool))
 
 
-# ---------------------------------------------------------------- questionable in async_ref
+# ---------------------------------------------------------------- questionable in sim.events
 def test_reference_now_never_goes_back(blob_params):
     ref = sim.events.AsyncSwarm(seed_state(8, 8), blob_params, 1)
     ref.run(20.0)

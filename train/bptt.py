@@ -6,9 +6,9 @@ those fire. Here the dense layers run as float32 BLAS GEMMs on the gathered
 rows of the cells that are alive before the step AND fired ("rows"), and
 everything else (alive max-pool, index build, perception gather, update
 scatter, transposed stencil) is a numba kernel, parallel over batch*rows.
-See shared/research/bptt_feasibility.md for the measurements behind this.
+bench/bench_train.py measures it against an eager PyTorch CPU version.
 
-Model semantics are those of sim.grid (DESIGN.md "The model"):
+Model semantics are those of sim.grid (docs/design.md, "The model"):
     p[16k+c] = [x, Kx*x, Ky*x] (zero padding, cross-correlation)
     dx = relu(p @ W1 + b1) @ W2 + b2
     pre = maxpool3x3(alpha) > 0.1;  x' = x + dx * fire

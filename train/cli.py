@@ -82,8 +82,8 @@ def _parser() -> ArgParser:
                          "rounding's size), so that the pattern survives the firmware's rounding; a "
                          "start for --qat, which keeps the formats it records (default: off)")
     ap.add_argument("--error-feedback", action="store_true",
-                    help="with --qat: train the fixed-point cell that keeps 8 more bits of its own "
-                         "state (int16; its neighbours and its network see the int8 state), so that "
+                    help="with --qat: train the fixed-point cell that keeps 4 more bits of its own "
+                         "state (error feedback; its neighbours and its network see the int8 state), so that "
                          "updates below half a state step are not lost (recorded in the model)")
     ap.add_argument("--tune-biases", action="store_true",
                     help="instead of training: tune the int16 output biases of the --init model (fine-tuned "

@@ -1,7 +1,7 @@
 """The training loop of nca-train: the paper's recipe, optionally fine-tuning a
 model against the firmware's rounding (train.qat) or state noise.
 
-The recipe (docs/design.md, "Training"): Adam (0.9, 0.999, 1e-7),
+The recipe (docs/design.md, "The model", Training): Adam (0.9, 0.999, 1e-7),
 lr 2e-3 then 2e-4 after 2,000 iterations, every gradient tensor divided by
 (its L2 norm + 1e-8), batch 8, rollouts of U{64..95} steps with BPTT, and
   growing      8 fresh seeds each iteration, no pool;

@@ -11,7 +11,7 @@ several seeds, none of them the tests'), which may not slow the healing of a
 cut, finds biases the gradient does not reach. For the shipped fine-tuned lizard
 the gain is small: the async swarm's loss at step 1,000 went from 3.27e-4 to 3.20e-4
 on seeds 0-4 (for the model before it, 4.4e-4 to 3.95e-4, but its median over seeds
-0-24 only by 2%; README, "Fixed point").
+0-24 only by 2%; docs/fixed-point.md, "Results").
 
 The result is a float model whose b2 lands on the tuned integers: each float
 bias sits at the centre of the rounding interval that `quantize.build_at` maps

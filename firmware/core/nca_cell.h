@@ -14,7 +14,8 @@
  * Portable C99: no malloc, no floats, explicit int32_t (AVR's int is 16 bits).
  * The arithmetic is specified in codegen/formats.py and reproduced bit for bit
  * by the golden model (codegen/golden.py); the model's tables and constants come
- * from the generated nca_model.h / nca_model.c.
+ * from the generated nca_model.h / nca_model.c, or in the link firmware from
+ * link/nca_model.h (the genome in a flash slot): the include path picks which.
  */
 #ifndef NCA_CELL_H
 #define NCA_CELL_H
