@@ -261,6 +261,9 @@ def _summary(r: Result, model_path: str, written: list[str]) -> str:
                   + (f" ({rate:,.0f} updates/s)" if rate else ""))
     for d in m["damage"]:
         lines.append(f"damage {d['spec']}: {d['cells']} cells wiped at step {d['step']}")
+    if m["regrowth_mse"] is not None:
+        lines.append(f"regrowth: RGBA mean squared difference to the pattern just before the first cut "
+                     f"{m['regrowth_mse']:.3g}")
     for t in m["rotations"]:
         lines.append(f"rotation set to {t['deg']:g} degrees at step {t['step']}")
     if "swarm" in m:

@@ -108,6 +108,12 @@ def loss_vs(state: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(d * d))
 
 
+def regrowth_mse(state: np.ndarray, before: np.ndarray) -> float:
+    """How far a regrown pattern is from the one that was cut: MSE over H, W and the 4
+    RGBA channels between `state` and the state just before the first damage."""
+    return loss_vs(state, np.asarray(before)[..., :4])
+
+
 def alive_cells(state: np.ndarray) -> int:
     """Cells whose own alpha exceeds the alive threshold (the visible organism)."""
     return int(np.count_nonzero(np.asarray(state)[..., ALPHA] > ALIVE_THRESHOLD))
@@ -262,6 +268,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     damage_log: list[dict[str, Any]] = []
     rotation_log: list[dict[str, Any]] = []
     engine_seconds = 0.0
+    before_cut: np.ndarray | None = None
     t0 = time.perf_counter()
     try:
         for s in checkpoints:
@@ -271,6 +278,8 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
             hit = False
             for d, m in zip(damage, masks):
                 if d.step == s:
+                    if before_cut is None:       # the pattern the regrowth is measured against
+                        before_cut = np.array(eng.state, np.float32)
                     eng.damage(m)
                     damage_log.append({"spec": d.describe(), "step": s, "cells": int(m.sum())})
                     hit = True
@@ -309,6 +318,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
             "cell_updates_per_second": updates / engine_seconds if engine_seconds > 0 else None,
             "damage": damage_log,
             "rotations": rotation_log,
+            "regrowth_mse": None if before_cut is None else _finite(regrowth_mse(final, before_cut)),
         }
         if engine in EVENT_ENGINES:
             metrics["async_config"] = {

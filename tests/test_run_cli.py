@@ -356,3 +356,22 @@ def test_process_errors_are_one_line_exit_2(case, model_file, tmp_path):
     assert len(p.stderr.splitlines()) == 1, p.stderr
     assert p.stderr.startswith("python -m sim.run: error: ")
     assert p.stdout == ""
+
+
+def test_regrowth_mse_compares_the_end_with_the_pattern_before_the_first_cut(model_file, tmp_path, capsys):
+    """--damage puts regrowth_mse in the JSON: the RGBA MSE between the final state and the
+    state just before the first cut (which the same run without damage has at that step)."""
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, "--engine", "sync", "--model", model_file, "--size", N, "--steps", 40,
+                        "--damage", "circle:12,12,4@20", "--damage", "half:left@30", "--json", js)
+    assert rc == 0, err
+    m = json.loads(js.read_text())
+    before = sim.assemble.simulate(blob_model(), engine="sync", steps=20, size=N).state
+    final = sim.assemble.simulate(blob_model(), engine="sync", steps=40, size=N,
+                                  damage=["circle:12,12,4@20", "half:left@30"]).state
+    want = float(np.mean((final[..., :4].astype(np.float64) - before[..., :4]) ** 2))
+    assert m["regrowth_mse"] == pytest.approx(want, rel=1e-12) and want > 0
+    assert "regrowth" in out
+    rc, _, _ = _run(capsys, "--engine", "sync", "--model", model_file, "--size", N, "--steps", 10, "--json", js)
+    assert rc == 0 and json.loads(js.read_text())["regrowth_mse"] is None
+
