@@ -408,6 +408,8 @@ def test_parser_fuzzed_under_asan_and_ubsan_100k():
     fields = dict(zip(out.split()[::2], map(int, out.split()[1::2])))
     assert fields["inputs"] == 100_000 and fields["steps"] > 1000 and fields["naks"] > 1000
     assert fields["ok"] > 1000 and fields["active_slot"] in (0, 1)
+    # whole flashes of random genomes: both verdicts, and steps at a reachable worst case
+    assert fields["genomes"] == 1000 and 200 < fields["accepted"] < 900 and fields["worst_cases"] > 100
 
 
 @pytest.mark.slow
