@@ -110,6 +110,15 @@ def test_generated_header_equals_the_python_definition():
                                        else 0) for i, a in enumerate(args)], L.F.LEGACY_STATE_FRACS).check()
 
 
+def test_protocol_md_states_the_definitions_figures():
+    """PROTOCOL.md's figures are the ones boards/protocol.py defines (they drifted once)."""
+    text = (L.FIRMWARE / "PROTOCOL.md").read_text()
+    for figure in (f"`NCA_LINK_RX_BUFFER` = {L.RX_BUFFER} bytes", f"`NCA_SLOT_BYTES` = {L.SLOT_BYTES:,} B",
+                   f"the header at {L.SLOT_HEADER_OFFSET:,}", f"`GENOME_BYTES` = {L.F.GENOME_BYTES:,} B",
+                   f"genome's last {L.F.GENOME_BYTES - 8 * 1024} bytes"):
+        assert figure in text, figure
+
+
 def test_frames_roundtrip_and_reject_damage():
     f = L.encode_frame(0x09, 200, bytes(range(256))[:150])
     assert f.endswith(b"\x00") and b"\x00" not in f[:-1]

@@ -12,7 +12,36 @@
 
 nca_runtime_t nca_rt;
 
+/* reply payload sizes: type, seq and status, then the data (PROTOCOL.md), then the CRC */
+#define REPLY_HEAD 3
+#define REPLY_CRC 2
+#define HELLO_DATA 24                           /* boards/protocol.py HELLO_BYTES */
+#define STEP_DATA (1 + NCA_LINK_STATE_BYTES)    /* STEP, CELL: result, own state */
+#define ACTIVATE_DATA 9                         /* slot u8, model hash u32, generation u32 */
 #define TX_BUFFER 32
+
+/* every reply fits the reply buffer, which send_cobs sends as COBS blocks of at most 254
+ * bytes and whose length is a uint8_t */
+NCA_STATIC_ASSERT(tx_holds_hello, TX_BUFFER >= REPLY_HEAD + HELLO_DATA + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_step, TX_BUFFER >= REPLY_HEAD + STEP_DATA + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_activate, TX_BUFFER >= REPLY_HEAD + ACTIVATE_DATA + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_state, TX_BUFFER >= REPLY_HEAD + NCA_LINK_STATE_BYTES + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_u32, TX_BUFFER >= REPLY_HEAD + 4 + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_is_one_cobs_block, TX_BUFFER <= 254);
+/* the receive buffer holds the largest request with its CRC, and rx_len (uint8_t) indexes it */
+NCA_STATIC_ASSERT(rx_holds_max_payload, NCA_LINK_RX_BUFFER >= NCA_LINK_MAX_PAYLOAD + 2);
+NCA_STATIC_ASSERT(rx_len_is_uint8, NCA_LINK_RX_BUFFER <= 255);
+NCA_STATIC_ASSERT(max_payload_holds_cell,
+                  NCA_LINK_MAX_PAYLOAD >= 2 + NCA_LINK_STATE_BYTES + 8 * 16 + NCA_LINK_STEP_BODY);
+NCA_STATIC_ASSERT(max_payload_holds_write, NCA_LINK_MAX_PAYLOAD >= 2 + 4 + NCA_LINK_CHUNK);
+NCA_STATIC_ASSERT(max_payload_holds_begin, NCA_LINK_MAX_PAYLOAD >= 2 + NCA_HEADER_BYTES + 5);
+/* the genome and the slot layout: offsets are uint16_t, the header follows the genome */
+NCA_STATIC_ASSERT(genome_type_is_the_format, sizeof(nca_genome_t) == NCA_GENOME_BYTES);
+NCA_STATIC_ASSERT(header_after_genome, NCA_SLOT_HEADER_OFFSET >= NCA_SLOT_GENOME_OFFSET + NCA_GENOME_BYTES);
+NCA_STATIC_ASSERT(header_in_slot, NCA_SLOT_HEADER_OFFSET + NCA_HEADER_BYTES <= NCA_SLOT_BYTES);
+NCA_STATIC_ASSERT(slot_offsets_are_uint16, NCA_SLOT_BYTES <= 65535u);
+NCA_STATIC_ASSERT(state_is_channels_and_remainders,
+                  NCA_LINK_STATE_BYTES == NCA_CHANNELS + NCA_RESID_BYTES && NCA_RESID_BYTES == NCA_CHANNELS / 2);
 
 static nca_cell_t cell;
 static uint8_t rx[NCA_LINK_RX_BUFFER];
@@ -92,6 +121,7 @@ static uint8_t in_range(uint8_t v, uint8_t lo, uint8_t hi)
 #define H_GCRC 20
 #define H_GEN 24
 #define H_HCRC 28
+NCA_STATIC_ASSERT(header_layout, H_HCRC + 4 == NCA_HEADER_BYTES);
 
 static uint32_t crc32_mem(const uint8_t *p, uint8_t n)
 {
@@ -299,7 +329,7 @@ static uint8_t cmd_hello(void)
     p[21] = active < 0 ? 0 : nca_rt.bias_shift;
     p[22] = active < 0 ? 0 : nca_rt.acc_shift;
     p[23] = active < 0 ? 0 : nca_rt.ef_bits;
-    tx_len = (uint8_t)(tx_len + 24);
+    tx_len = (uint8_t)(tx_len + HELLO_DATA);
     return NCA_OK;
 }
 
