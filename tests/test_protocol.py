@@ -235,6 +235,30 @@ def test_a_repeated_request_is_answered_not_run_twice(host, qa):
     assert np.array_equal(b.get_state(), go[0])             # stepped once
 
 
+@pytest.mark.parametrize("partial", [b"", b"\x05\x09\x2a"])
+def test_a_new_session_is_not_answered_from_the_last_ones_cache(host, qa, partial):
+    """A new Board whose first request repeats the previous session's last one byte for
+    byte (same type, seq and body: a random seq repeats 1 in 256) gets it run again, also
+    when the previous session left a partial frame on the line."""
+    xs, nbs = adversarial_cells(60, seed=11)
+    _, once = golden_update(qa, xs, nbs)
+    _, twice = golden_update(qa, once, nbs)
+    k = int(np.argmax(np.any(once != twice, axis=1)))
+    assert np.any(once[k] != twice[k])                      # a cell that a second step changes
+    b = boards.client.Board(host)
+    b.flash(L.image_of(qa))
+    b.set_state(xs[k])
+    b.set_neighbours(nbs[k])
+    b._seq = 42
+    assert np.array_equal(b.step()[1], once[k])
+    b.close()
+    host.write(partial)                                      # the link was cut mid-frame
+    b = boards.client.Board(host)
+    b._seq = 42
+    assert np.array_equal(b.step()[1], twice[k])             # run, not the cached reply
+    assert b.request("STEP", struct.pack("<BBBhh", 0, 1, 0, 0, 0))[0] == 0
+
+
 def test_bad_crc_genome_is_never_activated(host, qa, qb):
     b = boards.client.Board(host)
     b.flash(L.image_of(qa))

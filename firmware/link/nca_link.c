@@ -540,8 +540,10 @@ static void end_frame(void)
 {
     uint8_t type, seq, status;
     uint16_t crc = 0;
-    if (cobs_code == 0 && !rx_err)          /* an empty frame (a lone delimiter): resync only */
-        return;
+    if (cobs_code == 0 && !rx_err) {        /* an empty frame (a lone delimiter): no reply */
+        have_last = 0;                      /* a host opening a session sends one: a request */
+        return;                             /* equal to the last one is then a new one */
+    }
     if (!rx_err && cobs_left)
         rx_err = NCA_ERR_FRAME_COBS;
     if (!rx_err && rx_len < 4)
