@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import sys
 import time
 from typing import Any
 
@@ -175,12 +176,28 @@ class FaultyTransport:
         self.inner.close()
 
 
+# Whether a port is opened with DTR and RTS deasserted. An Uno resets when DTR is asserted
+# (its auto-reset capacitor turns the edge into a reset pulse). Windows applies the lines'
+# state given before the open, so deasserting them there opens the port without a reset.
+# Linux and macOS raise DTR and RTS in the open call itself, before pyserial can set them;
+# the one way to open without an edge there is to find them still raised from the last
+# session (`stty -F /dev/ttyACM0 -hupcl` keeps the close from dropping them), which
+# deasserting them during a session would undo, so there they are left as the OS raises them.
+DEASSERT_AT_OPEN = sys.platform == "win32"
+
+
 def open_port(port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Any:
-    """pyserial for a URL or device; a socket:// URL is retried until the emulator listens."""
+    """pyserial for a URL or device, opened without resetting the board where the OS allows
+    it (DEASSERT_AT_OPEN); a socket:// URL is retried until the emulator listens."""
     deadline = time.monotonic() + connect_timeout
     while True:
         try:
-            return serial.serial_for_url(port, baudrate=baud, timeout=0.02, write_timeout=10)
+            ser = serial.serial_for_url(port, baudrate=baud, timeout=0.02, write_timeout=10, do_not_open=True)
+            if DEASSERT_AT_OPEN:
+                ser.dtr = False
+                ser.rts = False
+            ser.open()
+            return ser
         except (serial.SerialException, OSError, ValueError) as e:
             if not port.startswith("socket://") or time.monotonic() > deadline:
                 raise LinkError(f"cannot open {port}: {e}") from None
