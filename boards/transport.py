@@ -33,6 +33,10 @@ def host_link_library() -> ctypes.CDLL:
         lib.nca_host_link_flash.argtypes = [ctypes.c_uint8]
         lib.nca_host_link_flash.restype = ctypes.c_void_p
         lib.nca_host_link_active.restype = ctypes.c_int
+        lib.nca_host_link_geometry.argtypes = [ctypes.c_uint16, ctypes.c_uint16]
+        lib.nca_host_link_cut_after.argtypes = [ctypes.c_uint32, ctypes.c_int]
+        lib.nca_host_link_ops.restype = ctypes.c_uint32
+        lib.nca_host_link_powered.restype = ctypes.c_int
         _HOST_LIB = lib
     return _HOST_LIB
 
@@ -73,6 +77,27 @@ class HostLink:
         """RAM state lost (parser, cell, flash session), flash kept: a board restarted."""
         self._buf.clear()
         self.lib.nca_host_link_boot()
+
+    # The slot writer as real flash works, one operation (a page erase, a page or word
+    # programmed) at a time, and power cuts between or inside them (firmware/ports/host/link_host.c).
+    def geometry(self, erase_bytes: int, write_bytes: int) -> None:
+        """Flash operation sizes: erase page and write unit (ATmega328P 128/128, nRF51 1024/4)."""
+        self.lib.nca_host_link_geometry(erase_bytes, write_bytes)
+
+    def cut_after(self, n: int, torn: bool = True) -> None:
+        """Power dies at the n-th flash operation from now (0: no cut): that one is the last
+        to reach the flash, half done if torn; the board then neither reads nor answers
+        until power_cycle()."""
+        self.lib.nca_host_link_cut_after(n, int(torn))
+
+    @property
+    def ops(self) -> int:
+        """Flash operations so far."""
+        return int(self.lib.nca_host_link_ops())
+
+    @property
+    def powered(self) -> bool:
+        return bool(self.lib.nca_host_link_powered())
 
     def flash(self, slot: int) -> ctypes.Array:
         """The slot's bytes (writable: tests corrupt them)."""
