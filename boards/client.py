@@ -51,11 +51,15 @@ class Board:
         self._seq = random.randrange(256)
         self._rx = bytearray()
         self.stats = {"requests": 0, "retries": 0, "naks": 0, "tx": 0, "rx": 0}
+        # Two delimiters: the first ends any partial frame the board holds, so the second is
+        # surely an empty frame, on which the board forgets its last reply: a first request
+        # that repeats the previous session's last one (the same type, seq and CRC: 1 in 256
+        # with a random seq) is run, not answered with that session's reply.
         try:
-            self.ser.write(b"\x00")       # ends any partial frame the board holds
+            self.ser.write(b"\x00\x00")
         except OSError as e:              # serial.SerialException is an OSError
             raise LinkError(f"lost the link to {self.url}: {e}") from None
-        self.stats["tx"] += 1
+        self.stats["tx"] += 2
 
     # -------------------------------------------------------- framing
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import sys
 import time
 from typing import Any
 
@@ -32,6 +33,10 @@ def host_link_library() -> ctypes.CDLL:
         lib.nca_host_link_flash.argtypes = [ctypes.c_uint8]
         lib.nca_host_link_flash.restype = ctypes.c_void_p
         lib.nca_host_link_active.restype = ctypes.c_int
+        lib.nca_host_link_geometry.argtypes = [ctypes.c_uint16, ctypes.c_uint16]
+        lib.nca_host_link_cut_after.argtypes = [ctypes.c_uint32, ctypes.c_int]
+        lib.nca_host_link_ops.restype = ctypes.c_uint32
+        lib.nca_host_link_powered.restype = ctypes.c_int
         _HOST_LIB = lib
     return _HOST_LIB
 
@@ -72,6 +77,27 @@ class HostLink:
         """RAM state lost (parser, cell, flash session), flash kept: a board restarted."""
         self._buf.clear()
         self.lib.nca_host_link_boot()
+
+    # The slot writer as real flash works, one operation (a page erase, a page or word
+    # programmed) at a time, and power cuts between or inside them (firmware/ports/host/link_host.c).
+    def geometry(self, erase_bytes: int, write_bytes: int) -> None:
+        """Flash operation sizes: erase page and write unit (ATmega328P 128/128, nRF51 1024/4)."""
+        self.lib.nca_host_link_geometry(erase_bytes, write_bytes)
+
+    def cut_after(self, n: int, torn: bool = True) -> None:
+        """Power dies at the n-th flash operation from now (0: no cut): that one is the last
+        to reach the flash, half done if torn; the board then neither reads nor answers
+        until power_cycle()."""
+        self.lib.nca_host_link_cut_after(n, int(torn))
+
+    @property
+    def ops(self) -> int:
+        """Flash operations so far."""
+        return int(self.lib.nca_host_link_ops())
+
+    @property
+    def powered(self) -> bool:
+        return bool(self.lib.nca_host_link_powered())
 
     def flash(self, slot: int) -> ctypes.Array:
         """The slot's bytes (writable: tests corrupt them)."""
@@ -175,12 +201,28 @@ class FaultyTransport:
         self.inner.close()
 
 
+# Whether a port is opened with DTR and RTS deasserted. An Uno resets when DTR is asserted
+# (its auto-reset capacitor turns the edge into a reset pulse). Windows applies the lines'
+# state given before the open, so deasserting them there opens the port without a reset.
+# Linux and macOS raise DTR and RTS in the open call itself, before pyserial can set them;
+# the one way to open without an edge there is to find them still raised from the last
+# session (`stty -F /dev/ttyACM0 -hupcl` keeps the close from dropping them), which
+# deasserting them during a session would undo, so there they are left as the OS raises them.
+DEASSERT_AT_OPEN = sys.platform == "win32"
+
+
 def open_port(port: str, baud: int = 115200, connect_timeout: float = 10.0) -> Any:
-    """pyserial for a URL or device; a socket:// URL is retried until the emulator listens."""
+    """pyserial for a URL or device, opened without resetting the board where the OS allows
+    it (DEASSERT_AT_OPEN); a socket:// URL is retried until the emulator listens."""
     deadline = time.monotonic() + connect_timeout
     while True:
         try:
-            return serial.serial_for_url(port, baudrate=baud, timeout=0.02, write_timeout=10)
+            ser = serial.serial_for_url(port, baudrate=baud, timeout=0.02, write_timeout=10, do_not_open=True)
+            if DEASSERT_AT_OPEN:
+                ser.dtr = False
+                ser.rts = False
+            ser.open()
+            return ser
         except (serial.SerialException, OSError, ValueError) as e:
             if not port.startswith("socket://") or time.monotonic() > deadline:
                 raise LinkError(f"cannot open {port}: {e}") from None

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import serial
 
 import boards.client
 import boards.emulator
@@ -204,6 +205,32 @@ def test_a_flash_sends_one_hello(models, capsys):
         assert link.sent["HELLO"] == 2 and link.sent["FLASH_BEGIN"] == 1
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_ports_are_opened_without_a_reset_edge(windows, models, capsys, monkeypatch):
+    """Every open (nca-flash's attempts too) creates the port unopened and opens it with DTR
+    and RTS deasserted where the OS applies that before the open (Windows); elsewhere the
+    OS raises them in the open itself and they are left raised (see DEASSERT_AT_OPEN)."""
+    monkeypatch.setattr(boards.transport, "DEASSERT_AT_OPEN", windows)
+    seen = []
+    real = serial.serial_for_url
+
+    def recording(url: str, *a: Any, **k: Any) -> Any:
+        ser = real(url, *a, **k)
+        really_open = ser.open
+
+        def open_() -> None:
+            seen.append((url, ser.is_open, ser.dtr, ser.rts))
+            really_open()
+        ser.open = open_
+        return ser
+
+    monkeypatch.setattr(serial, "serial_for_url", recording)
+    assert FL.main(["--port", "loop://", "--model", str(models[0]), "--timeout", "0.05", "--retries", "0",
+                    "--attempts", "2"]) == 2
+    one_line_error(capsys, "no reply", "gave up after 2 attempts")
+    assert seen == [("loop://", False, not windows, not windows)] * 2
 
 
 def test_list_ports(capsys):

@@ -110,6 +110,15 @@ def test_generated_header_equals_the_python_definition():
                                        else 0) for i, a in enumerate(args)], L.F.LEGACY_STATE_FRACS).check()
 
 
+def test_protocol_md_states_the_definitions_figures():
+    """PROTOCOL.md's figures are the ones boards/protocol.py defines (they drifted once)."""
+    text = (L.FIRMWARE / "PROTOCOL.md").read_text()
+    for figure in (f"`NCA_LINK_RX_BUFFER` = {L.RX_BUFFER} bytes", f"`NCA_SLOT_BYTES` = {L.SLOT_BYTES:,} B",
+                   f"the header at {L.SLOT_HEADER_OFFSET:,}", f"`GENOME_BYTES` = {L.F.GENOME_BYTES:,} B",
+                   f"genome's last {L.F.GENOME_BYTES - 8 * 1024} bytes"):
+        assert figure in text, figure
+
+
 def test_frames_roundtrip_and_reject_damage():
     f = L.encode_frame(0x09, 200, bytes(range(256))[:150])
     assert f.endswith(b"\x00") and b"\x00" not in f[:-1]
@@ -224,6 +233,30 @@ def test_a_repeated_request_is_answered_not_run_twice(host, qa):
     assert r1 == r2
     _, go = golden_update(qa, xs[:1], nbs[:1])
     assert np.array_equal(b.get_state(), go[0])             # stepped once
+
+
+@pytest.mark.parametrize("partial", [b"", b"\x05\x09\x2a"])
+def test_a_new_session_is_not_answered_from_the_last_ones_cache(host, qa, partial):
+    """A new Board whose first request repeats the previous session's last one byte for
+    byte (same type, seq and body: a random seq repeats 1 in 256) gets it run again, also
+    when the previous session left a partial frame on the line."""
+    xs, nbs = adversarial_cells(60, seed=11)
+    _, once = golden_update(qa, xs, nbs)
+    _, twice = golden_update(qa, once, nbs)
+    k = int(np.argmax(np.any(once != twice, axis=1)))
+    assert np.any(once[k] != twice[k])                      # a cell that a second step changes
+    b = boards.client.Board(host)
+    b.flash(L.image_of(qa))
+    b.set_state(xs[k])
+    b.set_neighbours(nbs[k])
+    b._seq = 42
+    assert np.array_equal(b.step()[1], once[k])
+    b.close()
+    host.write(partial)                                      # the link was cut mid-frame
+    b = boards.client.Board(host)
+    b._seq = 42
+    assert np.array_equal(b.step()[1], twice[k])             # run, not the cached reply
+    assert b.request("STEP", struct.pack("<BBBhh", 0, 1, 0, 0, 0))[0] == 0
 
 
 def test_bad_crc_genome_is_never_activated(host, qa, qb):
@@ -408,6 +441,8 @@ def test_parser_fuzzed_under_asan_and_ubsan_100k():
     fields = dict(zip(out.split()[::2], map(int, out.split()[1::2])))
     assert fields["inputs"] == 100_000 and fields["steps"] > 1000 and fields["naks"] > 1000
     assert fields["ok"] > 1000 and fields["active_slot"] in (0, 1)
+    # whole flashes of random genomes: both verdicts, and steps at a reachable worst case
+    assert fields["genomes"] == 1000 and 200 < fields["accepted"] < 900 and fields["worst_cases"] > 100
 
 
 @pytest.mark.slow

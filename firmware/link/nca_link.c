@@ -4,15 +4,44 @@
  * header (the commit record) at NCA_SLOT_HEADER_OFFSET.  A flash erases the
  * inactive slot, writes the genome in order, verifies its CRC32 and only then
  * writes the header with generation = active + 1.  At start-up the valid slot
- * (header CRC, magic, format, genome CRC32, shifts in range) with the highest
- * generation is active, so an interrupted or corrupt flash leaves the previous
+ * (header CRC, magic, format, genome CRC32, shifts in range, and no overflow
+ * possible in the cell: genome_ok) with the highest generation is active, so an interrupted or corrupt flash leaves the previous
  * genome running. */
 #include "nca_link.h"
 #include "nca_cell.h"
 
 nca_runtime_t nca_rt;
 
+/* reply payload sizes: type, seq and status, then the data (PROTOCOL.md), then the CRC */
+#define REPLY_HEAD 3
+#define REPLY_CRC 2
+#define HELLO_DATA 24                           /* boards/protocol.py HELLO_BYTES */
+#define STEP_DATA (1 + NCA_LINK_STATE_BYTES)    /* STEP, CELL: result, own state */
+#define ACTIVATE_DATA 9                         /* slot u8, model hash u32, generation u32 */
 #define TX_BUFFER 32
+
+/* every reply fits the reply buffer, which send_cobs sends as COBS blocks of at most 254
+ * bytes and whose length is a uint8_t */
+NCA_STATIC_ASSERT(tx_holds_hello, TX_BUFFER >= REPLY_HEAD + HELLO_DATA + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_step, TX_BUFFER >= REPLY_HEAD + STEP_DATA + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_activate, TX_BUFFER >= REPLY_HEAD + ACTIVATE_DATA + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_state, TX_BUFFER >= REPLY_HEAD + NCA_LINK_STATE_BYTES + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_holds_u32, TX_BUFFER >= REPLY_HEAD + 4 + REPLY_CRC);
+NCA_STATIC_ASSERT(tx_is_one_cobs_block, TX_BUFFER <= 254);
+/* the receive buffer holds the largest request with its CRC, and rx_len (uint8_t) indexes it */
+NCA_STATIC_ASSERT(rx_holds_max_payload, NCA_LINK_RX_BUFFER >= NCA_LINK_MAX_PAYLOAD + 2);
+NCA_STATIC_ASSERT(rx_len_is_uint8, NCA_LINK_RX_BUFFER <= 255);
+NCA_STATIC_ASSERT(max_payload_holds_cell,
+                  NCA_LINK_MAX_PAYLOAD >= 2 + NCA_LINK_STATE_BYTES + 8 * 16 + NCA_LINK_STEP_BODY);
+NCA_STATIC_ASSERT(max_payload_holds_write, NCA_LINK_MAX_PAYLOAD >= 2 + 4 + NCA_LINK_CHUNK);
+NCA_STATIC_ASSERT(max_payload_holds_begin, NCA_LINK_MAX_PAYLOAD >= 2 + NCA_HEADER_BYTES + 5);
+/* the genome and the slot layout: offsets are uint16_t, the header follows the genome */
+NCA_STATIC_ASSERT(genome_type_is_the_format, sizeof(nca_genome_t) == NCA_GENOME_BYTES);
+NCA_STATIC_ASSERT(header_after_genome, NCA_SLOT_HEADER_OFFSET >= NCA_SLOT_GENOME_OFFSET + NCA_GENOME_BYTES);
+NCA_STATIC_ASSERT(header_in_slot, NCA_SLOT_HEADER_OFFSET + NCA_HEADER_BYTES <= NCA_SLOT_BYTES);
+NCA_STATIC_ASSERT(slot_offsets_are_uint16, NCA_SLOT_BYTES <= 65535u);
+NCA_STATIC_ASSERT(state_is_channels_and_remainders,
+                  NCA_LINK_STATE_BYTES == NCA_CHANNELS + NCA_RESID_BYTES && NCA_RESID_BYTES == NCA_CHANNELS / 2);
 
 static nca_cell_t cell;
 static uint8_t rx[NCA_LINK_RX_BUFFER];
@@ -92,6 +121,7 @@ static uint8_t in_range(uint8_t v, uint8_t lo, uint8_t hi)
 #define H_GCRC 20
 #define H_GEN 24
 #define H_HCRC 28
+NCA_STATIC_ASSERT(header_layout, H_HCRC + 4 == NCA_HEADER_BYTES);
 
 static uint32_t crc32_mem(const uint8_t *p, uint8_t n)
 {
@@ -133,17 +163,58 @@ static uint32_t slot_genome_crc(uint8_t slot)
     return ~crc;
 }
 
-/* every output shift T (low 5 bits of out_mt) in range - the core shifts by T - 1,
- * with error feedback by T - 1 - ef - and every multiplier M in [2^14, 2^15), which
- * keeps acc*M + 2^(T-1) inside int32 */
-static uint8_t slot_genome_ok(uint8_t slot, uint8_t ef)
+/* Whether the cell core can run the slot's genome, with the shifts of header h, without
+ * overflowing anything on any input: a CRC only says the genome arrived as sent, not that
+ * the quantiser made it.  The proof, step by step through core/nca_cell.c, for any genome
+ * bytes, any int8 state and neighbour bytes, and any Q14 rotation the link passes on, in
+ * 16-bit int (AVR; the bounds hold a fortiori for 32-bit int):
+ *  - perception: |Gx|, |Gy| <= 4 * 255 = 1,020 (int16); rotated, |cos*Gx - sin*Gy| <= 2^15 *
+ *    2,040 < 2^27 (int32), then >> 14: <= 4,081 (int16); + 2^(S-1), S <= 4 (header): int16.
+ *  - first layer: each product int8 x int8 <= 2^14 (int16); 48 of them <= 786,432 < 2^23
+ *    (__int24 on AVR); + 2^(K-1), K <= 22 (header): < 2^23.  b1 << B, B <= 7 (header): <= 2^14.
+ *  - second layer: w * h, h in 0..255: <= 32,640 (int16); t = 4 of them <= 130,560 < 2^23.
+ *  - the int16 accumulator acc_m = b2_m + sum over the 32 groups g of floor(t_gm / 2^R):
+ *    |floor(t_gm / 2^R)| <= (255 * sum_u |W2[g][u][m]| >> R) + 1, so every partial sum (and
+ *    each (int16_t) cast of a term) fits int16 when
+ *        |b2_m| + sum_g ((255 * sum_u |W2[g][u][m]|) >> R) + 1) <= 32,767,
+ *    the bound codegen/quantize.py proves for every genome it makes (_acc_bound); checked
+ *    here per output with 16- and 32-bit unsigned arithmetic, each of the 2,048 W2 bytes
+ *    read once: 36,700 cycles (2.3 ms at 16 MHz) on the ATmega328P, whatever R is.  This
+ *    is the one bound the header's shift ranges do not already give.
+ *  - output: T (low 5 bits of out_mt) in 1..30 (5..30 with error feedback: the core shifts
+ *    by T - 1 - ef) and M in [2^14, 2^15): |acc * M| + 2^(T-1) < 2^30 + 2^29 (int32).
+ *  - error feedback: dx clamped to +-4096, so 16 q + r + dx <= 6,159 (int16). */
+static uint8_t abs8(const uint8_t *p)
 {
-    uint8_t c;
-    const uint8_t *mt = slot_bytes(slot) + NCA_SLOT_GENOME_OFFSET + NCA_GROUPS * NCA_GROUP_BYTES + 32;
-    for (c = 0; c < 16; c++) {
-        if (!in_range((uint8_t)(NCA_RDU8(mt + 2 * c) & 31u), (uint8_t)(NCA_OUT_SHIFT_LO + ef), NCA_OUT_SHIFT_HI))
+    int8_t x = (int8_t)NCA_RDU8(p);
+    return (uint8_t)(x < 0 ? -x : x);
+}
+
+static uint8_t genome_ok(uint8_t slot, const uint8_t *h)
+{
+    const uint8_t *g = slot_bytes(slot) + NCA_SLOT_GENOME_OFFSET;
+    const uint8_t *b2 = g + NCA_GROUPS * NCA_GROUP_BYTES, *mt = b2 + 2 * NCA_CHANNELS;
+    uint8_t ef = h[H_EF], r = (uint8_t)(h[H_SHIFTS + 3] - 1), m, j;
+    uint16_t mask = (uint16_t)((1u << r) - 1u);
+    for (m = 0; m < NCA_CHANNELS; m++) {
+        uint16_t b = (uint16_t)(NCA_RDU8(b2 + 2 * m) | ((uint16_t)NCA_RDU8(b2 + 2 * m + 1) << 8));
+        uint32_t sum = 0, rem = 0;
+        const uint8_t *w = g + NCA_GROUP_W1 + 4 + 4 * m;                /* W2[g][.][m] of group 0 */
+        if (!in_range((uint8_t)(NCA_RDU8(mt + 2 * m) & 31u), (uint8_t)(NCA_OUT_SHIFT_LO + ef), NCA_OUT_SHIFT_HI))
             return 0;
-        if (!in_range(NCA_RDU8(mt + 2 * c + 1), NCA_OUT_MULT_HIGH_LO, NCA_OUT_MULT_HIGH_HI))
+        if (!in_range(NCA_RDU8(mt + 2 * m + 1), NCA_OUT_MULT_HIGH_LO, NCA_OUT_MULT_HIGH_HI))
+            return 0;
+        for (j = 0; j < NCA_GROUPS; j++, w += NCA_GROUP_BYTES) {
+            uint16_t s = (uint16_t)((uint16_t)abs8(w) + abs8(w + 1) + abs8(w + 2) + abs8(w + 3));   /* <= 512 */
+            /* v = (255 s) >> 1 = 128 s - ceil(s / 2) <= 65,280: exact modulo 2^16 even where
+             * 128 s (s = 512) wraps; (255 s) >> R = v >> (R - 1) */
+            uint16_t v = (uint16_t)((uint16_t)(s << 7) - ((s + 1u) >> 1));
+            sum += v;
+            rem += v & mask;
+        }
+        /* sum_g (v_g >> r) = (sum_g v_g - sum_g (v_g mod 2^r)) >> r: one shift per output */
+        sum = ((sum - rem) >> r) + NCA_GROUPS + (b & 0x8000u ? 0x10000uL - b : b);   /* + |b2_m| */
+        if (sum > 32767u)
             return 0;
     }
     return 1;
@@ -160,7 +231,7 @@ static void slot_header(uint8_t slot, uint8_t *h)
 static uint8_t slot_valid(uint8_t slot, uint8_t *h)
 {
     slot_header(slot, h);
-    return (uint8_t)(header_ok(h) && rd32(h + H_GEN) != 0xFFFFFFFFuL && slot_genome_ok(slot, h[H_EF])
+    return (uint8_t)(header_ok(h) && rd32(h + H_GEN) != 0xFFFFFFFFuL && genome_ok(slot, h)
                      && slot_genome_crc(slot) == rd32(h + H_GCRC));
 }
 
@@ -258,7 +329,7 @@ static uint8_t cmd_hello(void)
     p[21] = active < 0 ? 0 : nca_rt.bias_shift;
     p[22] = active < 0 ? 0 : nca_rt.acc_shift;
     p[23] = active < 0 ? 0 : nca_rt.ef_bits;
-    tx_len = (uint8_t)(tx_len + 24);
+    tx_len = (uint8_t)(tx_len + HELLO_DATA);
     return NCA_OK;
 }
 
@@ -326,7 +397,7 @@ static uint8_t cmd_verify(void)
     crc = slot_genome_crc(ses.slot);
     if (crc != rd32(ses.header + H_GCRC))
         return reply_u32(NCA_ERR_VERIFY, crc);
-    if (!slot_genome_ok(ses.slot, ses.header[H_EF]))
+    if (!genome_ok(ses.slot, ses.header))
         return reply_u32(NCA_ERR_FORMAT, crc);
     /* stays valid: only a complete genome verifies, and a WRITE of a chunk already
      * written is acknowledged without writing */
@@ -469,8 +540,10 @@ static void end_frame(void)
 {
     uint8_t type, seq, status;
     uint16_t crc = 0;
-    if (cobs_code == 0 && !rx_err)          /* an empty frame (a lone delimiter): resync only */
-        return;
+    if (cobs_code == 0 && !rx_err) {        /* an empty frame (a lone delimiter): no reply */
+        have_last = 0;                      /* a host opening a session sends one: a request */
+        return;                             /* equal to the last one is then a new one */
+    }
     if (!rx_err && cobs_left)
         rx_err = NCA_ERR_FRAME_COBS;
     if (!rx_err && rx_len < 4)

@@ -11,6 +11,10 @@
 #include <stdint.h>
 #include "nca_model.h"
 
+/* A compile-time check (C99 has no _Static_assert): a false cond makes an array of
+ * size -1, which every compiler refuses, naming the typedef. */
+#define NCA_STATIC_ASSERT(name, cond) typedef char nca_static_assert_##name[(cond) ? 1 : -1]
+
 /* ---- provided by the port */
 void nca_link_putc(uint8_t c);                      /* send one byte */
 void nca_slot_erase(uint8_t slot);                  /* slot 0/1: every byte 0xFF */
