@@ -65,7 +65,7 @@ def board_rows(q, root: Path) -> list[tuple]:
             else:
                 tr = T.m0_trace_update(b, xs[0], nbs[0], F.rotation_q14(30.0))
                 cyc = tr["cycles"]
-                extra = f"{float(np.mean(r.ticks)) / 1.024:,.0f} instructions (QEMU -icount)"
+                extra = f"{float(np.mean(r.ticks)) / T.M0_TICKS_PER_INSTRUCTION:,.0f} instructions (QEMU -icount)"
             rows.append((f"{target} {kernel}", m["rom_code"], m["rom_weights"], m["rom_total"], ram,
                          m["stack_static"], cyc, extra))
     return rows

@@ -266,6 +266,11 @@ int8_t nca_link_active_slot(void)
     return active;
 }
 
+const int8_t *nca_link_state(void)
+{
+    return cell.state;
+}
+
 /* ------------------------------------------------------------ output */
 static void send_cobs(const uint8_t *p, uint8_t n)
 {

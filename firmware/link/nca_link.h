@@ -29,5 +29,6 @@ const nca_genome_t *nca_slot_genome(uint8_t slot);
 void nca_link_init(void);          /* reset the parser and the cell, pick the active slot */
 void nca_link_rx(uint8_t byte);    /* one received byte; a complete frame is answered at once */
 int8_t nca_link_active_slot(void); /* 0, 1, or -1 when no valid genome is in flash */
+const int8_t *nca_link_state(void); /* the cell's own int8 state (NCA_CHANNELS), for a port's LED */
 
 #endif

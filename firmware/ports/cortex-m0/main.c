@@ -1,24 +1,36 @@
 /* Cortex-M0 (nRF51822, QEMU -M microbit) port of the UART test harness.
- * UART0 at 0x40002000 polled (RX sleeps with WFI); SysTick counts CPU clocks,
- * which under QEMU -icount are instructions x 1.024; 'Q' exits QEMU through
- * ARM semihosting (SYS_EXIT). */
+ * UART0 at 0x40002000 polled (RX sleeps with WFI).  TIMER0 counts the cell call
+ * (32 bits, prescaler 0: 16 MHz, captured into CC[0] and CC[1]): on a real nRF51
+ * its ticks are CPU cycles; under QEMU -icount shift=6 (every instruction 64 ns of
+ * virtual time) they are 1.024 per instruction, an exact instruction count
+ * (codegen/toolchain.py M0_TICKS_PER_INSTRUCTION).  'Q' exits QEMU through ARM
+ * semihosting (SYS_EXIT); on a board it is a breakpoint, which resets it. */
 #include <stdint.h>
 #include "harness.h"
 #include "nrf51.h"
 
-static uint32_t t0;
-
 void port_init(void)
 {
     nrf51_uart_init();
-    SYST_RVR = 0xFFFFFFu;
-    SYST_CVR = 0;
-    SYST_CSR = 5;                  /* processor clock, enabled, no interrupt */
+    TIMER_MODE(TIMER0) = 0;        /* timer */
+    TIMER_BITMODE(TIMER0) = 3;     /* 32 bits */
+    TIMER_PRESCALER(TIMER0) = 0;   /* 16 MHz */
+    TIMER_CLEAR(TIMER0) = 1;
+    TIMER_START(TIMER0) = 1;
 }
 
+/* The harness starts no watchdog, but one the link firmware started survives a soft
+ * reset (a debugger's, or a fault's): then it keeps reloading it, polling instead of
+ * sleeping.  Under QEMU (no watchdog) RUNSTATUS reads 0. */
 uint8_t port_getc(void)
 {
-    return nrf51_uart_getc();
+    while (!UART_RXDRDY) {
+        if (WDT_RUNSTATUS & 1u)
+            nrf51_wdt_kick();
+        else
+            __asm__ volatile("wfi");
+    }
+    return nrf51_uart_read();
 }
 
 void port_putc(uint8_t c)
@@ -28,13 +40,13 @@ void port_putc(uint8_t c)
 
 void port_mark_start(void)
 {
-    t0 = SYST_CVR;
+    TIMER_CAPTURE(TIMER0, 0) = 1;
 }
 
 uint32_t port_mark_stop(void)
 {
-    uint32_t t1 = SYST_CVR;
-    return (t0 - t1) & 0xFFFFFFu;  /* SysTick counts down */
+    TIMER_CAPTURE(TIMER0, 1) = 1;
+    return TIMER_CC(TIMER0, 1) - TIMER_CC(TIMER0, 0);
 }
 
 void port_exit(void)
