@@ -44,13 +44,20 @@ def _kill_left_over() -> None:
             p.kill()
 
 
+AVR_BOOTS = ("own", "optiboot", "none")
+
+
 class Emulator:
     """An emulated board with the link firmware, its UART on 127.0.0.1:port
     (`url` = socket://...).  Stopping kills the process it started, by its pid;
-    the AVR bridge keeps its flash in `flash_file`, so a restart keeps the genomes."""
+    the AVR bridge keeps its flash in `flash_file`, so a restart keeps the genomes.
+    boot (AVR): what the boot section holds: the firmware's own SPM routine ("own", the
+    ISP image), the tests' stand-in for Optiboot >= 8's do_spm ("optiboot"), or nothing
+    ("none": a boot loader without do_spm; the board refuses to flash genomes).
+    log: the emulator's stderr is appended there (the AVR bridge's reports)."""
 
     def __init__(self, target: str, flash_file: Path | None = None, log: Path | None = None,
-                 pty: bool = False):
+                 pty: bool = False, boot: str = "own"):
         if target not in EMULATED:
             raise UserError(f"no emulated board {target!r}; choose one of {', '.join(EMULATED)}")
         check_toolchain(target, run=True)
@@ -60,6 +67,9 @@ class Emulator:
         if pty and target != "avr":
             raise UserError("a pty UART is the simavr bridge's mode (target avr); QEMU boards use TCP")
         self.pty = pty
+        if boot not in AVR_BOOTS or (boot != "own" and target != "avr"):
+            raise UserError(f"boot {boot!r}: the AVR board's boot section is one of {', '.join(AVR_BOOTS)}")
+        self.boot = boot
         self.pty_path = ""
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -77,8 +87,10 @@ class Emulator:
                     "-kernel", str(self.elf),
                     "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"]
         bridge = self.elf.parent / "simavr_bridge"
+        boot = {"own": [], "none": ["--boot", "none"],
+                "optiboot": ["--boot", str(self.elf.parent / "optiboot_shim.elf")]}[self.boot]
         return [str(bridge)] + (["--pty"] if self.pty else ["--tcp", str(port)]) + (
-            ["--flash", str(self.flash_file)] if self.flash_file else []) + [str(self.elf)]
+            ["--flash", str(self.flash_file)] if self.flash_file else []) + boot + [str(self.elf)]
 
     def _start_pty(self) -> Emulator:
         self._tmp = tempfile.TemporaryDirectory(prefix="nca-simavr-")

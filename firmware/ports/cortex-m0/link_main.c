@@ -59,6 +59,16 @@ const nca_genome_t *nca_slot_genome(uint8_t slot)
     return (const nca_genome_t *)SLOT_BASE(slot);
 }
 
+uint8_t nca_slot_writer(void)
+{
+    return NCA_WRITER_NATIVE;      /* the NVMC: the firmware writes its own flash */
+}
+
+void nca_link_led(const uint8_t *rgb)
+{
+    (void)rgb;                     /* no LED driven on this board yet */
+}
+
 int main(void)
 {
     nrf51_uart_init();
