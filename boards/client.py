@@ -19,7 +19,7 @@ import numpy as np
 from codegen import formats as F
 
 from . import protocol
-from .errors import BoardRefused, LinkError
+from .errors import BoardRefused, LinkError, NoWriter
 from .transport import open_port
 
 
@@ -227,6 +227,9 @@ class Board:
         s0 = dict(self.stats)
         if hello is None:
             hello = self.hello()
+        if hello.writer == "none":
+            raise NoWriter(f"{self.url} ({hello.board}) cannot write genomes into its flash: no SPM routine "
+                           "in its boot section")
         if hello.capacity != len(image.genome):
             raise BoardRefused(f"the board holds genomes of {hello.capacity} B, this one has {len(image.genome)} B")
         if hello.format_version != image.format_version:
@@ -238,7 +241,14 @@ class Board:
 
         def flash_begin() -> int:
             """(Re)open the session; the board answers with the next offset it wants."""
-            return struct.unpack("<I", self.call("FLASH_BEGIN", begin, timeout=self.slow_timeout))[0]
+            st, d = self.request("FLASH_BEGIN", begin, timeout=self.slow_timeout)
+            if st == protocol.ERR["ERR_NO_WRITER"]:
+                raise NoWriter(f"{self.url} ({hello.board}) cannot write genomes into its flash: "
+                               f"{protocol.ERROR_TEXT[st]}")
+            if st != protocol.ERR["OK"]:
+                raise BoardRefused(f"FLASH_BEGIN refused by the board at {self.url}: "
+                                   f"{protocol.ERROR_TEXT.get(st, f'error {st}')}")
+            return struct.unpack("<I", d)[0]
 
         nxt = flash_begin()
         resumed = nxt

@@ -78,17 +78,24 @@ def _kill_left_over() -> None:
             p.kill()
 
 
+AVR_BOOTS = ("own", "optiboot", "none")
+
+
 class Emulator:
     """An emulated board with the link firmware, its UART on 127.0.0.1:port
     (`url` = socket://...).  Stopping kills the process it started, by its pid;
     the AVR bridge keeps its flash in `flash_file`, so a restart keeps the genomes.
     Cortex-M0 only: `elf` runs another build of the link firmware, `qemu_args` go to
     QEMU as they are, `leds=True` traces the GPIO writes so that `leds()` reads the
-    LED matrix."""
+    LED matrix.
+    boot (AVR): what the boot section holds: the firmware's own SPM routine ("own", the
+    ISP image), the tests' stand-in for Optiboot >= 8's do_spm ("optiboot"), or nothing
+    ("none": a boot loader without do_spm; the board refuses to flash genomes).
+    log: the emulator's stderr is appended there (the AVR bridge's reports)."""
 
     def __init__(self, target: str, flash_file: Path | None = None, log: Path | None = None,
                  pty: bool = False, elf: Path | None = None, qemu_args: Sequence[str] = (),
-                 leds: bool = False):
+                 leds: bool = False, boot: str = "own"):
         if target not in EMULATED:
             raise UserError(f"no emulated board {target!r}; choose one of {', '.join(EMULATED)}")
         check_toolchain(target, run=True)
@@ -102,6 +109,9 @@ class Emulator:
         self.qemu_args = list(qemu_args)
         self._trace_dir = tempfile.TemporaryDirectory(prefix="nca-qemu-") if leds else None
         self.pty = pty
+        if boot not in AVR_BOOTS or (boot != "own" and target != "avr"):
+            raise UserError(f"boot {boot!r}: the AVR board's boot section is one of {', '.join(AVR_BOOTS)}")
+        self.boot = boot
         self.pty_path = ""
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -121,8 +131,10 @@ class Emulator:
                     "-kernel", str(self.elf),
                     "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"] + trace + self.qemu_args
         bridge = self.elf.parent / "simavr_bridge"
+        boot = {"own": [], "none": ["--boot", "none"],
+                "optiboot": ["--boot", str(self.elf.parent / "optiboot_shim.elf")]}[self.boot]
         return [str(bridge)] + (["--pty"] if self.pty else ["--tcp", str(port)]) + (
-            ["--flash", str(self.flash_file)] if self.flash_file else []) + [str(self.elf)]
+            ["--flash", str(self.flash_file)] if self.flash_file else []) + boot + [str(self.elf)]
 
     def _start_pty(self) -> Emulator:
         self._tmp = tempfile.TemporaryDirectory(prefix="nca-simavr-")

@@ -13,3 +13,8 @@ class LinkError(UserError):
 class BoardRefused(LinkError):
     """The board answered and will not do it (an error status, a CRC mismatch, a genome
     it cannot hold or run): the same request would be refused again, so it is not retried."""
+
+
+class NoWriter(BoardRefused):
+    """The board cannot write genomes into its flash at all (HELLO's writer "none": an AVR
+    without an SPM routine in its boot section); nca-flash names the ways out."""

@@ -2,7 +2,7 @@
 
     nca-flash --port URL_OR_DEVICE --model M.npz [--baud N] [--reset dtr|rts] [--force]
     nca-flash --list
-    nca-flash --image FW.elf --board uno|microbit --port /dev/ttyACM0 [--model M.npz]
+    nca-flash --image FW --board uno|microbit --port /dev/ttyACM0 [--model M.npz]
 
 The genome goes into the board's inactive flash slot in chunks (each acknowledged,
 retransmitted on loss), is verified by CRC32 and only then activated, so an
@@ -11,11 +11,15 @@ command again and it resumes where it stopped (while the board has not restarted
 The port is any pyserial URL or device: socket://127.0.0.1:PORT (an emulated
 board), loop://, /dev/ttyACM0, COM3.  --image first writes the firmware itself
 with the board's own uploader (avrdude for the Uno's serial boot loader, OpenOCD
-over the micro:bit's CMSIS-DAP interface for the nRF51).
+over the micro:bit's CMSIS-DAP interface for the nRF51); for the Uno that is the
+application alone (nca_link_avr.hex), since a serial boot loader cannot write the
+boot section.  A board that cannot write genomes at all (an Uno whose boot loader has
+no do_spm) is told the two ways out in one line.
 """
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -32,7 +36,7 @@ from sim.weights import load
 
 from . import protocol
 from .client import Board
-from .errors import BoardRefused, LinkError
+from .errors import BoardRefused, LinkError, NoWriter
 
 PROG = "nca-flash"
 
@@ -43,6 +47,43 @@ UPLOADERS: dict[str, tuple[list[str], str, str]] = {
     "microbit": (["openocd", "-f", "interface/cmsis-dap.cfg", "-f", "target/nrf51.cfg",
                   "-c", "program {image} verify reset exit"], "openocd", "openocd"),
 }
+
+
+# The two ways out for a board that cannot write its genome slots (HELLO writer "none": an
+# Uno whose boot loader has no do_spm).  The fuses: 16 MHz crystal (low 0xFF), a 512-byte
+# boot section that the reset enters (high 0xDE), brown-out at 4.3 V (extended 0xFC, what
+# 16 MHz needs); lock 0x2F after writing: SPM cannot overwrite the boot loader, and the
+# application may read it (how the firmware finds do_spm).  firmware/README.md.
+NO_WRITER_HELP = (
+    "{what} cannot write genomes into its flash (its boot section has no SPM routine: the Uno's stock "
+    "boot loader has none); either upload a harness image with the genome built in (nca-codegen --model "
+    "M.npz --target avr --out DIR --build, then nca-flash --image DIR/build/avr/nca_avr.elf --board uno "
+    "--port PORT), or install a boot loader with do_spm once with an ISP (Optiboot >= 8, e.g. MiniCore "
+    "2.x's optiboot_flash hex for the ATmega328P at 16 MHz and 115200 baud): avrdude -c PROGRAMMER "
+    "-P ISP_PORT -p atmega328p -e -U lock:w:0x3F:m -U efuse:w:0xFC:m -U hfuse:w:0xDE:m -U lfuse:w:0xFF:m "
+    "-U flash:w:OPTIBOOT_HEX:i -U lock:w:0x2F:m, then nca-flash --image nca_link_avr.hex --board uno "
+    "--port PORT")
+
+
+def elf_sections(path: str) -> set[str]:
+    """The section names of an ELF32 file (empty for anything else): a few lines instead of
+    a dependency, to see whether an image carries a boot section."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or len(data) < 52 or data[4] != 1:
+        return set()
+    try:
+        shoff, = struct.unpack_from("<I", data, 32)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 46)
+        def shdr(i: int) -> tuple[int, ...]:
+            return struct.unpack_from("<IIIIII", data, shoff + i * shentsize)
+        strtab = shdr(shstrndx)[4]
+        names = set()
+        for i in range(shnum):
+            name = shdr(i)[0]
+            names.add(data[strtab + name:data.index(b"\0", strtab + name)].decode("ascii", "replace"))
+        return names
+    except (struct.error, ValueError, IndexError):
+        return set()
 
 
 def uploader_command(board: str, image: str, port: str | None) -> list[str]:
@@ -59,6 +100,10 @@ def upload_image(board: str, image: str, port: str | None, dry_run: bool = False
     """Run the board's uploader (one-line error naming the apt package if it is missing)."""
     if not Path(image).is_file():
         raise UserError(f"firmware image {image} does not exist")
+    if board == "uno" and ".bootloader" in elf_sections(image):
+        raise UserError(f"{image} carries a boot-section routine, which the Uno's serial boot loader cannot (and "
+                        "must not) write: upload nca_link_avr.hex (the application alone) with --image, or write "
+                        "nca_link_avr_isp.hex with an ISP (fuses: firmware/README.md)")
     cmd = uploader_command(board, image, port)
     exe, pkg = UPLOADERS[board][1], UPLOADERS[board][2]
     if dry_run:
@@ -173,6 +218,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                   f"{len(image.genome):,} B in {r.seconds:.2f} s ({r.requests} requests, {r.retries} retries"
                   + (f", resumed at {r.resumed_from:,} B" if r.resumed_from else "") + ")")
             return 0
+        except NoWriter:
+            raise UserError(NO_WRITER_HELP.format(what=f"the board at {a.port}")) from None
         except BoardRefused:
             raise                 # the board answered: asking again gets the same answer
         except LinkError as e:

@@ -36,7 +36,7 @@ FIRMWARE_VERSION = 1
 MESSAGES: tuple[tuple[str, int, str, str], ...] = (
     ("HELLO", 0x01, "-", "proto u8, fw u8, board u8, format u8, max_payload u16, capacity u32, "
                          "active slot u8 (0xFF none), model hash u32, generation u32, shifts 4 x u8, "
-                         "error-feedback bits u8"),
+                         "error-feedback bits u8, flash writer u8 (0 none: FLASH_BEGIN refused)"),
     ("FLASH_BEGIN", 0x02, "image header (32 B), session u32, flags u8 (bit 0 resume)", "next offset u32"),
     ("FLASH_WRITE", 0x03, "offset u32, data (1..CHUNK B)", "next offset u32"),
     ("FLASH_VERIFY", 0x04, "-", "crc32 u32 of the slot's genome"),
@@ -73,11 +73,16 @@ ERRORS: tuple[tuple[str, int, str], ...] = (
     ("ERR_FORMAT", 13, "image header: bad magic, version, format or size"),
     ("ERR_FLASH", 14, "flash read-back differs after a write"),
     ("ERR_INCOMPLETE", 15, "VERIFY before the whole genome was written"),
+    ("ERR_NO_WRITER", 16, "the board cannot write its genome slots (an AVR without an SPM routine in its boot section)"),
 )
 ERR = {name: code for name, code, _ in ERRORS}
 ERROR_TEXT = {code: f"{name} ({text})" for name, code, text in ERRORS}
 
 BOARDS = {1: "host", 2: "cortex-m0", 3: "avr"}
+# How a board writes its genome slots (HELLO's last byte).  An AVR executes SPM only from
+# its boot section, so its firmware needs a routine there: its own (the ISP image) or
+# Optiboot >= 8's do_spm; with neither it refuses FLASH_BEGIN (ERR_NO_WRITER).
+WRITERS = {0: "none", 1: "native", 2: "boot", 3: "optiboot"}
 
 # ---------------------------------------------------------------- limits
 CHUNK = 128                      # genome bytes per FLASH_WRITE (one AVR page)
@@ -101,7 +106,7 @@ SLOT_GENOME_OFFSET = 0           # the genome first, the header (the commit reco
 SLOT_HEADER_OFFSET = ((F.GENOME_BYTES + CHUNK - 1) // CHUNK) * CHUNK   # page-aligned: 8,448
 SLOT_BYTES = SLOT_HEADER_OFFSET + CHUNK                                # 8,576
 SESSION_RESUME = 1
-HELLO_BYTES = 24                 # HELLO reply after the status byte
+HELLO_BYTES = 25                 # HELLO reply after the status byte (a board before the writer byte: 24)
 # what a board accepts in an image header and genome (ModelFormat.check's ranges; T of out_mt)
 SHIFT_LIMITS = {name: (min(r), max(r)) for name, r in (
     ("GRAD", F.GRAD_SHIFTS), ("HIDDEN", F.HIDDEN_SHIFTS), ("BIAS", F.BIAS_SHIFTS), ("ACC", F.ACC_SHIFTS),
@@ -193,15 +198,18 @@ class Hello:
     generation: int
     shifts: tuple[int, int, int, int]
     ef_bits: int = 0
+    writer: str | None = None             # WRITERS; None: a board too old to say
 
     @classmethod
     def parse(cls, body: bytes) -> Hello:
-        if len(body) != HELLO_BYTES:
-            raise FrameError(f"HELLO reply of {len(body)} B, expected {HELLO_BYTES}")
+        """Fields are only ever appended: a longer reply (a newer board) is read as far as known."""
+        if len(body) < HELLO_BYTES - 1:
+            raise FrameError(f"HELLO reply of {len(body)} B, expected {HELLO_BYTES} (or {HELLO_BYTES - 1})")
         p, fw, board, fmt, mp, cap, slot, h, gen = struct.unpack("<BBBBHIBII", body[:19])
+        writer = WRITERS.get(body[24], f"writer {body[24]}") if len(body) > 24 else None
         return cls(p, fw, BOARDS.get(board, f"board {board}"), fmt, mp, cap,
                    None if slot == 0xFF else slot, None if slot == 0xFF else h, gen,
-                   tuple(body[19:23]), body[23])  # type: ignore[arg-type]
+                   tuple(body[19:23]), body[23], writer)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the C header
@@ -221,6 +229,8 @@ def c_header() -> str:
               "/* status codes */"]
     lines += [f"#define NCA_{name} {code}" for name, code, _ in ERRORS]
     lines += ["", "/* boards */"] + [f"#define NCA_BOARD_{n.upper().replace('-', '_')} {k}" for k, n in BOARDS.items()]
+    lines += ["", "/* how a board writes its slots (HELLO) */"] + [f"#define NCA_WRITER_{n.upper()} {k}"
+                                                                  for k, n in WRITERS.items()]
     lines += ["", "/* limits */",
               f"#define NCA_LINK_CHUNK {CHUNK}",
               f"#define NCA_LINK_MAX_PAYLOAD {MAX_PAYLOAD}",

@@ -37,6 +37,8 @@ def host_link_library() -> ctypes.CDLL:
         lib.nca_host_link_cut_after.argtypes = [ctypes.c_uint32, ctypes.c_int]
         lib.nca_host_link_ops.restype = ctypes.c_uint32
         lib.nca_host_link_powered.restype = ctypes.c_int
+        lib.nca_host_link_set_writer.argtypes = [ctypes.c_uint8]
+        lib.nca_host_link_led.restype = ctypes.POINTER(ctypes.c_uint8 * 3)
         _HOST_LIB = lib
     return _HOST_LIB
 
@@ -48,10 +50,12 @@ class HostLink:
 
     instant = True
 
-    def __init__(self, lib: ctypes.CDLL | None = None, wipe: bool = True):
+    def __init__(self, lib: ctypes.CDLL | None = None, wipe: bool = True, writer: str = "native"):
         self.lib = lib or host_link_library()
         if wipe:
             self.lib.nca_host_link_wipe()
+        # "none": a board that cannot write its slots (an AVR without a boot-section SPM routine)
+        self.lib.nca_host_link_set_writer({n: k for k, n in protocol.WRITERS.items()}[writer])
         self.lib.nca_host_link_boot()
         self._buf = bytearray()
         self._out = ctypes.create_string_buffer(1 << 16)
@@ -103,6 +107,10 @@ class HostLink:
         """The slot's bytes (writable: tests corrupt them)."""
         p = self.lib.nca_host_link_flash(slot)
         return (ctypes.c_uint8 * protocol.SLOT_BYTES).from_address(p)
+
+    def led(self) -> tuple[int, int, int]:
+        """The colour the firmware last showed (nca_link_led: after every step)."""
+        return tuple(self.lib.nca_host_link_led().contents)  # type: ignore[return-value]
 
     def close(self) -> None:
         pass

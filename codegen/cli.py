@@ -130,6 +130,9 @@ def _link_app(a: argparse.Namespace) -> int:
     toolchain.check_toolchain(a.target)
     art = toolchain.build_link(a.target, out / "build" / a.target)
     print(f"{PROG}: built the {a.target} link firmware: {art}")
+    if a.target == "avr":
+        print(f"{PROG}: for an Uno: {art.with_suffix('.hex')} through its serial boot loader (needs Optiboot >= 8), "
+              f"or {art.with_name('nca_link_avr_isp.hex')} with an ISP (fuses: firmware/README.md)")
     if a.report and a.target != "host":
         z = toolchain.link_sizes(art, a.target)
         print(f"{a.target} link firmware: ROM {z['rom']:,} B (code, constants and initialised data), "

@@ -4,11 +4,17 @@ reached by pyserial over socket://.  nca-flash writes a genome, then >= 200 step
 requests equal the golden model bit for bit; flashes cut off at chunk boundaries
 (the link closed, or the AVR emulator killed and restarted with its flash file)
 leave the previous genome answering; a genome with a bad CRC is never activated;
-boards inside the SimPy swarm equal the all-"fixed" run.  One emulator per board
-type is shared by the module; skipped where the tools are missing."""
+boards inside the SimPy swarm equal the all-"fixed" run.  The AVR board as the chip
+runs it (the bridge's checks, tests/test_avr_boot.py): its genome writes go through
+the boot section with interrupts never off for more than 1 ms, its LED shows the
+cell's colour, it works with Optiboot's do_spm instead, and without either it says
+how to get one.  One emulator per board type is shared by the module; skipped where
+the tools are missing."""
 from __future__ import annotations
 
+import re
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +25,6 @@ import boards.emulator
 import boards.swarm
 import boards.transport
 import sim.assemble
-import sim.simulate
 from boards import flash as FL
 from codegen import golden as G
 from boards import protocol as L
@@ -48,9 +53,19 @@ def m0():
 def avr(tmp_path_factory):
     if boards.emulator.emulator_tools("avr"):
         pytest.skip("no simavr / avr-gcc")
-    flash = tmp_path_factory.mktemp("avr") / "flash.bin"
-    with boards.emulator.Emulator("avr", flash_file=flash) as e:
+    d = tmp_path_factory.mktemp("avr")
+    with boards.emulator.Emulator("avr", flash_file=d / "flash.bin", log=d / "bridge.log") as e:
         yield e
+
+
+def bridge_log(emu: boards.emulator.Emulator) -> str:
+    """What the simavr bridge reported on stderr (its checks, interrupts off, the LED)."""
+    assert emu._log is not None
+    return emu._log.read_text(errors="replace")
+
+
+def irq_off_max(log: str) -> int:
+    return max(int(n) for n in re.findall(r"^irq-off (\d+) cycles", log, re.MULTILINE))
 
 
 def check_200_steps(board: boards.client.Board, q) -> None:
@@ -103,6 +118,8 @@ def test_cortex_m0_nca_flash_then_steps_equal_golden(m0, models, capsys):
 
 @needs("avr")
 def test_avr_nca_flash_then_steps_equal_golden(avr, models, capsys):
+    with avr.board(timeout=5) as b:
+        assert b.hello().writer == "boot"           # the firmware's own routine in the boot section
     flash_then_steps(avr, "avr", models, capsys)
 
 
@@ -309,3 +326,112 @@ def test_error_feedback_on_boards_equals_the_golden_model_and_the_fixed_swarm(m0
         assert b1.request("STATE_SET", bytes(16) + bytes([1]) + bytes(7))[0] == L.ERR["ERR_ARG"]
     assert cells.calls >= 6
     np.testing.assert_array_equal(sw.grid, ref.grid)
+
+
+# ---------------------------------------------------------------- the AVR as the chip runs it
+@needs("avr")
+def test_avr_writes_through_the_boot_section_with_interrupts_on(avr, models):
+    """Two whole flashes, a restart (the boot scan of both slots), a request that arrives
+    while a slot is erased, and steps: no SPM outside the boot section, the RWW section
+    never executed while busy (the bridge would have stopped), the byte received during
+    the erase by the boot section's own vector (IVSEL), and interrupts never off for more
+    than 16,000 cycles (1 ms at 16 MHz)."""
+    _, _, qa, qb = models
+    with avr.board(timeout=5) as b:
+        boards.swarm.ensure_model(b, L.image_of(qb))
+        boards.swarm.ensure_model(b, L.image_of(qa))
+    avr.restart()
+    with avr.board(timeout=5) as b:
+        assert b.hello().model_hash == qa.model_hash      # the boot scan is over: the board waits
+    ser = boards.client.open_port(avr.url)
+    try:
+        begin = L.image_of(qb).header() + struct.pack("<IB", 99, 0)
+        # 200 empty frames (silence) after the BEGIN: 17 ms of bytes, most of them arrive during the erase
+        ser.write(b"\x00" + L.encode_frame(L.MSG["FLASH_BEGIN"], 1, begin) + bytes(200)
+                  + L.encode_frame(L.MSG["HELLO"], 2))
+        raw, deadline = b"", time.monotonic() + 20
+        while raw.count(b"\x00") < 2 and time.monotonic() < deadline:
+            raw += ser.read(ser.in_waiting or 1)
+        replies = [L.decode_frame(f) for f in raw.split(b"\x00")[:2]]
+    finally:
+        ser.close()
+    assert [(t, seq, body[0]) for t, seq, body in replies] == [(0x82, 1, 0), (0x81, 2, 0)]
+    with avr.board(timeout=5) as b:
+        b.reset()
+        xs, nbs = adversarial_cells(3, seed=5)
+        gc, go = golden_update(qa, xs, nbs)
+        for k in range(3):
+            c, st = b.cell(xs[k], nbs[k])
+            assert c == gc[k] and np.array_equal(st, go[k])
+    log = bridge_log(avr)
+    assert "FAIL" not in log and "spm outside" not in log
+    assert "interrupt 18 taken in the boot section" in log        # USART RX during the erase
+    assert 1000 < irq_off_max(log) <= 16_000, irq_off_max(log)
+
+
+def last_led(emu: boards.emulator.Emulator) -> list[int]:
+    return [int(v) for v in re.findall(r"^led (-?\d+) (-?\d+) (-?\d+)$", bridge_log(emu), re.MULTILINE)[-1]]
+
+
+@needs("avr")
+def test_avr_led_shows_the_cells_colour_after_every_step(avr, models):
+    """The PWM drive of D9/D10/D11 (OCR1A, OCR1B, OCR2A, read from the emulated chip) is
+    the golden model's RGB of the state after each step; a colour of 0 is the pin off."""
+    _, _, qa, _ = models
+    xs, nbs = adversarial_cells(30, seed=21)
+    xs[:, :3] = np.random.default_rng(4).integers(-40, 128, (len(xs), 3))
+    seen = set()
+    with avr.board(timeout=5) as b:
+        boards.swarm.ensure_model(b, L.image_of(qa))
+        for k in range(0, len(xs), 3):
+            if k % 2:
+                b.set_state(xs[k])
+                b.set_neighbours(nbs[k])
+                _, s = b.step()
+            else:
+                _, s = b.cell(xs[k], nbs[k])
+            want = G.rgb(s[None])[0].tolist()
+            assert last_led(avr) == want, k
+            seen |= {v == 0 for v in want}
+    assert seen == {True, False}          # both a channel off and channels on were shown
+
+
+@needs("avr")
+def test_avr_without_a_boot_spm_routine_refuses_and_says_how(models, capsys, tmp_path):
+    """A boot loader without do_spm (the Uno's own): HELLO says so, FLASH_BEGIN is refused,
+    and nca-flash names both ways out in one line."""
+    with boards.emulator.Emulator("avr", flash_file=tmp_path / "flash.bin", boot="none") as e:
+        with e.board(timeout=5) as b:
+            assert b.hello().writer == "none"
+            st, _ = b.request("FLASH_BEGIN", L.image_of(models[2]).header() + struct.pack("<IB", 1, 0))
+            assert st == L.ERR["ERR_NO_WRITER"]
+        assert FL.main(["--port", e.url, "--model", str(models[0]), "--timeout", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("nca-flash: error: the board at socket://")
+    for w in ("cannot write genomes", "--target avr --out DIR --build", "--image DIR/build/avr/nca_avr.elf",
+              "avrdude -c PROGRAMMER", "-U hfuse:w:0xDE:m", "-U efuse:w:0xFC:m", "flash:w:OPTIBOOT_HEX:i",
+              "-U lock:w:0x2F:m"):
+        assert w in err, w
+
+
+@needs("avr")
+def test_avr_flashes_through_optiboots_do_spm(models, tmp_path):
+    """With Optiboot >= 8 in the boot section (the tests' stand-in: its do_spm and version
+    word) the firmware finds do_spm and flashes through it, bit-exact as before; each page
+    erase or write then keeps interrupts off for its 4.5 ms (Optiboot waits inside with the
+    vectors in the unreadable application), which the measurement sees."""
+    _, _, qa, _ = models
+    log = tmp_path / "bridge.log"
+    with boards.emulator.Emulator("avr", flash_file=tmp_path / "flash.bin", log=log, boot="optiboot") as e:
+        with e.board(timeout=5) as b:
+            assert b.hello().writer == "optiboot"
+            r = b.flash(L.image_of(qa))
+            assert r.model_hash == qa.model_hash
+            xs, nbs = adversarial_cells(5, seed=8)
+            gc, go = golden_update(qa, xs, nbs)
+            for k in range(5):
+                c, s = b.cell(xs[k], nbs[k])
+                assert c == gc[k] and np.array_equal(s, go[k])
+        text = log.read_text()
+    assert "FAIL" not in text and "spm outside" not in text
+    assert 72_000 <= irq_off_max(text) < 73_000, irq_off_max(text)

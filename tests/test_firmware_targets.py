@@ -5,6 +5,7 @@ update) as the toolchains and emulators measure them. Skipped where the tools
 are missing (.ci/run installs them)."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -212,3 +213,51 @@ def test_arduino_sketch_folder_builds(q, tmp_path):
     T.make(tmp_path, "arduino")
     assert (tmp_path / "build" / "arduino" / "nca_cell.o").is_file()
     assert "nca_cell_update(&cell, NULL)" in (sketch / "nca_cell.ino").read_text()
+
+
+ARDUINO_STUB = """#include <stdint.h>
+#include <stdlib.h>
+#define OUTPUT 1
+void pinMode(uint8_t pin, uint8_t mode);
+void analogWrite(uint8_t pin, int value);
+void delay(unsigned long ms);
+struct SerialStub { void begin(unsigned long); void print(int); void print(char); void println(); };
+extern SerialStub Serial;
+"""
+
+
+def sketch_array(ino: str, name: str) -> list[int]:
+    m = re.search(rf"{name}\[[^]]*\] = \{{([^}}]*)\}};", ino)
+    assert m, name
+    return [int(v) for v in m.group(1).split(",")]
+
+
+@pytest.mark.skipif(shutil.which("avr-g++") is None, reason="needs avr-g++ (gcc-avr)")
+@pytest.mark.parametrize("ef", [False, True], ids=["int8", "error-feedback"])
+def test_arduino_sketch_seeds_the_models_seed_and_drives_the_rgb_led(tmp_path, ef):
+    """The sketch starts from sim.model's seed in the model's formats (alpha and every hidden
+    channel 1.0, with the remainders under error feedback), shows the colour by PWM on
+    D9/D10/D11, and compiles as C++ for the ATmega328P (against a stub of Arduino.h)."""
+    from test_backends_fixed import with_error_feedback
+
+    from sim.model import seed_state
+    q = quantize(with_error_feedback(blob_model()) if ef else blob_model())
+    emit.write_project(q, "arduino", tmp_path)
+    ino = (tmp_path / "nca_cell" / "nca_cell.ino").read_text()
+    own = F.quantize_fine(seed_state(1, 1)[0, 0], q.fmt)
+    st, resid = F.split_own(own, q.fmt.ef_bits)
+    assert sketch_array(ino, "NCA_SEED") == st[0].tolist()
+    assert st[0, 3] == 127 and st[0, :3].tolist() == [0, 0, 0]                  # alpha 1.0 saturates Q0.7
+    assert st[0, 4:].tolist() == [1 << f for f in q.fmt.state_fracs[4:]]        # 1.0 in each hidden format
+    if ef:
+        assert sketch_array(ino, "NCA_SEED_RESID") == resid[0].tolist() and resid[0, 1] == 0xF0
+    else:
+        assert "NCA_SEED_RESID" not in ino
+    assert sketch_array(ino, "LED_PINS") == [9, 10, 11]
+    assert "analogWrite(LED_PINS[k], rgb[k])" in ino and "LED_BUILTIN" not in ino
+    (tmp_path / "Arduino.h").write_text(ARDUINO_STUB)
+    r = subprocess.run(["avr-g++", "-mmcu=atmega328p", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+                        "-include", str(tmp_path / "Arduino.h"), "-I", str(tmp_path / "nca_cell"),
+                        "-x", "c++", str(tmp_path / "nca_cell" / "nca_cell.ino")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr

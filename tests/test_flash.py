@@ -233,6 +233,31 @@ def test_ports_are_opened_without_a_reset_edge(windows, models, capsys, monkeypa
     assert seen == [("loop://", False, not windows, not windows)] * 2
 
 
+def test_a_board_that_cannot_write_is_told_the_two_ways_out(models, capsys):
+    """nca-flash on a board whose boot section has no SPM routine: one line naming the
+    harness image with the genome built in and the ISP command that installs Optiboot."""
+    server = HostServer(boards.transport.HostLink(writer="none"))
+    try:
+        assert FL.main(["--port", server.url, "--model", str(models[0]), "--attempts", "3"]) == 2
+    finally:
+        server.close()
+    one_line_error(capsys, f"the board at {server.url} cannot write genomes", "nca-codegen --model M.npz --target avr",
+                   "nca-flash --image DIR/build/avr/nca_avr.elf --board uno", "avrdude -c PROGRAMMER -P ISP_PORT -p "
+                   "atmega328p -e -U lock:w:0x3F:m -U efuse:w:0xFC:m -U hfuse:w:0xDE:m -U lfuse:w:0xFF:m "
+                   "-U flash:w:OPTIBOOT_HEX:i -U lock:w:0x2F:m", "--image nca_link_avr.hex")
+
+
+@pytest.mark.skipif(bool(boards.emulator.emulator_tools("avr")), reason="needs avr-gcc")
+def test_image_with_a_boot_section_is_not_sent_to_a_serial_boot_loader(capsys):
+    from codegen.toolchain import link_firmware
+    elf = link_firmware("avr")
+    assert FL.main(["--image", str(elf), "--board", "uno", "--port", "/dev/ttyACM0", "--dry-run"]) == 2
+    one_line_error(capsys, "boot-section routine", "nca_link_avr.hex", "nca_link_avr_isp.hex")
+    hexfile = elf.with_name("nca_link_avr.hex")
+    assert FL.main(["--image", str(hexfile), "--board", "uno", "--port", "/dev/ttyACM0", "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"-U flash:w:{hexfile}")
+
+
 def test_list_ports(capsys):
     assert FL.main(["--list"]) == 0
     out = capsys.readouterr().out

@@ -158,9 +158,10 @@ def test_separate_commands_tentative_rgb_and_reset(host, qa):
         c, s = b.step()
         assert c == gc[k] and np.array_equal(s, go[k])
         assert np.array_equal(b.rgb(), G.rgb(go[k]))
+        assert host.led() == tuple(G.rgb(go[k]))          # the port's LED hook saw the same colour
         b.set_state(xs[k])
         c, s = b.step(fire=False)
-        assert c == 3 and np.array_equal(s, xs[k])
+        assert c == 3 and np.array_equal(s, xs[k]) and host.led() == tuple(G.rgb(xs[k]))
     gt = np.zeros_like(xs)
     G.tentative_batch(xs, nbs, *qa.arrays(), G.rotation_array(30.0), gt)
     for k in range(40):
@@ -169,6 +170,27 @@ def test_separate_commands_tentative_rgb_and_reset(host, qa):
     b.reset()
     assert not b.get_state().any()
     assert b.hello().model_hash == qa.model_hash
+
+
+def test_hello_says_how_the_board_writes_and_a_board_that_cannot_refuses(qa):
+    """HELLO's last byte (appended: a 24-byte reply from an older board still parses, and
+    a longer one from a newer board too); a board without a writer refuses FLASH_BEGIN
+    with ERR_NO_WRITER and the client raises NoWriter before sending it."""
+    h = boards.client.Board(boards.transport.HostLink()).hello()
+    assert h.writer == "native" and h.active_slot is None
+    raw = struct.pack("<BBBBHIBII4BB", 2, 1, 3, 4, 161, 8384, 0xFF, 0, 0, 0, 0, 0, 0, 0)
+    assert L.Hello.parse(raw).writer is None
+    assert L.Hello.parse(raw + b"\x02").writer == "boot" and L.Hello.parse(raw + b"\x03\x07").writer == "optiboot"
+    with pytest.raises(L.FrameError):
+        L.Hello.parse(raw[:-1])
+    link = boards.transport.HostLink(writer="none")
+    b = boards.client.Board(link)
+    assert b.hello().writer == "none"
+    begin = L.image_of(qa).header() + struct.pack("<IB", 1, 0)
+    assert b.request("FLASH_BEGIN", begin)[0] == L.ERR["ERR_NO_WRITER"]
+    with pytest.raises(boards.errors.NoWriter, match="no SPM routine"):
+        b.flash(L.image_of(qa))
+    assert boards.client.Board(boards.transport.HostLink()).hello().writer == "native"
 
 
 def status_of(b: boards.client.Board, name: str, body: bytes = b"") -> int:

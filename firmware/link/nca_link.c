@@ -15,7 +15,7 @@ nca_runtime_t nca_rt;
 /* reply payload sizes: type, seq and status, then the data (PROTOCOL.md), then the CRC */
 #define REPLY_HEAD 3
 #define REPLY_CRC 2
-#define HELLO_DATA 24                           /* boards/protocol.py HELLO_BYTES */
+#define HELLO_DATA 25                           /* boards/protocol.py HELLO_BYTES */
 #define STEP_DATA (1 + NCA_LINK_STATE_BYTES)    /* STEP, CELL: result, own state */
 #define ACTIVATE_DATA 9                         /* slot u8, model hash u32, generation u32 */
 #define TX_BUFFER 32
@@ -334,6 +334,7 @@ static uint8_t cmd_hello(void)
     p[21] = active < 0 ? 0 : nca_rt.bias_shift;
     p[22] = active < 0 ? 0 : nca_rt.acc_shift;
     p[23] = active < 0 ? 0 : nca_rt.ef_bits;
+    p[24] = nca_slot_writer();
     tx_len = (uint8_t)(tx_len + HELLO_DATA);
     return NCA_OK;
 }
@@ -346,6 +347,8 @@ static uint8_t cmd_begin(const uint8_t *b, uint8_t n)
         return NCA_ERR_LENGTH;
     if (!header_ok(b))
         return NCA_ERR_FORMAT;
+    if (nca_slot_writer() == NCA_WRITER_NONE)
+        return NCA_ERR_NO_WRITER;
     session = rd32(b + NCA_HEADER_BYTES);
     for (i = 0; i < NCA_HEADER_BYTES; i++)
         if (ses.header[i] != b[i])
@@ -467,7 +470,7 @@ static void state_out(void)
 static uint8_t cmd_step(const uint8_t *b, const uint8_t *cell_in)
 {
     nca_rotation_t rot;
-    uint8_t op = b[0], fire = b[1], r = 3;
+    uint8_t op = b[0], fire = b[1], r = 3, rgb[3];
     if (op > 1 || fire > 1 || b[2] > 1)
         return NCA_ERR_ARG;
     if (active < 0)
@@ -489,6 +492,8 @@ static uint8_t cmd_step(const uint8_t *b, const uint8_t *cell_in)
     }
     tx[tx_len++] = r;
     state_out();
+    nca_cell_rgb(cell.state, rgb);
+    nca_link_led(rgb);
     return NCA_OK;
 }
 
@@ -621,9 +626,11 @@ void nca_link_rx(uint8_t b)
 void nca_link_init(void)
 {
     uint16_t i;
-    uint8_t *p = (uint8_t *)&cell;
+    uint8_t *p = (uint8_t *)&cell, rgb[3];
     for (i = 0; i < sizeof cell; i++)
         p[i] = 0;
+    nca_cell_rgb(cell.state, rgb);
+    nca_link_led(rgb);
     ses.open = 0;
     have_last = 0;
     frame_reset();

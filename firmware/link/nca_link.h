@@ -24,6 +24,10 @@ void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n);
 /* where the slot's genome is, as the core reads it (NCA_RDU8: program memory on AVR);
  * the link reads every slot byte, the header too, relative to it */
 const nca_genome_t *nca_slot_genome(uint8_t slot);
+/* how the port writes its slots (NCA_WRITER_*, HELLO); NCA_WRITER_NONE refuses FLASH_BEGIN */
+uint8_t nca_slot_writer(void);
+/* show the cell's colour (r, g, b 0..255: nca_cell_rgb), after every STEP/CELL and at init */
+void nca_link_led(const uint8_t *rgb);
 
 /* ---- the link */
 void nca_link_init(void);          /* reset the parser and the cell, pick the active slot */

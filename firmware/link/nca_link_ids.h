@@ -39,11 +39,18 @@
 #define NCA_ERR_FORMAT 13
 #define NCA_ERR_FLASH 14
 #define NCA_ERR_INCOMPLETE 15
+#define NCA_ERR_NO_WRITER 16
 
 /* boards */
 #define NCA_BOARD_HOST 1
 #define NCA_BOARD_CORTEX_M0 2
 #define NCA_BOARD_AVR 3
+
+/* how a board writes its slots (HELLO) */
+#define NCA_WRITER_NONE 0
+#define NCA_WRITER_NATIVE 1
+#define NCA_WRITER_BOOT 2
+#define NCA_WRITER_OPTIBOOT 3
 
 /* limits */
 #define NCA_LINK_CHUNK 128

@@ -12,15 +12,41 @@
  *                client may disconnect and a new one connect (the board keeps running)
  *   --pty        UART0 on a pseudo-terminal (libsimavrparts' uart_pty); its name is
  *                printed on stderr ("pty /dev/pts/N") for pyserial
- *   --flash FILE the flash above the program (the genome slots) is loaded from FILE at
- *                start and saved to it (atomically) whenever the firmware writes GPIOR1
- *                after an erase or page write: a killed and restarted board keeps its genomes
- * While the AVR sleeps the bridge waits for input (poll), so an idle board costs no CPU.
+ *   --flash FILE the flash between the program and the boot section (the genome slots) is
+ *                loaded from FILE at start and saved to it (atomically) whenever the firmware
+ *                writes GPIOR1 after an erase or page write: a killed and restarted board
+ *                keeps its genomes
+ * While the AVR sleeps the bridge waits on the socket for the sleep's real time (ppoll
+ * instead of simavr's usleep), so an idle board costs no CPU and a byte from the host
+ * ends the wait at once.
+ *
+ * The chip as it is where simavr 1.6 is more lenient (always on; ATmega328P figures):
+ *   - the boot section (the last --bootsz bytes, default 512: BOOTSZ = 256 words) is
+ *     loaded from the ELF's segments there (simavr loads .text and .data only), or from
+ *     --boot FILE (another ELF: the tests' Optiboot stand-in), or left erased (--boot none);
+ *   - SPM executes only from the boot section; elsewhere it is ignored and reported
+ *     (the first four: "spm outside the boot section at pc 0x...");
+ *   - a page erase or write of the RWW section (below 0x7000) takes 4.5 ms (SPMEN and
+ *     RWWSB stay set); until the RWW section is re-enabled (RWWSRE) the CPU must not
+ *     execute there, an interrupt vectoring into it included: the bridge reports it
+ *     ("FAIL: ...") and exits with status 4;
+ *   - IVSEL (MCUCR) moves the interrupt vectors to the start of the boot section
+ *     (the first four reported: "interrupt N taken in the boot section").
+ * It also reports on stderr:
+ *   "irq-off N cycles from pc 0x..."  each time a window with interrupts disabled (SREG.I
+ *                                     clear, interrupt handlers included) is the longest yet
+ *   "led R G B"                       each time the RGB LED's drive changes: OC1A, OC1B and
+ *                                     OC2A (D9, D10, D11) in 8-bit fast PWM, each pin an
+ *                                     output: OCR while the pin is on the timer (duty
+ *                                     (OCR + 1) / 256), 0 or 255 off it (its PORT bit), or -1
  * Build: gcc -O2 -I/usr/include/simavr -I/usr/include/simavr/parts simavr_bridge.c \
  *            -lsimavrparts -lsimavr -lpthread -lutil -o simavr_bridge
- * Usage: simavr_bridge [-m mcu] [-f hz] [--tcp PORT | --pty] [--flash FILE] firmware.elf
+ * Usage: simavr_bridge [-m mcu] [-f hz] [--tcp PORT | --pty] [--flash FILE]
+ *                      [--boot FILE|none] [--bootsz BYTES] firmware.elf
  */
+#define _GNU_SOURCE   /* ppoll */
 #include <arpa/inet.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -36,16 +62,39 @@
 #include "sim_elf.h"
 #include "sim_io.h"
 #include <sys/socket.h>
+#include "avr_flash.h"
 #include "avr_uart.h"
 #include "uart_pty.h"
+
+/* ATmega328P data-space addresses */
+#define MCUCR_ADDR 0x55
+#define SPMCSR_ADDR 0x57
+#define IVSEL_BIT 0x02
+#define SPMEN_BIT 0x01
+#define PGERS_BIT 0x02
+#define PGWRT_BIT 0x04
+#define RWWSRE_BIT 0x10
+#define RWWSB_BIT 0x40
+#define NRWW_BYTES 4096u        /* the NRWW section: the last 4 KiB */
+#define VECTORS 26
 
 static avr_t *avr;
 static avr_cycle_count_t mark0, last_tx;
 static int xon = 0;
 static int out_fd = 1;                 /* where UART output goes (-1: nowhere) */
 static int in_fd = 0;                  /* where UART input comes from (--tcp: the client, or -1) */
+static int lsock = -1;                 /* --tcp: the listening socket */
 static const char *flash_file;
 static uint32_t flash_lo;              /* first flash byte above the program */
+static uint32_t boot_lo, nrww_lo;      /* the boot section and the NRWW section start here */
+static int (*flash_ioctl)(struct avr_io_t *io, uint32_t ctl, void *param);
+static int rww_busy;                   /* a page of the RWW section erased or written, not re-enabled */
+static int spm_busy;                   /* that erase or write still running (SPMEN set) */
+static unsigned long spm_outside, boot_irqs;
+static int irq_off;
+static avr_cycle_count_t irq_off_since, irq_off_max;
+static uint32_t irq_off_pc;
+static int led[3] = {-2, -2, -2};
 
 static void save_flash(void)
 {
@@ -57,8 +106,7 @@ static void save_flash(void)
     f = fopen(tmp, "wb");
     if (!f)
         return;
-    if (fwrite(avr->flash + flash_lo, 1, avr->flashend + 1 - flash_lo, f) == avr->flashend + 1 - flash_lo
-        && fflush(f) == 0) {
+    if (fwrite(avr->flash + flash_lo, 1, boot_lo - flash_lo, f) == boot_lo - flash_lo && fflush(f) == 0) {
         fclose(f);
         rename(tmp, flash_file);
     } else {
@@ -71,9 +119,155 @@ static void load_flash(void)
     FILE *f = flash_file ? fopen(flash_file, "rb") : NULL;
     if (!f)
         return;
-    if (fread(avr->flash + flash_lo, 1, avr->flashend + 1 - flash_lo, f) == 0)
+    if (fread(avr->flash + flash_lo, 1, boot_lo - flash_lo, f) == 0)
         fprintf(stderr, "%s: empty\n", flash_file);
     fclose(f);
+}
+
+/* The file bytes of an ELF's loadable segments whose (load) address is in [lo, hi):
+ * what a programmer writes there.  0 when done, else -1. */
+static int load_segments(const char *path, uint32_t lo, uint32_t hi)
+{
+    Elf32_Ehdr eh;
+    Elf32_Phdr ph;
+    int i, ok = -1;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    if (fread(&eh, sizeof eh, 1, f) != 1 || memcmp(eh.e_ident, ELFMAG, SELFMAG) || eh.e_ident[EI_CLASS] != ELFCLASS32)
+        goto out;
+    for (i = 0; i < eh.e_phnum; i++) {
+        if (fseek(f, (long)(eh.e_phoff + (uint32_t)i * eh.e_phentsize), SEEK_SET) || fread(&ph, sizeof ph, 1, f) != 1)
+            goto out;
+        if (ph.p_type != PT_LOAD || !ph.p_filesz || ph.p_paddr < lo || ph.p_paddr + ph.p_filesz > hi)
+            continue;
+        if (fseek(f, (long)ph.p_offset, SEEK_SET) || fread(avr->flash + ph.p_paddr, 1, ph.p_filesz, f) != ph.p_filesz)
+            goto out;
+    }
+    ok = 0;
+out:
+    fclose(f);
+    return ok;
+}
+
+static avr_cycle_count_t spm_done(avr_t *a, avr_cycle_count_t when, void *p)
+{
+    (void)when;
+    (void)p;
+    a->data[SPMCSR_ADDR] &= (uint8_t)~(SPMEN_BIT | PGERS_BIT | PGWRT_BIT);
+    spm_busy = 0;
+    return 0;
+}
+
+/* Every SPM passes here (simavr's flash module, wrapped): where it runs from and how
+ * long an erase or write keeps the flash busy, as on the chip. */
+static int spm_ioctl(struct avr_io_t *io, uint32_t ctl, void *param)
+{
+    uint8_t cmd = avr->data[SPMCSR_ADDR];
+    uint32_t z = avr->data[R_ZL] | ((uint32_t)avr->data[R_ZH] << 8);
+    int r;
+    if (ctl != AVR_IOCTL_FLASH_SPM)
+        return flash_ioctl(io, ctl, param);
+    if (avr->pc < boot_lo) {
+        if (spm_outside++ < 4)
+            fprintf(stderr, "spm outside the boot section at pc 0x%04x: ignored\n", avr->pc);
+        return 0;                      /* SPMEN clears by itself 4 cycles after the SPMCSR write */
+    }
+    if (spm_busy) {
+        fprintf(stderr, "FAIL: spm at pc 0x%04x while the previous erase or write runs\n", avr->pc);
+        exit(4);
+    }
+    r = flash_ioctl(io, ctl, param);
+    if ((cmd & SPMEN_BIT) && (cmd & (PGERS_BIT | PGWRT_BIT))) {
+        spm_busy = 1;
+        avr->data[SPMCSR_ADDR] = (uint8_t)(cmd | (z < nrww_lo ? RWWSB_BIT : 0));
+        if (z < nrww_lo)
+            rww_busy = 1;
+        avr_cycle_timer_register(avr, avr->frequency / 1000 * 45 / 10, spm_done, NULL);   /* 4.5 ms */
+    } else if ((cmd & SPMEN_BIT) && (cmd & RWWSRE_BIT)) {
+        rww_busy = 0;
+        avr->data[SPMCSR_ADDR] &= (uint8_t)~RWWSB_BIT;
+    }
+    return r;
+}
+
+/* One LED channel: the pin an output, its timer in 8-bit fast PWM with a clock; on the
+ * timer (COM non-inverting) the colour is OCR (duty (OCR + 1) / 256), off it the pin's
+ * PORT bit (0 or 255); else -1. */
+static int led_channel(int mode_ok, uint8_t com, uint8_t ocr, uint8_t pin)
+{
+    const uint8_t *d = avr->data;
+    if (!mode_ok || !(d[0x24] & pin))
+        return -1;
+    if (com == 2)
+        return ocr;
+    return com ? -1 : (d[0x25] & pin ? 255 : 0);
+}
+
+static void led_check(void)
+{
+    const uint8_t *d = avr->data;
+    int t1 = (d[0x81] & 0x07) && (d[0x80] & 0x03) == 0x01 && (d[0x81] & 0x18) == 0x08;   /* WGM1 = 5 */
+    int t2 = (d[0xB1] & 0x07) && (d[0xB0] & 0x03) == 0x03 && !(d[0xB1] & 0x08);          /* WGM2 = 3 */
+    int v[3], k, changed = 0;
+    v[0] = led_channel(t1, (uint8_t)(d[0x80] >> 6), d[0x88], 0x02);          /* OC1A = PB1 = D9 */
+    v[1] = led_channel(t1, (uint8_t)((d[0x80] >> 4) & 3), d[0x8A], 0x04);    /* OC1B = PB2 = D10 */
+    v[2] = led_channel(t2, (uint8_t)(d[0xB0] >> 6), d[0xB3], 0x08);          /* OC2A = PB3 = D11 */
+    for (k = 0; k < 3; k++)
+        if (v[k] != led[k]) {
+            led[k] = v[k];
+            changed = 1;
+        }
+    if (changed && (v[0] >= 0 || v[1] >= 0 || v[2] >= 0))
+        fprintf(stderr, "led %d %d %d\n", v[0], v[1], v[2]);
+}
+
+/* after every instruction (and interrupt entry) */
+static void after_step(void)
+{
+    if ((avr->data[MCUCR_ADDR] & IVSEL_BIT) && avr->pc && avr->pc < VECTORS * avr->vector_size
+        && avr->pc % avr->vector_size == 0) {
+        if (boot_irqs++ < 4)
+            fprintf(stderr, "interrupt %u taken in the boot section\n", avr->pc / avr->vector_size);
+        avr->pc += boot_lo;            /* simavr 1.6 ignores IVSEL: an interrupt entry moved */
+    }
+    if (rww_busy && avr->pc < nrww_lo) {
+        fprintf(stderr, "FAIL: pc 0x%04x in the RWW section while a page erase or write keeps it "
+                "unreadable\n", avr->pc);
+        exit(4);
+    }
+    if (!avr->sreg[S_I]) {
+        if (!irq_off) {
+            irq_off = 1;
+            irq_off_since = avr->cycle;
+            irq_off_pc = avr->pc;
+        }
+    } else if (irq_off) {
+        irq_off = 0;
+        if (avr->cycle - irq_off_since > irq_off_max) {
+            irq_off_max = avr->cycle - irq_off_since;
+            fprintf(stderr, "irq-off %llu cycles from pc 0x%04x\n", (unsigned long long)irq_off_max, irq_off_pc);
+        }
+    }
+    led_check();
+}
+
+/* --tcp: simavr's sleep (real time, for the AVR's sleeping cycles) as a wait on the
+ * host's socket, or the listening one: a byte or a connection ends it early */
+static void sleep_on_socket(avr_t *a, avr_cycle_count_t how_long)
+{
+    uint32_t usec = avr_pending_sleep_usec(a, how_long);
+    struct pollfd pf = {in_fd >= 0 ? in_fd : lsock, POLLIN, 0};
+    struct timespec ts = {usec / 1000000, (long)(usec % 1000000) * 1000};
+    if (usec)
+        ppoll(&pf, 1, &ts, NULL);
+}
+
+static int run_one(void)
+{
+    int st = avr_run(avr);
+    after_step();
+    return st;
 }
 
 static void gpior1_write(avr_t *a, avr_io_addr_t addr, uint8_t v, void *p)
@@ -128,13 +322,15 @@ static void log_stderr(avr_t *a, const int level, const char *fmt, va_list ap)
 
 int main(int argc, char **argv)
 {
-    const char *mcu = "atmega328p", *fw = NULL;
+    const char *mcu = "atmega328p", *fw = NULL, *boot = NULL;
+    uint32_t bootsz = 512;
+    struct avr_io_t *io;
     uint32_t freq = 16000000, flags = 0;
     elf_firmware_t f;
     avr_irq_t *rx;
     uint8_t buf[4096];
     size_t len = 0, pos = 0;
-    int eof = 0, st = cpu_Running, i, tcp_port = 0, use_pty = 0, lsock = -1;
+    int eof = 0, st = cpu_Running, i, tcp_port = 0, use_pty = 0;
     unsigned long it = 0;
     static uart_pty_t pty;
 
@@ -145,6 +341,10 @@ int main(int argc, char **argv)
             use_pty = 1;
         else if (!strcmp(argv[i], "--flash") && i + 1 < argc)
             flash_file = argv[++i];
+        else if (!strcmp(argv[i], "--boot") && i + 1 < argc)
+            boot = argv[++i];
+        else if (!strcmp(argv[i], "--bootsz") && i + 1 < argc)
+            bootsz = (uint32_t)strtoul(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "-m") && i + 1 < argc)
             mcu = argv[++i];
         else if (!strcmp(argv[i], "-f") && i + 1 < argc)
@@ -153,7 +353,8 @@ int main(int argc, char **argv)
             fw = argv[i];
     }
     if (!fw) {
-        fprintf(stderr, "usage: %s [-m mcu] [-f hz] [--tcp PORT | --pty] [--flash FILE] firmware.elf\n", argv[0]);
+        fprintf(stderr, "usage: %s [-m mcu] [-f hz] [--tcp PORT | --pty] [--flash FILE] [--boot FILE|none] "
+                "[--bootsz BYTES] firmware.elf\n", argv[0]);
         return 2;
     }
     avr_global_logger_set(log_stderr);
@@ -173,6 +374,22 @@ int main(int argc, char **argv)
     avr_load_firmware(avr, &f);
     avr_register_io_write(avr, 0x3E /* GPIOR0 */, gpior0_write, NULL);
     flash_lo = (f.flashsize + 127u) & ~127u;
+    boot_lo = avr->flashend + 1 - bootsz;
+    nrww_lo = avr->flashend + 1 - NRWW_BYTES;
+    if (bootsz < 256 || bootsz > NRWW_BYTES || flash_lo > boot_lo) {
+        fprintf(stderr, "--bootsz %u: the boot section must be 256..%u B and above the program\n", bootsz, NRWW_BYTES);
+        return 2;
+    }
+    memset(avr->flash + boot_lo, 0xFF, bootsz);
+    if ((!boot || strcmp(boot, "none")) && load_segments(boot ? boot : fw, boot_lo, avr->flashend + 1)) {
+        fprintf(stderr, "cannot read %s\n", boot ? boot : fw);
+        return 2;
+    }
+    for (io = avr->io_port; io; io = io->next)
+        if (io->kind && !strcmp(io->kind, "flash")) {
+            flash_ioctl = io->ioctl;
+            io->ioctl = spm_ioctl;
+        }
     if (flash_file) {
         load_flash();
         avr_register_io_write(avr, 0x4A /* GPIOR1 */, gpior1_write, NULL);
@@ -185,7 +402,7 @@ int main(int argc, char **argv)
         uart_pty_connect(&pty, '0');
         fprintf(stderr, "pty %s\n", pty.port[0].slavename);
         for (;;) {
-            st = avr_run(avr);
+            st = run_one();
             if (st == cpu_Done || st == cpu_Crashed)
                 break;
         }
@@ -209,6 +426,7 @@ int main(int argc, char **argv)
         fcntl(lsock, F_SETFL, fcntl(lsock, F_GETFL) | O_NONBLOCK);
         out_fd = -1;
         in_fd = -1;
+        avr->sleep = sleep_on_socket;
     }
     avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ('0'), UART_IRQ_OUTPUT), tx_hook, NULL);
     avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ('0'), UART_IRQ_OUT_XON), xon_hook, NULL);
@@ -217,17 +435,17 @@ int main(int argc, char **argv)
     if (!tcp_port)
         fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     for (;;) {
-        st = avr_run(avr);
+        st = run_one();
         if (st == cpu_Done || st == cpu_Crashed)
             break;
         if (tcp_port) {
-            /* sleeping with nothing to feed: wait for the host (bounded, so timers still run) */
+            /* sleeping with nothing to feed: look for the host's bytes now (the sleep waited on them) */
             int idle = st == cpu_Sleeping && pos == len;
             if (!idle && (++it & 255))
                 continue;
             if (in_fd < 0) {
                 struct pollfd pf = {lsock, POLLIN, 0};
-                if (poll(&pf, 1, idle ? 2 : 0) > 0) {
+                if (poll(&pf, 1, 0) > 0) {
                     int one = 1;
                     in_fd = accept(lsock, NULL, NULL);
                     if (in_fd >= 0) {
@@ -238,7 +456,7 @@ int main(int argc, char **argv)
                 }
             } else if (pos == len) {
                 struct pollfd pf = {in_fd, POLLIN, 0};
-                if (poll(&pf, 1, idle ? 2 : 0) > 0) {
+                if (poll(&pf, 1, 0) > 0) {
                     ssize_t n = read(in_fd, buf, sizeof buf);
                     if (n > 0) {
                         len = (size_t)n;

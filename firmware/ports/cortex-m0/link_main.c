@@ -142,6 +142,16 @@ static void display_tick(void)
     GPIO_OUT = (GPIO_OUT & ~MATRIX_PINS) | (1u << (13 + row)) | ((~(uint32_t)lit[row] & 0x1FFu) << 4);
 }
 
+uint8_t nca_slot_writer(void)
+{
+    return NCA_WRITER_NATIVE;      /* the NVMC: the firmware writes its own flash */
+}
+
+void nca_link_led(const uint8_t *rgb)
+{
+    (void)rgb;                     /* no LED driven on this board yet */
+}
+
 int main(void)
 {
     nrf51_wdt_start();

@@ -21,6 +21,8 @@ static uint32_t flash_words[2][(NCA_SLOT_BYTES + 3) / 4];
 static uint8_t *out;
 static size_t out_len, out_cap, out_dropped;
 static uint32_t erases, writes;
+static uint8_t writer = NCA_WRITER_NATIVE;   /* the tests set NCA_WRITER_NONE: a board that cannot write */
+static uint8_t led[3];
 
 /* flash operations and the power cut */
 static uint16_t erase_unit = 128, write_unit = 128;
@@ -83,6 +85,16 @@ void nca_slot_write(uint8_t slot, uint16_t at, const uint8_t *src, uint8_t n)
 const nca_genome_t *nca_slot_genome(uint8_t slot)
 {
     return (const nca_genome_t *)(const void *)FLASH(slot);
+}
+
+uint8_t nca_slot_writer(void)
+{
+    return writer;
+}
+
+void nca_link_led(const uint8_t *rgb)
+{
+    memcpy(led, rgb, sizeof led);
 }
 
 /* ---- the ctypes API */
@@ -159,4 +171,14 @@ uint32_t nca_host_link_counts(uint32_t *erase_count)
 size_t nca_host_link_dropped(void)
 {
     return out_dropped;
+}
+
+void nca_host_link_set_writer(uint8_t w)
+{
+    writer = w;
+}
+
+const uint8_t *nca_host_link_led(void)    /* the colour the last step showed */
+{
+    return led;
 }
