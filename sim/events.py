@@ -90,7 +90,7 @@ def _pop(ht, hs, hp, meta):
 
 @nb.njit(cache=True)
 def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
-         ht, hs, hp, meta, gen, failed, asleep, sleep_t, wake_k, sends, fail_j,
+         ht, hs, hp, meta, gen, failed, asleep, sleep_t, wake_k, sends, link_bad, fail_j,
          pool, pool_ref, pool_free, pool_time, stats, now):
     """Process events with time < until. Stops early (status != DONE) when the
     heap or payload pool could overflow; the caller grows them and calls again.
@@ -142,7 +142,7 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
                 if instant:
                     lost, lat = False, 0.0
                 else:
-                    lost, lat = message_fate(seed, cfg, c, rnd * 8 + s)
+                    lost, lat = message_fate(seed, cfg, c, rnd * 8 + s, link_bad)
                 if lost:
                     stats[ST_LOST] += 1
                     continue
@@ -257,6 +257,7 @@ class AsyncSwarm:
         self.sleep_t = np.zeros(n, np.float64)
         self.wake_k = np.zeros(n, np.int64)
         self.sends = np.zeros(n, np.int64)
+        self.link_bad = np.zeros(n * 8, np.bool_)   # Gilbert-Elliott state of each link
         self.fail_j = np.zeros(n, np.int64)
         pool_cap = n + 16
         self.pool = np.zeros((pool_cap, CHANNELS), np.float32)
@@ -293,7 +294,7 @@ class AsyncSwarm:
             self.now = _run(float(until), self.seed, self.cfg, self.state, self.inbox, self.nbr,
                             self.back, w1, b1, w2, b2, kxy, self.ht, self.hs, self.hp, self.meta,
                             self.gen, self.failed, self.asleep, self.sleep_t, self.wake_k, self.sends,
-                            self.fail_j, self.pool, self.pool_ref, self.pool_free, self.pool_time,
+                            self.link_bad, self.fail_j, self.pool, self.pool_ref, self.pool_free, self.pool_time,
                             self.stats, self.now)
             status = self.meta[M_STATUS]
             if status == STATUS_DONE:

@@ -153,12 +153,13 @@ def _delay_scan(seed, cfg, sends, nbr, lo, hi, counts):
     nbins = counts.shape[0]
     width = (hi - lo) / nbins if nbins > 0 else 1.0
     lost, n, mn, mx, sm = 0, 0, np.inf, -np.inf, 0.0
+    link_bad = np.zeros(sends.shape[0] * 8, np.bool_)   # replayed in each link's own order
     for c in range(sends.shape[0]):
         for r in range(sends[c]):
             for s in range(8):
                 if nbr[c, s] < 0:
                     continue
-                gone, v = rules.message_fate(seed, cfg, c, r * 8 + s)
+                gone, v = rules.message_fate(seed, cfg, c, r * 8 + s, link_bad)
                 if gone:
                     lost += 1
                     continue

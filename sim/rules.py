@@ -62,6 +62,8 @@ class AsyncConfig:
     loss: float = 0.0                # message loss probability
     mtbf: float = 0.0                # mean running time between failures (0: none)
     mttr: float = 1.0                # mean time to repair
+    burst: float = 0.0               # mean length of a run of lost messages on a link (Gilbert-Elliott;
+                                     # 0: each message lost independently)
 
     def validate(self) -> "AsyncConfig":
         if not self.mean_interval > 0:
@@ -77,11 +79,17 @@ class AsyncConfig:
             raise ValueError("uniform latency needs low <= high")
         if self.mtbf < 0 or self.mttr <= 0:
             raise ValueError("mtbf must be >= 0 and mttr > 0")
+        if self.burst != 0.0 and not self.burst >= 1.0:
+            raise ValueError("the mean burst length of lost messages must be >= 1 (or 0: independent losses)")
+        if self.burst and self.loss > self.burst / (self.burst + 1.0):
+            raise ValueError(f"message loss {self.loss} is too high for bursts of mean length {self.burst} "
+                             f"(at most burst / (burst + 1) = {self.burst / (self.burst + 1.0):.3g})")
         return self
 
     def asarray(self) -> np.ndarray:
         return np.array([self.clock, self.mean_interval, self.jitter, self.drift, self.latency_kind,
-                         self.latency, self.latency_high, self.loss, self.mtbf, self.mttr], np.float64)
+                         self.latency, self.latency_high, self.loss, self.mtbf, self.mttr, self.burst],
+                        np.float64)
 
 
 # ---------------------------------------------------------------- draws shared with SimPy
@@ -97,10 +105,32 @@ def wake_interval(seed, cfg, c, k):
 
 
 @nb.njit(cache=True)
-def message_fate(seed, cfg, c, m):
-    """(lost, latency) of message m of sender c."""
-    if cfg[7] > 0.0 and rng.uniform(seed, rng.LOSS, c, m) < cfg[7]:
-        return True, 0.0
+def message_fate(seed, cfg, c, m, link_bad):
+    """(lost, latency) of message m = 8 * round + slot of sender c.
+
+    Loss is independent per message with probability p = cfg[7], or, with a mean burst
+    length L = cfg[10] >= 1, a Gilbert-Elliott channel per link: the link is good or bad
+    (every message on a bad link is lost), a bad link turns good with probability 1/L at
+    each message and a good one bad with probability p / (L (1 - p)), so that on average
+    a fraction p of the messages is lost, in runs of mean length L. A link's first
+    message draws its state from that stationary mix; link_bad[8 c + slot] keeps it
+    between messages (the wire's state: it survives the cells' failures)."""
+    p = cfg[7]
+    if p > 0.0:
+        u = rng.uniform(seed, rng.LOSS, c, m)
+        if cfg[10] >= 1.0:
+            k = c * 8 + m % 8
+            if m < 8:
+                bad = u < p
+            elif link_bad[k]:
+                bad = u >= 1.0 / cfg[10]
+            else:
+                bad = u < p / (cfg[10] * (1.0 - p))
+            link_bad[k] = bad
+            if bad:
+                return True, 0.0
+        elif u < p:
+            return True, 0.0
     kind = int(cfg[4])
     if kind == LAT_CONSTANT:
         return False, cfg[5]

@@ -41,7 +41,7 @@ from .weights import load_model
 PROG = "python -m sim.run"
 
 
-ASYNC_ONLY = ("latency", "latency_dist", "latency_high", "msg_loss", "mtbf", "mttr", "mean_interval",
+ASYNC_ONLY = ("latency", "latency_dist", "latency_high", "msg_loss", "burst", "mtbf", "mttr", "mean_interval",
               "clock", "jitter", "drift")
 GRID_ONLY = ("fire_rate",)   # sync and lockstep
 NOT_LIVE = ("damage", "rotate_at", "save_png", "save_strip", "save_state", "json", "save_gif",
@@ -104,6 +104,9 @@ def _parser() -> ArgParser:
                                                                         "(default: const)")
     g.add_argument("--latency-high", type=float, help="high end of a uniform latency")
     g.add_argument("--msg-loss", type=float, help="probability that a message is lost (0..1)")
+    g.add_argument("--burst", type=float, metavar="L", help="lost messages come in runs of mean length L "
+                   "on each link (a Gilbert-Elliott channel; --msg-loss is the mean loss; default: each "
+                   "message lost independently)")
     g.add_argument("--mtbf", type=float, help="mean running time between a cell's failures "
                                               "(0: no failures)")
     g.add_argument("--mttr", type=float, help="mean time until a failed cell restarts with a zero "
@@ -175,7 +178,7 @@ def _check_args(a: argparse.Namespace) -> None:
         v = getattr(a, dest)
         need(v is None or math.isfinite(v), f"{_flag(dest)} must be a finite number, got {v}")
 
-    for dest in ("rotate", "fire_rate", "mean_interval", "latency", "latency_high", "msg_loss",
+    for dest in ("rotate", "fire_rate", "mean_interval", "latency", "latency_high", "msg_loss", "burst",
                  "mtbf", "mttr", "jitter", "drift", "fps", "live_radius", "live_speed"):
         finite(dest)
     need(a.steps >= 0, f"--steps must be an integer >= 0, got {a.steps}")
@@ -189,6 +192,11 @@ def _check_args(a: argparse.Namespace) -> None:
         need(a.latency >= 0, f"--latency must be >= 0, got {a.latency}")
     if a.msg_loss is not None:
         need(0.0 <= a.msg_loss <= 1.0, f"--msg-loss must be within [0, 1], got {a.msg_loss}")
+    if a.burst is not None:
+        need(a.burst >= 1.0, f"--burst must be a mean run length >= 1 (messages), got {a.burst}")
+        need(bool(a.msg_loss), "--burst needs --msg-loss > 0 (the mean loss of the bursty links)")
+        need(a.msg_loss <= a.burst / (a.burst + 1.0), f"--msg-loss {a.msg_loss} is too high for bursts of "
+             f"mean length {a.burst:g} (at most {a.burst / (a.burst + 1.0):.3g})")
     dist = a.latency_dist or "const"
     if a.latency_high is not None:
         need(dist == "uniform", "--latency-high needs --latency-dist uniform")
@@ -244,7 +252,8 @@ def async_config_from(a: argparse.Namespace) -> AsyncConfig:
         jitter=a.jitter or 0.0, drift=a.drift or 0.0,
         latency_kind=LATENCY_KINDS[a.latency_dist or "const"],
         latency=a.latency or 0.0, latency_high=a.latency_high or 0.0,
-        loss=a.msg_loss or 0.0, mtbf=a.mtbf or 0.0, mttr=1.0 if a.mttr is None else a.mttr)
+        loss=a.msg_loss or 0.0, burst=a.burst or 0.0, mtbf=a.mtbf or 0.0,
+        mttr=1.0 if a.mttr is None else a.mttr)
 
 
 def _summary(r: Result, model_path: str, written: list[str]) -> str:

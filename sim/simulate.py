@@ -326,7 +326,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
                 "jitter": config.jitter, "drift": config.drift,
                 "latency_dist": _latency_name(config.latency_kind),
                 "latency": config.latency, "latency_high": config.latency_high, "msg_loss": config.loss,
-                "mtbf": config.mtbf, "mttr": config.mttr}
+                "burst": config.burst, "mtbf": config.mtbf, "mttr": config.mttr}
         else:
             metrics["fire_rate"] = float(fire_rate)
         metrics.update(eng.metrics())

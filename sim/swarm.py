@@ -90,7 +90,7 @@ def _triggered(env: Environment, value: Any = None) -> Event:
 # ---------------------------------------------------------------- numba bookkeeping (async)
 @nb.njit(cache=True)
 def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, failed, asleep,
-                  sleep_t, wake_k, sends, stats, fstats, req_i, req_t):
+                  sleep_t, wake_k, sends, link_bad, stats, fstats, req_i, req_t):
     """Everything `events._run` does at a wake-up after `cell_wakeup`, in its
     order. Returns -1 if the cell falls asleep, else the number n of scheduling
     requests in req_i/req_t[:n], in the reference's push order: req_i >= 0 a
@@ -121,7 +121,7 @@ def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, f
         if instant:
             lost, lat = False, 0.0
         else:
-            lost, lat = rules.message_fate(seed, cfg, c, rnd * 8 + s)
+            lost, lat = rules.message_fate(seed, cfg, c, rnd * 8 + s, link_bad)
         if lost:
             stats[rules.ST_LOST] += 1
             continue
@@ -252,6 +252,7 @@ class SimPySwarm:
         self.sleep_t = np.zeros(n, np.float64)
         self.wake_k = np.zeros(n, np.int64)
         self.sends = np.zeros(n, np.int64)
+        self.link_bad = np.zeros(n * 8, np.bool_)   # Gilbert-Elliott state of each link
         self.fail_j = np.zeros(n, np.int64)
         self.stats = np.zeros(10, np.int64)          # rules.ST_* slots
         self.fstats = np.zeros(2, np.float64)        # inbox staleness sum, count
@@ -398,7 +399,7 @@ class SimPySwarm:
         after = _after_wakeup
         state, inbox, itime, nbr, back = self.state, self.inbox, self.itime, self.nbr, self.back
         failed, asleep, sleep_t, wake_k = self.failed, self.asleep, self.sleep_t, self.wake_k
-        sends, stats, fstats = self.sends, self.stats, self.fstats
+        sends, link_bad, stats, fstats = self.sends, self.link_bad, self.stats, self.fstats
         seed, cfg, instant = self.seed, self.cfg, self._instant
         req_i, req_t = self._req_i, self._req_t
         sleeping = self._sleep_ev
@@ -415,7 +416,7 @@ class SimPySwarm:
             t = env._now
             r = update(c, state, inbox)
             n = after(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, failed, asleep,
-                      sleep_t, wake_k, sends, stats, fstats, req_i, req_t)
+                      sleep_t, wake_k, sends, link_bad, stats, fstats, req_i, req_t)
             if n < 0:
                 ev = sleeping[c] = Event(env)
                 continue

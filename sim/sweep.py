@@ -47,7 +47,7 @@ from .simulate import MAX_SIZE, simulate
 from .weights import Model, load_model
 
 PROG = "python -m sim.sweep"
-COLUMNS = ("latency", "msg_loss", "mtbf", "mttr", "seed", "loss_vs_target", "alive_cells", "wall_seconds")
+COLUMNS = ("latency", "msg_loss", "burst", "mtbf", "mttr", "seed", "loss_vs_target", "alive_cells", "wall_seconds")
 ENGINES = ("async", "simpy")
 EXECUTORS = ("process", "dask")
 DASK_HINT = 'pip install "dask[distributed]"'
@@ -66,9 +66,11 @@ class Job:
     mtbf: float
     mttr: float
     seed: int
+    burst: float = 0.0        # mean run length of lost messages (0: independent losses)
 
     def config(self) -> AsyncConfig:
-        return AsyncConfig(latency=self.latency, loss=self.msg_loss, mtbf=self.mtbf, mttr=self.mttr)
+        return AsyncConfig(latency=self.latency, loss=self.msg_loss, burst=self.burst if self.msg_loss else 0.0,
+                           mtbf=self.mtbf, mttr=self.mttr)
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -77,19 +79,21 @@ def run_job(job: Job) -> dict[str, Any]:
     r = simulate(Model(job.params), engine=job.engine, steps=job.steps, size=job.size, seed=job.seed,
                  target=job.target, async_config=job.config())
     loss = r.loss
-    return {"latency": job.latency, "msg_loss": job.msg_loss, "mtbf": job.mtbf, "mttr": job.mttr,
+    return {"latency": job.latency, "msg_loss": job.msg_loss, "burst": job.burst, "mtbf": job.mtbf, "mttr": job.mttr,
             "seed": job.seed, "loss_vs_target": math.nan if loss is None else loss,
             "alive_cells": r.alive, "wall_seconds": time.perf_counter() - t0}
 
 
 def make_jobs(model: Model, target: np.ndarray, *, engine: str = "async", steps: int = 200, size: int = 40,
               latencies: Sequence[float] = (0.0,), losses: Sequence[float] = (0.0,),
-              mtbfs: Sequence[float] = (0.0,), mttr: float = 1.0, seeds: int = 1) -> list[Job]:
-    """The grid of runs, failure setting outermost, then latency, loss, seed."""
+              mtbfs: Sequence[float] = (0.0,), mttr: float = 1.0, seeds: int = 1,
+              burst: float = 0.0) -> list[Job]:
+    """The grid of runs, failure setting outermost, then latency, loss, seed; with `burst`,
+    every lossy link loses messages in runs of that mean length (Gilbert-Elliott)."""
     params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
     tgt = np.asarray(target, np.float32)
     return [Job(params, tgt, engine, int(steps), int(size), float(lat), float(loss), float(mtbf),
-                float(mttr), int(seed))
+                float(mttr), int(seed), float(burst))
             for mtbf, lat, loss, seed in itertools.product(mtbfs, latencies, losses, range(seeds))]
 
 
@@ -107,7 +111,7 @@ def executor(kind: str = "process", workers: int | None = None,
         # forkserver: workers start from a clean process (no inherited numba/OpenMP threads
         # of the caller, e.g. a test runner) but do not re-import Python for every worker.
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["sim.run"])
+        ctx.set_forkserver_preload(["sim.simulate"])
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
             yield ex.submit, cf.as_completed
         return
@@ -254,6 +258,9 @@ def _parser() -> ArgParser:
                     help="constant message latencies in steps (default: %(default)s)")
     ap.add_argument("--losses", default="0,0.1,0.3", metavar="LIST",
                     help="message loss probabilities (default: %(default)s)")
+    ap.add_argument("--burst", type=float, default=0.0, metavar="L",
+                    help="lost messages come in runs of mean length L on each link (Gilbert-Elliott; "
+                         "--losses are the mean losses; default: 0, each message lost independently)")
     ap.add_argument("--mtbf", default="0", metavar="LIST",
                     help="mean times between a cell's failures, 0 = none; one panel each "
                          "(default: %(default)s)")
@@ -282,6 +289,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     latencies = parse_list(a.latencies, "--latencies")
     losses = parse_list(a.losses, "--losses", 0.0, 1.0)
     mtbfs = parse_list(a.mtbf, "--mtbf")
+    if a.burst != 0.0:
+        if not (math.isfinite(a.burst) and a.burst >= 1.0):
+            raise UserError(f"--burst must be a mean run length >= 1 (messages) or 0, got {a.burst}")
+        if max(losses) > a.burst / (a.burst + 1.0):
+            raise UserError(f"--losses {max(losses):g} is too high for bursts of mean length {a.burst:g} "
+                            f"(at most {a.burst / (a.burst + 1.0):.3g})")
     if not (math.isfinite(a.mttr) and a.mttr > 0):
         raise UserError(f"--mttr must be a finite number > 0, got {a.mttr}")
     if a.steps < 1:
@@ -298,7 +311,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     model, model_path = load_model(a.model)
     target, target_name = load_target_for(model, a.target)
     jobs = make_jobs(model, target, engine=a.engine, steps=a.steps, size=a.size, latencies=latencies,
-                     losses=losses, mtbfs=mtbfs, mttr=a.mttr, seeds=a.seeds)
+                     losses=losses, mtbfs=mtbfs, mttr=a.mttr, seeds=a.seeds, burst=a.burst)
     bar = Progress(len(jobs), "runs") if Progress.wanted(a.progress) else None
     t0 = time.perf_counter()
     try:

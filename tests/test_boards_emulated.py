@@ -25,6 +25,8 @@ import boards.emulator
 import boards.swarm
 import boards.transport
 import sim.assemble
+import sim.run
+import sim.simulate
 from boards import flash as FL
 from codegen import golden as G
 from boards import protocol as L
@@ -207,7 +209,6 @@ def test_swarm_with_boards_equals_fixed_backend(m0, avr, models, mode, until):
 
 @needs("cortex-m0")
 def test_sim_run_with_a_board_equals_the_fixed_backend(m0, models, tmp_path, capsys):
-    import sim.run
     pa = models[0]
     common = ["--model", str(pa), "--size", "8", "--steps", "12", "--seed", "2", "--engine", "simpy",
               "--backend", "fixed", "--target", "lizard"]
@@ -228,8 +229,6 @@ def test_sim_run_with_a_board_equals_the_fixed_backend(m0, models, tmp_path, cap
 def test_simulate_reports_its_boards_and_always_stops_its_emulators(m0, models, monkeypatch):
     """simulate() counts the board requests, and stops the emulators it started even
     when a metric after the last step raises."""
-    import sim.assemble
-    import sim.run
     started: list[boards.emulator.Emulator] = []
 
     class Recorded(boards.emulator.Emulator):

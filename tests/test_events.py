@@ -184,20 +184,23 @@ def test_wake_interval_periodic():
     assert all(sim.rules.wake_interval(1, plain, 3, k) == 1.5 for k in range(1, 20))
 
 
+LINKS = np.zeros(800, np.bool_)   # links' Gilbert-Elliott states (unused by independent losses)
+
+
 def test_message_fate_loss_fraction_and_latency():
     n = 40_000
     cfg = sim.rules.AsyncConfig(loss=0.2, latency_kind=sim.rules.LAT_UNIFORM, latency=0.1, latency_high=0.5).asarray()
-    fates = [sim.rules.message_fate(4, cfg, m % 100, m // 100) for m in range(n)]
+    fates = [sim.rules.message_fate(4, cfg, m % 100, m // 100, LINKS) for m in range(n)]
     lost = np.array([f[0] for f in fates])
     lat = np.array([f[1] for f in fates if not f[0]])
     assert abs(lost.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
     assert lat.min() >= 0.1 and lat.max() <= 0.5 and abs(lat.mean() - 0.3) < 0.01
     none = sim.rules.AsyncConfig(loss=0.0, latency=0.25).asarray()
-    assert all(sim.rules.message_fate(4, none, 1, m) == (False, 0.25) for m in range(500))
+    assert all(sim.rules.message_fate(4, none, 1, m, LINKS) == (False, 0.25) for m in range(500))
     every = sim.rules.AsyncConfig(loss=1.0).asarray()
-    assert all(sim.rules.message_fate(4, every, 1, m)[0] for m in range(500))
+    assert all(sim.rules.message_fate(4, every, 1, m, LINKS)[0] for m in range(500))
     expo = sim.rules.AsyncConfig(latency_kind=sim.rules.LAT_EXPONENTIAL, latency=0.4).asarray()
-    e = np.array([sim.rules.message_fate(4, expo, m % 100, m // 100)[1] for m in range(n)])
+    e = np.array([sim.rules.message_fate(4, expo, m % 100, m // 100, LINKS)[1] for m in range(n)])
     assert abs(e.mean() - 0.4) < 5 * 0.4 / math.sqrt(n)
 
 
@@ -272,6 +275,8 @@ def test_damage_is_deterministic(blob_params):
     dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.5, drift=0.5),
     dict(mtbf=-1.0),
     dict(mttr=0.0),
+    dict(loss=0.1, burst=0.5),
+    dict(loss=0.9, burst=5.0),
 ])
 def test_config_validation(blob_params, bad):
     with pytest.raises(ValueError):
@@ -283,7 +288,8 @@ def test_config_validation(blob_params, bad):
 def test_good_configs_validate():
     for ok in [dict(), dict(loss=1.0), dict(loss=0.0, latency=0.0),
                dict(clock=sim.rules.CLOCK_PERIODIC, mean_interval=1.0, jitter=0.44, drift=0.5),
-               dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.3, latency_high=0.3)]:
+               dict(latency_kind=sim.rules.LAT_UNIFORM, latency=0.3, latency_high=0.3),
+               dict(loss=0.1, burst=5.0), dict(loss=5 / 6, burst=5.0), dict(loss=0.0, burst=1.0)]:
         sim.rules.AsyncConfig(**ok).validate()
 
 

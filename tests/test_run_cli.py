@@ -252,6 +252,10 @@ BAD_ARGS = [
     (["--msg-loss", "1.5"], ["--msg-loss", "[0, 1]"]),
     (["--msg-loss", "-0.1"], ["--msg-loss"]),
     (["--msg-loss", "nan"], ["--msg-loss", "finite"]),
+    (["--burst", "4"], ["--burst", "--msg-loss"]),
+    (["--msg-loss", "0.1", "--burst", "0.5"], ["--burst", ">= 1"]),
+    (["--msg-loss", "0.9", "--burst", "4"], ["--msg-loss 0.9", "too high", "0.8"]),
+    (["--engine", "sync", "--burst", "4"], ["--burst", "async|simpy only"]),
     (["--latency", "-1"], ["--latency", ">= 0"]),
     (["--engine", "sync", "--latency", "0.5"], ["--latency", "async|simpy only"]),
     (["--engine", "lockstep", "--msg-loss", "0.1"], ["--msg-loss", "async|simpy only"]),
@@ -374,4 +378,18 @@ def test_regrowth_mse_compares_the_end_with_the_pattern_before_the_first_cut(mod
     assert "regrowth" in out
     rc, _, _ = _run(capsys, "--engine", "sync", "--model", model_file, "--size", N, "--steps", 10, "--json", js)
     assert rc == 0 and json.loads(js.read_text())["regrowth_mse"] is None
+
+
+def test_bursty_loss_reaches_the_swarm_and_the_json(model_file, tmp_path, capsys):
+    js = tmp_path / "b.json"
+    rc, _, err = _run(capsys, "--engine", "async", "--model", model_file, "--size", N, "--steps", 40,
+                      "--msg-loss", "0.2", "--burst", "5", "--json", js)
+    assert rc == 0, err
+    m = json.loads(js.read_text())
+    assert m["async_config"]["burst"] == 5.0 and m["async_config"]["msg_loss"] == 0.2
+    want = sim.assemble.simulate(blob_model(), engine="async", steps=40, size=N,
+                                 async_config=AsyncConfig(loss=0.2, burst=5.0))
+    assert m["messages"]["lost"] == want.metrics["messages"]["lost"] > 0
+    iid = sim.assemble.simulate(blob_model(), engine="async", steps=40, size=N, async_config=AsyncConfig(loss=0.2))
+    assert iid.metrics["messages"]["lost"] != want.metrics["messages"]["lost"]
 

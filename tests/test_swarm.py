@@ -123,6 +123,15 @@ def test_async_everything_on_equals_reference(blob_params, lat):
         assert m["mean_message_delay"] > 0.05
 
 
+def test_bursty_loss_equals_reference(blob_params):
+    """Gilbert-Elliott links with latency and failures: the SimPy swarm equals the numba
+    event loop bit for bit (the links' states live in both and evolve alike)."""
+    cfg = sim.rules.AsyncConfig(**LATENCIES["exponential"], loss=0.2, burst=4.0, mtbf=40.0, mttr=5.0)
+    sw, _ = compare(blob_params, 11, cfg, (30.0, 75.0, 120.0))
+    m = sw.metrics()
+    assert m["messages_lost"] > 0.1 * m["messages_sent"] and sw.link_bad.any()
+
+
 def test_async_damage_by_callable_and_immediate(blob_params):
     """A callable mask evaluated at its time; damage() between runs (as the reference does)."""
     cfg = sim.rules.AsyncConfig(**LATENCIES["uniform"], **FAULTS)

@@ -21,7 +21,8 @@ N, STEPS = 16, 20
 
 
 def _direct(row: dict) -> tuple[float, int]:
-    cfg = AsyncConfig(latency=row["latency"], loss=row["msg_loss"], mtbf=row["mtbf"], mttr=row["mttr"])
+    cfg = AsyncConfig(latency=row["latency"], loss=row["msg_loss"], mtbf=row["mtbf"], mttr=row["mttr"],
+                      burst=row.get("burst", 0.0) if row["msg_loss"] else 0.0)
     r = simulate(blob_model(), engine="async", steps=STEPS, size=N, seed=row["seed"], target="lizard",
                  async_config=cfg)
     return r.loss, r.alive
@@ -53,6 +54,19 @@ def test_tiny_sweep_writes_csv_and_heatmap_equal_to_direct_runs(model_file, tmp_
     assert "8 runs" in stdout and "latency \\ loss" in stdout
 
 
+def test_bursty_links_in_a_sweep_equal_direct_runs(model_file, tmp_path, capsys):
+    out = tmp_path / "sb"
+    rc = S.main(["--model", str(model_file), "--size", str(N), "--steps", str(STEPS), "--latencies", "0",
+                 "--losses", "0,0.3", "--burst", "3", "--seeds", "1", "--workers", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    with open(out / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["burst"]) for r in rows] == [3.0, 3.0]
+    for r in rows:
+        row = {k: float(r[k]) for k in ("latency", "msg_loss", "mtbf", "mttr", "burst")} | {"seed": int(r["seed"])}
+        assert float(r["loss_vs_target"]) == _direct(row)[0]
+
+
 def test_failure_settings_make_panels_and_engines_agree(tmp_path):
     jobs = S.make_jobs(blob_model(), load_target("lizard"), steps=12, size=N, latencies=[0.25],
                        losses=[0.1], mtbfs=[0, 15], mttr=2, seeds=1)
@@ -78,6 +92,8 @@ def test_failure_settings_make_panels_and_engines_agree(tmp_path):
     (["--losses", "nan"], ["--losses"]),
     (["--mtbf", "-1"], ["--mtbf", "outside"]),
     (["--mttr", "0"], ["--mttr", "> 0"]),
+    (["--burst", "0.5"], ["--burst", ">= 1"]),
+    (["--losses", "0,0.7", "--burst", "2"], ["--losses 0.7", "too high"]),
     (["--seeds", "0"], ["--seeds", ">= 1"]),
     (["--steps", "0"], ["--steps"]),
     (["--workers", "0"], ["--workers"]),
