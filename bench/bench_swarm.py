@@ -35,6 +35,7 @@ CONFIGS = {
     "0.1": ("latency 0.1", rules.AsyncConfig(latency=0.1)),
     "exp": ("latency exp 0.2, loss 0.1", rules.AsyncConfig(latency_kind=rules.LAT_EXPONENTIAL,
                                                        latency=0.2, loss=0.1)),
+    "burst": ("latency 0.1, loss 0.1 in bursts of 5", rules.AsyncConfig(latency=0.1, loss=0.1, burst=5.0)),
 }
 
 
