@@ -1,6 +1,9 @@
 """Seconds per training iteration (BPTT forward + backward + Adam), batch 8, 72x72,
-fixed rollout N=80: train.bptt against a plain eager PyTorch CPU version of
-the same model (when `import torch` works), side by side.
+fixed rollout N=80: train.bptt with the paper's synchronous grid, train.bptt with
+the wires in the loop (train.links: exponential latency of mean 1.5 steps, 10%
+bursty loss, 10% clock spread, as the latency-robust recipe trains), and a plain
+eager PyTorch CPU version of the synchronous model (when `import torch` works),
+side by side.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_train.py [--reps 5] [--steps 80]
         [--model weights/lizard_persistent.npz] [--no-torch]
@@ -31,6 +34,7 @@ from sim import fixture, grid, spec, weights  # noqa: E402
 from sim import model as M  # noqa: E402
 from sim.pictures import load_target, pad_target  # noqa: E402
 from train import bptt as core  # noqa: E402
+from train import links  # noqa: E402
 from train.loop import make_circle_masks  # noqa: E402
 
 H = W = 72
@@ -58,7 +62,10 @@ def pool_batch(model_path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarra
     return x, m.params, "1 seed + 7 lizard silhouettes (3 cut), fixture model with frozen alpha"
 
 
-def time_ours(x0, params, target, steps, reps) -> tuple[float, float]:
+WIRES = links.LinkSpec("exp", 1.5, msg_loss=0.1, burst=5.0, drift=0.1)
+
+
+def time_ours(x0, params, target, steps, reps, wired: bool = False) -> tuple[float, float]:
     ws = core.Workspace()
     p = {k: v.copy() for k, v in params.items()}
     adam = core.Adam(p)
@@ -67,7 +74,9 @@ def time_ours(x0, params, target, steps, reps) -> tuple[float, float]:
     times, rows = [], 0
     for i in range(reps + 1):
         t0 = time.perf_counter()
-        _, _, grads, rows = core.loss_and_grads(x0, target, p, steps, gen, kxy, np.float32, ws)
+        w = links.Wires(WIRES, i, x0.shape[:3]) if wired else None
+        _, _, grads, rows = core.loss_and_grads(x0, target, p, steps, gen if w is None else w.fire, kxy,
+                                                np.float32, ws, wires=w)
         adam.step(p, core.normalize_grads(grads), 0.0)   # lr 0: same state every rep
         if i:
             times.append(time.perf_counter() - t0)
@@ -139,6 +148,9 @@ def main() -> int:
     ours, frac = time_ours(x0, params, target, args.steps, args.reps)
     print(f"{'implementation':34s} {'s/iter':>8s}")
     print(f"{'numba + BLAS, live&fired rows':34s} {ours:8.3f}   (dense rows: {frac:.1%} of cells x steps)")
+    wired, wfrac = time_ours(x0, params, target, args.steps, args.reps, wired=True)
+    print(f"{'  the same, wires in the loop':34s} {wired:8.3f}   (dense rows: {wfrac:.1%}; "
+          f"ratio wired/plain = {wired / ours:.2f}x)")
     theirs = None if args.no_torch else time_torch(x0, params, target, args.steps, args.reps)
     if theirs is None:
         print(f"{'torch eager CPU':34s} {'skipped':>8s}   (torch not importable or --no-torch)")

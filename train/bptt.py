@@ -41,6 +41,8 @@ import numpy as np
 from sim.jit import compiled_variant
 from sim.model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, HIDDEN, PARAM_SHAPES, PERCEPTION
 
+from . import links as L
+
 
 class Rounding(Protocol):
     """A fixed-point cell's dense layers (train.qat.FakeQuant): from perception rows
@@ -272,6 +274,10 @@ def _kernels(cells: int) -> types.SimpleNamespace:
     return _PARALLEL if cells >= PARALLEL_MIN_CELLS else _SERIAL
 
 
+def _link_kernels(cells: int):
+    return L.PARALLEL if cells >= PARALLEL_MIN_CELLS else L.SERIAL
+
+
 # ------------------------------------------------------------------------------ rollout
 
 @dataclass
@@ -307,6 +313,8 @@ class Rollout:
     pre: np.ndarray               # (N, B, H, W) bool: pre-alive of each step
     kxy: np.ndarray               # (2, 3, 3) gradient kernels used
     ws: Workspace
+    ages: np.ndarray | None = None   # (N, B, H, W, 8) uint8: link ages of each step (train.links)
+    depth: int = 0                # states kept for the delayed perception
 
     @property
     def steps(self) -> int:
@@ -338,7 +346,8 @@ def _fire_fn(fire, shape: tuple[int, int, int]) -> Callable[[int], np.ndarray]:
 def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
             masks: tuple[np.ndarray, np.ndarray] | None = None,
-            rounding: Rounding | None = None, noise: StateNoise | None = None) -> Rollout:
+            rounding: Rounding | None = None, noise: StateNoise | None = None,
+            wires: L.Wires | None = None) -> Rollout:
     """Run `steps` CA steps from x0 (B, H, W, 16), keeping what backward needs.
 
     fire: (N, B, H, W) bool array, a callable t -> (B, H, W) bool, or a numpy
@@ -349,7 +358,9 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     (quantisation-aware training, train.qat.FakeQuant; x0 must then be on the
     state grid, and stays on it); the backward pass treats its rounding as the
     identity (straight-through). noise: added to each float state change (with the
-    bias; not with rounding, which has the real errors). x0 is not modified.
+    bias; not with rounding, which has the real errors). wires: the links between the
+    cells (train.links): each cell perceives its neighbours as they were `age` steps
+    ago, and only fired cells apply the alive rule, on what they know. x0 is not modified.
     """
     dtype = np.dtype(dtype)
     x = np.array(x0, dtype=dtype, copy=True, order="C")
@@ -374,19 +385,34 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     dxbuf = np.empty((0, CHANNELS), dtype)
     zero_b2 = np.zeros(CHANNELS, dtype)
     ef = rounding is not None and rounding.error_feedback
+    if wires is not None:
+        KL = _link_kernels(B * H * W)
+        hist = np.zeros((wires.depth, B, H, W, CHANNELS), dtype)   # what the cells saw, per step
+        alive = np.zeros((wires.depth, B, H, W), np.bool_)          # and its alpha > threshold
+        ages = np.empty((steps, B, H, W, 8), np.uint8)
     for t in range(steps):
         v = rounding.view(x) if ef else x     # error feedback: the cells see int8 views
-        if masks is None:
+        if wires is not None:
+            hist[t % wires.depth] = v
+            np.greater(v[..., ALPHA], ALIVE_THRESHOLD, out=alive[t % wires.depth])
+            wires.advance(t, ages[t])
+        if masks is not None:
+            pre[t] = masks[0][t]
+        elif wires is None:
             K._alive(v, pre[t], tmp)
         else:
-            pre[t] = masks[0][t]
-        idx = K._index(pre[t], np.ascontiguousarray(firef(t), np.bool_), counts)
+            KL._alive_delayed(alive, t, ages[t], v, pre[t])
+        fire_t = np.ascontiguousarray(firef(t), np.bool_)
+        idx = K._index(pre[t], fire_t, counts)
         n = idx.shape[0]
         o = offsets[-1]
         ws.ensure(o + n)
         P = ws.P[o:o + n]
         h = ws.h[o:o + n]
-        K._gather_perception(v, idx, k, P)
+        if wires is None:
+            K._gather_perception(v, idx, k, P)
+        else:
+            KL._gather_delayed(hist, t, ages[t], idx, k, P)
         if dxbuf.shape[0] < n:
             dxbuf = np.empty((max(n, 2 * dxbuf.shape[0]), CHANNELS), dtype)
         dx = dxbuf[:n]
@@ -403,14 +429,18 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             rounding.dense(P, h, dx, x.reshape(-1, CHANNELS)[idx] if ef else None)
             b2 = zero_b2
         K._add_rows(x, idx, dx, b2)
-        if masks is None:             # keep = pre & post, post read on the updated alphas
+        if masks is not None:
+            keep[t] = masks[1][t]
+        elif wires is None:           # keep = pre & post, post read on the updated alphas
             K._alive(rounding.view(x) if ef else x, keep[t], tmp)
             np.logical_and(keep[t], pre[t], out=keep[t])
         else:
-            keep[t] = masks[1][t]
+            KL._post_keep(rounding.view(x) if ef else x, alive, t, ages[t], pre[t], fire_t, keep[t])
         K._mask_only(x, keep[t])
         idxs.append(idx)
         offsets.append(o + n)
+    if wires is not None:
+        return Rollout(x, offsets, idxs, keep, pre, k, ws, ages, wires.depth)
     return Rollout(x, offsets, idxs, keep, pre, k, ws)
 
 
@@ -432,12 +462,19 @@ def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray) -> 
     gh_buf = np.empty((nmax, HIDDEN), dtype)
     gp_buf = np.empty((nmax, PERCEPTION), dtype)
     tmp16 = np.empty((HIDDEN, CHANNELS), dtype)
+    if ro.ages is not None:     # gradients of the states of the last depth + 1 steps, a ring
+        KL = _link_kernels(B * H * W)
+        G = np.zeros((ro.depth + 1, B, H, W, C), dtype)
+        G[ro.steps % G.shape[0]] = g
     for t in range(ro.steps - 1, -1, -1):
         o, o2 = ro.offsets[t], ro.offsets[t + 1]
         n = o2 - o
         idx = ro.idx[t]
         gdx = gdx_buf[:n]
-        K._bwd_mask_gather(g, ro.keep[t], idx, gdx)
+        if ro.ages is None:
+            K._bwd_mask_gather(g, ro.keep[t], idx, gdx)
+        else:
+            KL._chain_keep(G, t, ro.keep[t], idx, gdx)
         if n == 0:
             continue
         h = ro.ws.h[o:o2]
@@ -449,7 +486,10 @@ def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray) -> 
         K._relu_bwd(gh, h)                          # h now holds dL/d(pre-activation)
         gp = gp_buf[:n]
         np.matmul(h, w1t, out=gp)
-        K._stencil_transpose(g, idx, gp, ro.kxy, rowmap)
+        if ro.ages is None:
+            K._stencil_transpose(g, idx, gp, ro.kxy, rowmap)
+        else:
+            KL._stencil_transpose_delayed(G, t, idx, gp, ro.kxy, rowmap, ro.ages[t])
     R = ro.rows
     gw1aug = ro.ws.P[:R].T @ ro.ws.h[:R] if R else np.zeros((ROW, HIDDEN), dtype)
     return {"w1": np.ascontiguousarray(gw1aug[:PERCEPTION]), "b1": gw1aug[PERCEPTION].copy(),
@@ -476,21 +516,23 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
                    fire, kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
                    masks: tuple[np.ndarray, np.ndarray] | None = None,
                    rounding: Rounding | None = None, noise: StateNoise | None = None,
-                   teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.0
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+                   teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.0,
+                   wires: L.Wires | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used).
 
     teacher: float parameters whose rollout from x0, with the same fire masks and
     without rounding, the final state is also pulled towards, in all 16 channels,
     with the loss teacher_weight * mean((x_N - x_teacher)^2) (distillation: the
     integer rollout learns the float model's hidden channels, not only its picture).
-    The returned losses are the picture's alone."""
+    The returned losses are the picture's alone. wires: see forward (the teacher
+    runs without them, on the same fire decisions)."""
     if teacher is not None and teacher_weight > 0:
         B, H, W, _ = np.shape(x0)
-        if isinstance(fire, np.random.Generator):   # the masks forward() would draw, in its order
+        if not isinstance(fire, np.ndarray):   # the masks forward() would draw, in its order
             fire = np.stack([_fire_fn(fire, (B, H, W))(t) for t in range(steps)])
-        x_teacher = forward(x0, teacher, steps, fire, kxy, dtype, ws, masks).x.copy()
-    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding, noise)
+        x_teacher = forward(x0, teacher, steps, fire, kxy, dtype, ws, masks,
+                            wires=None if wires is None else wires.fresh()).x.copy()
+    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding, noise, wires)
     losses = loss_per_sample(ro.x, target)
     g = loss_grad(ro.x, target)
     if teacher is not None and teacher_weight > 0:

@@ -28,6 +28,7 @@ from sim.weights import save as save_model
 
 from .checkpoint import target_digest
 from .config import DAMAGE_N, KINDS, TrainConfig
+from .links import LATENCY_DISTS
 from .loop import train
 from .tune import tune_output_biases
 
@@ -85,6 +86,20 @@ def _parser() -> ArgParser:
                     help="with --qat: train the fixed-point cell that keeps 4 more bits of its own "
                          "state (error feedback; its neighbours and its network see the int8 state), so that "
                          "updates below half a state step are not lost (recorded in the model)")
+    w = ap.add_argument_group("the wires in the loop (train.links; default: the paper's synchronous grid)")
+    w.add_argument("--latency", type=float, default=0.0, help="message latency in steps (const: the value; "
+                   "uniform: the low end; exp: the mean; mix: the highest level drawn)")
+    w.add_argument("--latency-dist", choices=LATENCY_DISTS, default="const",
+                   help="latency per message; mix: per rollout a kind and a level in [0, --latency] "
+                        "(default: %(default)s)")
+    w.add_argument("--latency-high", type=float, default=0.0, help="high end of a uniform latency")
+    w.add_argument("--msg-loss", type=float, default=0.0, help="fraction of lost messages (the last "
+                   "received state is kept; mix: drawn per rollout in [0, this])")
+    w.add_argument("--burst", type=float, default=0.0, metavar="L",
+                   help="lost messages come in runs of mean length L per link (Gilbert-Elliott)")
+    w.add_argument("--drift", type=float, default=0.0, help="each cell's fire rate off by up to +- this "
+                   "fraction (clocks that run at different rates)")
+    w.add_argument("--max-delay", type=int, default=6, help="longest delay kept, in steps (default: %(default)s)")
     ap.add_argument("--tune-biases", action="store_true",
                     help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
                          "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
@@ -151,7 +166,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
                       damage_n=args.damage_n, init=args.init, qat=args.qat,
                       distill=args.distill, state_noise=args.state_noise,
-                      error_feedback=args.error_feedback)
+                      error_feedback=args.error_feedback, latency_dist=args.latency_dist,
+                      latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,
+                      burst=args.burst, drift=args.drift, max_delay=args.max_delay)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

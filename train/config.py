@@ -10,6 +10,8 @@ from typing import Any
 
 from sim.errors import UserError
 
+from .links import LinkSpec
+
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
@@ -42,6 +44,17 @@ class TrainConfig:
     distill: float = 0.0             # weight of the pull towards the --init model's float rollout
     state_noise: float = 0.0         # uniform noise on each update, in the fixed-point state's steps
     error_feedback: bool = False     # with qat: the cells keep 4 more bits of their own state (EF_BITS)
+    latency_dist: str = "const"      # the wires between the cells (train.links): message latency,
+    latency: float = 0.0             # loss and clock rate spread in the rollouts
+    latency_high: float = 0.0
+    msg_loss: float = 0.0
+    burst: float = 0.0
+    drift: float = 0.0
+    max_delay: int = 6
+
+    def links(self) -> LinkSpec:
+        return LinkSpec(self.latency_dist, self.latency, self.latency_high, self.msg_loss, self.burst,
+                        self.drift, self.max_delay)
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -77,6 +90,7 @@ class TrainConfig:
             raise UserError("--error-feedback is a fixed-point cell's arithmetic: add --qat")
         if self.qat and self.rotate_train:
             raise UserError("--qat trains the unrotated integer perception; drop --rotate-train")
+        self.links().validate()
         if self.init is not None and not Path(self.init).is_file():
             raise UserError(f"--init {self.init}: no such model file")
 

@@ -43,6 +43,7 @@ from . import bptt as core
 from .checkpoint import TrainState, checkpoint_path, load_checkpoint, save_checkpoint, target_digest
 from .config import TrainConfig
 from .curves import save_pictures
+from .links import Wires
 from .qat import FakeQuant
 
 
@@ -90,6 +91,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         st = TrainState(params, core.Adam(params), pool, 0, gen, [], stages=[{"from": 0, **cfg.schedule()}])
     noise = None if noise_widths is None else core.StateNoise(noise_widths, st.rng)   # the run's draws
     ws = core.Workspace()
+    links = cfg.links()
     prog = Progress(cfg.iterations, "it", stream, log_every=50)
     prog.update(st.iteration)
     last_batch = np.repeat(seed[None], cfg.batch, 0)
@@ -116,9 +118,11 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                     dmg = make_circle_masks(gen, cfg.damage_n, H, W)
                     x0[-cfg.damage_n:] *= (~dmg)[..., None]
             run_params = st.params if fq is None else fq.weights(st.params)
+            wires = Wires(links.draw(gen), int(gen.integers(2**62)), x0.shape[:3]) if links.active else None
             losses, xN, grads, rows = core.loss_and_grads(
-                x0, target, run_params, steps, gen, M.gradient_kernels(angle), np.float32, ws,
-                rounding=fq, noise=noise, teacher=teacher, teacher_weight=cfg.distill)
+                x0, target, run_params, steps, gen if wires is None else wires.fire,
+                M.gradient_kernels(angle), np.float32, ws, rounding=fq, noise=noise, teacher=teacher,
+                teacher_weight=cfg.distill, wires=wires)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
@@ -161,7 +165,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
     meta = default_meta(
         kind=cfg.kind, target=cfg.target, iterations=len(before) + st.iteration,
         loss_history=before + [float(v) for v in h],
-        origin="nca-train" + (" (fine-tuned, quantisation-aware)" if fq is not None else
+        origin="nca-train" + (" (wires in the loop)" if links.active else "") +
+               (" (fine-tuned, quantisation-aware)" if fq is not None else
                               " (fine-tuned against state noise)" if noise_fq is not None else ""), training=dict(
             settings, grid=[H, W], fire_rate=M.FIRE_RATE, optimizer="adam(0.9,0.999,1e-7)",
             grad_norm="per-tensor L2", target_digest=digest, seconds=round(st.seconds, 1),
