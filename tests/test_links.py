@@ -102,6 +102,18 @@ def test_clock_spread_draws_per_cell_rates():
     assert np.all(flat.rates == M.FIRE_RATE)
 
 
+def test_periodic_clock_fires_regularly_at_each_cells_rate():
+    w = L.Wires(L.LinkSpec(clock="periodic", drift=0.05), 4, (1, 20, 20))
+    fires = np.array([w.fire(t) for t in range(400)])
+    assert np.abs(fires.mean(axis=0) - w.rates).max() < 0.01      # each cell at its own rate
+    gaps = np.concatenate([np.diff(np.flatnonzero(fires[:, 0, y, x])) for y in range(20) for x in range(20)])
+    assert set(np.unique(gaps)) <= {1, 2, 3} and np.mean(gaps == 2) > 0.9   # every 2 steps, slipping
+    starts = fires[:3].reshape(3, -1)
+    assert 0.3 < starts[0].mean() < 0.7 and np.all(starts.sum(axis=0) >= 1)   # random phases
+    g = np.random.default_rng(0)
+    assert {L.LinkSpec("mix", 1.0, clock="mix").draw(g).clock for _ in range(30)} == {"exp", "periodic"}
+
+
 def test_mix_draws_a_kind_and_a_level_per_rollout():
     spec = L.LinkSpec("mix", 2.0, msg_loss=0.2, burst=4.0, drift=0.05)
     gen = np.random.default_rng(0)
@@ -222,8 +234,18 @@ def test_training_with_wires_resumes_exactly_and_records_them(disc_png, tmp_path
     (["--burst", "2", "--msg-loss", "0.9"], "--msg-loss"),
     (["--drift", "1.2"], "--drift"),
     (["--max-delay", "0", "--latency", "1"], "--max-delay"),
+    (["--clock", "sundial"], "--clock"),
 ])
 def test_wire_options_fail_in_one_line(capsys, tmp_path, argv, needle):
     assert main(argv + ["--out", str(tmp_path / "m.npz")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("nca-train: error: ") and needle in err, err
+
+
+def test_init_takes_a_shipped_model_by_name(disc_png, tmp_path):
+    out = tmp_path / "f.npz"
+    assert main(["--target", str(disc_png), "--init", "fixture_blob", "--iterations", "1", "--pad", "4",
+                 "--pool", "16", "--min-steps", "4", "--max-steps", "5", "--latency", "1",
+                 "--out", str(out)]) == 0
+    t = weights.load(out).meta["training"]
+    assert t["init"]["model"] == "fixture_blob.npz" and t["latency"] == 1.0

@@ -28,7 +28,7 @@ from sim.weights import save as save_model
 
 from .checkpoint import target_digest
 from .config import DAMAGE_N, KINDS, TrainConfig
-from .links import LATENCY_DISTS
+from .links import CLOCKS, LATENCY_DISTS
 from .loop import train
 from .tune import tune_output_biases
 
@@ -68,7 +68,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--max-steps", type=int, default=95, help="longest rollout (default: %(default)s)")
     ap.add_argument("--damage-n", type=int, default=DAMAGE_N,
                     help="regenerating: samples damaged per batch (default: %(default)s)")
-    ap.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
+    ap.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning; a path "
+                    "or a shipped model's name)")
     ap.add_argument("--qat", action="store_true",
                     help="quantisation-aware fine-tuning of the --init model: the forward runs the "
                          "firmware's integer arithmetic (int8 weights, gradient inputs, hidden units and "
@@ -100,6 +101,9 @@ def _parser() -> ArgParser:
     w.add_argument("--drift", type=float, default=0.0, help="each cell's fire rate off by up to +- this "
                    "fraction (clocks that run at different rates)")
     w.add_argument("--max-delay", type=int, default=6, help="longest delay kept, in steps (default: %(default)s)")
+    w.add_argument("--clock", choices=CLOCKS, default="exp", help="exp: a cell fires with probability "
+                   "0.5 each step (the paper's); periodic: every 2 steps from a random phase (a crystal); "
+                   "mix: one of them per rollout (default: %(default)s)")
     ap.add_argument("--tune-biases", action="store_true",
                     help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
                          "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
@@ -127,7 +131,7 @@ def _tune_biases(args: Any) -> int:
         raise UserError(f"--tune-sweeps must be >= 1, got {args.tune_sweeps}")
     out = Path(args.out) if args.out else _default_out(args.target, args.kind)
     _check_writable(out)
-    model = load_model(args.init)
+    model = load_model(paths.model_path(args.init))
     target = load_target(args.target)       # 40 x 40: the swarm's grid
     trained = model.meta.get("training", {})
     if "target_digest" in trained and "pad" in trained:
@@ -164,11 +168,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
-                      damage_n=args.damage_n, init=args.init, qat=args.qat,
+                      damage_n=args.damage_n, init=str(paths.model_path(args.init)) if args.init else None,
+                      qat=args.qat,
                       distill=args.distill, state_noise=args.state_noise,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,
                       latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,
-                      burst=args.burst, drift=args.drift, max_delay=args.max_delay)
+                      burst=args.burst, drift=args.drift, max_delay=args.max_delay, clock=args.clock)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

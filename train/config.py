@@ -51,10 +51,11 @@ class TrainConfig:
     burst: float = 0.0
     drift: float = 0.0
     max_delay: int = 6
+    clock: str = "exp"
 
     def links(self) -> LinkSpec:
         return LinkSpec(self.latency_dist, self.latency, self.latency_high, self.msg_loss, self.burst,
-                        self.drift, self.max_delay)
+                        self.drift, self.max_delay, self.clock)
 
     def validate(self) -> None:
         if self.kind not in KINDS:

@@ -15,8 +15,11 @@ probability 0.5 per step as it wakes every 2 units on average):
   steps, cut at `max_delay`). A later arrival overwrites the slot: at step t the
   cell perceives the neighbour as it was at the step of the message that arrived
   last, so each link has an age a in [0, max_delay] per step.
-- Cell c fires with probability 0.5 * (1 + spread * u_c), u_c uniform in [-1, 1]
-  drawn per rollout (clocks whose rates differ by up to +-spread).
+- Cell c fires at the rate 0.5 * (1 + drift * u_c), u_c uniform in [-1, 1] drawn
+  per rollout (clocks whose rates differ by up to +-drift): with probability that
+  rate at each step (`clock` exp, the random clock) or regularly, every 1 / rate
+  steps from a random phase (`clock` periodic, a crystal's clock); `mix` draws one
+  of them per rollout.
 - Only a cell that fires applies the alive rule, on what it knows (its own
   alpha and its neighbours' delayed alphas), as in the async engines.
 
@@ -29,7 +32,7 @@ generator, so a run replays and resumes exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numba as nb
 import numpy as np
@@ -41,6 +44,7 @@ from sim.model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, NEIGHBOUR_OFF
 
 LATENCY_KINDS = ("const", "uniform", "exp")
 LATENCY_DISTS = LATENCY_KINDS + ("mix",)   # mix: a kind and a level drawn per rollout
+CLOCKS = ("exp", "periodic", "mix")          # mix: one of the two drawn per rollout
 _OFFS = np.array(NEIGHBOUR_OFFSETS, np.int64)
 _RATE = 23       # counter stream of the per-cell fire rates (apart from sim.rng's)
 
@@ -53,12 +57,14 @@ class LinkSpec:
     latency_high: float = 0.0     # uniform high
     msg_loss: float = 0.0         # fraction of lost messages
     burst: float = 0.0            # mean length of a run of lost messages (0: independent)
-    drift: float = 0.0      # per-cell fire rate spread, +- fraction
+    drift: float = 0.0            # per-cell fire rate spread, +- fraction
     max_delay: int = 6            # ages are cut here (the state history kept)
+    clock: str = "exp"            # random (exp) or regular (periodic) fire; mix: drawn per rollout
 
     @property
     def active(self) -> bool:
-        return bool(self.latency or self.latency_high or self.msg_loss or self.drift)
+        return bool(self.latency or self.latency_high or self.msg_loss or self.drift
+                    or self.clock != "exp")
 
     def validate(self) -> None:
         if self.latency_dist not in LATENCY_DISTS:
@@ -77,6 +83,8 @@ class LinkSpec:
                             f"(at most {self.burst / (self.burst + 1.0):.3g})")
         if not 0.0 <= self.drift < 1.0:
             raise UserError(f"--drift must be in [0, 1), got {self.drift}")
+        if self.clock not in CLOCKS:
+            raise UserError(f"unknown --clock {self.clock!r} (choose from {', '.join(CLOCKS)})")
         if not 1 <= self.max_delay <= 32:
             raise UserError(f"--max-delay must be in [1, 32], got {self.max_delay}")
 
@@ -84,13 +92,14 @@ class LinkSpec:
         """The wires of one rollout: `mix` draws a kind and a level in [0, latency]
         (const: the level; uniform: [0, 2 level]; exp: mean level) and a loss in
         [0, msg_loss]; the other kinds are what they say."""
+        clock = self.clock if self.clock != "mix" else CLOCKS[int(gen.integers(2))]
         if self.latency_dist != "mix":
-            return self
+            return replace(self, clock=clock)
         kind = LATENCY_KINDS[int(gen.integers(3))]
         level = float(gen.uniform(0.0, self.latency))
         loss = float(gen.uniform(0.0, self.msg_loss)) if self.msg_loss else 0.0
         return LinkSpec(kind, level, 2 * level if kind == "uniform" else 0.0, loss, self.burst,
-                        self.drift, self.max_delay)
+                        self.drift, self.max_delay, clock)
 
     def asdict(self) -> dict:
         return asdict(self)
@@ -196,6 +205,7 @@ class Wires:
         self.held_arr = np.full((B * H, W, 8), -1.0)
         self.rates = np.empty(shape, np.float32)
         _fire_rates(self.key, spec.drift, self.rates)
+        self.phase = np.random.default_rng(self.key + 1).random(shape)
         self.gen = np.random.default_rng(self.key)
         self.shape = shape
 
@@ -214,6 +224,9 @@ class Wires:
                  self.held_arr, ages)
 
     def fire(self, t: int) -> np.ndarray:
+        if self.spec.clock == "periodic":       # a tick whenever rate * t + phase crosses an integer
+            r = self.rates.astype(np.float64)
+            return np.floor(r * t + self.phase) > np.floor(r * (t - 1) + self.phase)
         return self.gen.random(self.shape, dtype=np.float32) < self.rates
 
 
