@@ -249,3 +249,14 @@ def test_init_takes_a_shipped_model_by_name(disc_png, tmp_path):
                  "--out", str(out)]) == 0
     t = weights.load(out).meta["training"]
     assert t["init"]["model"] == "fixture_blob.npz" and t["latency"] == 1.0
+
+
+def test_resume_may_change_the_wires_as_a_recorded_stage(disc_png, tmp_path):
+    out = tmp_path / "g.npz"
+    train(_small(disc_png, 4), out, keep_checkpoint=True, stream=io.StringIO())
+    cfg = _small(disc_png, 6)
+    cfg.clock, cfg.latency = "periodic", 1.0
+    staged = train(cfg, out, resume=True, stream=io.StringIO())
+    stages = staged.meta["training"]["stages"]
+    assert [s["from"] for s in stages] == [0, 4]
+    assert (stages[0]["clock"], stages[1]["clock"], stages[1]["latency"]) == ("exp", "periodic", 1.0)

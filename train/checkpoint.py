@@ -113,7 +113,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig, digest: str) -> TrainState:
     if len(history) != iteration:
         raise CheckpointError(f"{path}: loss history has {len(history)} entries for iteration {iteration}")
     stages = list(meta.get("stages") or [{"from": 0, **{k: saved_cfg.get(k) for k in SCHEDULE_KEYS}}])
-    if any(stages[-1].get(k) != v for k, v in cfg.schedule().items()):
+    if any(stages[-1].get(k, defaults[k]) != v for k, v in cfg.schedule().items()):
         stages.append({"from": iteration, **cfg.schedule()})
     if cfg.kind != "growing" and (pool is None or pool.shape[0] != cfg.pool):
         raise CheckpointError(f"{path}: pool missing or of the wrong size")

@@ -113,7 +113,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
-                         "--damage-n and --distill may differ (a new stage, recorded in the model's metadata)")
+                         "--damage-n, --distill and the wires may differ (a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
     ap.add_argument("--keep-checkpoint", action="store_true",

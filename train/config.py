@@ -15,7 +15,8 @@ from .links import LinkSpec
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
-SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "damage_n", "distill")   # --resume may change these
+SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "damage_n", "distill",    # --resume may change these
+                 "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
 class CheckpointError(UserError):

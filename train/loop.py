@@ -16,7 +16,7 @@ generator's state, loss history) lets --resume continue exactly where it left
 off. The checkpoint lives next to the output (OUT.ckpt.npz), is written
 atomically every --checkpoint-every iterations and on Ctrl-C / SIGTERM, and is
 removed after the model is saved unless --keep-checkpoint is given. A resumed
-run may change the schedule (learning rates, --damage-n, --distill): fine-tuning in
+run may change the schedule (learning rates, --damage-n, --distill, the wires): fine-tuning in
 stages, each recorded with the iteration it began at.
 """
 from __future__ import annotations
