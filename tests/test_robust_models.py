@@ -1,0 +1,64 @@
+"""The latency-robust lizard (weights/lizard_regenerating_robust.npz, trained with the
+wires in the loop) on the asynchronous swarm: 40x40, seeds 0-4, loss against the target
+at step 1,000 (docs/robust-models.md has the figures and the recipe). Slow: about a
+minute of numba runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.rules import CLOCK_PERIODIC, LAT_EXPONENTIAL, AsyncConfig
+from sim.simulate import simulate
+from sim.weights import load
+
+pytestmark = pytest.mark.slow
+SEEDS = range(5)
+
+
+def _losses(model, cfg: AsyncConfig, steps: int = 1000, damage=()) -> list[float]:
+    return [simulate(model, engine="async", steps=steps, size=40, seed=s, target="lizard", async_config=cfg,
+                     damage=list(damage)).loss for s in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def robust():
+    return load("lizard_regenerating_robust")
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load("lizard_regenerating")
+
+
+@pytest.mark.parametrize("name,cfg,bound", [
+    ("no latency", AsyncConfig(), 2.5e-4),                                     # measured 1.98e-4
+    ("latency 1.0", AsyncConfig(latency=1.0), 3e-4),                           # 1.96e-4
+    ("exponential latency, mean 1.0", AsyncConfig(latency_kind=LAT_EXPONENTIAL, latency=1.0), 3e-4),  # 2.02e-4
+    ("10% bursty loss, runs of 5", AsyncConfig(loss=0.1, burst=5.0), 3e-4),    # 2.03e-4
+])
+def test_robust_model_meets_the_targets(robust, paper, name, cfg, bound):
+    got = float(np.mean(_losses(robust, cfg)))
+    assert got <= bound, (name, got)
+
+
+def test_robust_model_at_two_steps_and_on_periodic_clocks(robust):
+    """Missed targets, held where they are: at latency 2.0 four seeds grow the lizard
+    (1.9e-4 each) and seed 4 does not (1.5e-2; mean 3.2e-3 against the 3e-4 asked);
+    periodic clocks with 5% spread plus latency 1.0 reach 3.07e-4 (3e-4 asked)."""
+    two = _losses(robust, AsyncConfig(latency=2.0))
+    assert sorted(two)[3] <= 3e-4 and np.mean(two) <= 5e-3, two
+    periodic = np.mean(_losses(robust, AsyncConfig(clock=CLOCK_PERIODIC, drift=0.05, latency=1.0)))
+    assert periodic <= 3.5e-4, periodic
+
+
+def test_the_paper_model_breaks_where_the_robust_one_holds(robust, paper):
+    for cfg in (AsyncConfig(latency=1.0), AsyncConfig(clock=CLOCK_PERIODIC, drift=0.05, latency=1.0)):
+        assert np.mean(_losses(paper, cfg)) > 1e-2 > 30 * np.mean(_losses(robust, cfg))
+
+
+def test_robust_model_regrows_as_well_as_the_paper_model(robust, paper):
+    """Radius-8 cut at the centre at step 1,000, loss at step 1,600 (latency 0): the
+    robust model within 1.25x of the paper's (measured 4.2e-3 against 7.5e-3)."""
+    cut = ["circle:20,20,8@1000"]
+    r, p = (float(np.mean(_losses(m, AsyncConfig(), 1600, cut))) for m in (robust, paper))
+    assert r <= 1.25 * p, (r, p)
