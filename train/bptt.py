@@ -25,6 +25,10 @@ Backward: masks (fire, alive) are held constant, as in the paper's TF code
 (their gradient is zero almost everywhere). Dead cells have no rows, so they
 cost nothing in either pass.
 
+With `wires` (train.links) a cell perceives its neighbours as they were some steps
+ago: the forward keeps a ring of the last states, the backward a ring of their
+gradients, and each perception tap's gradient goes to the step it read.
+
 Everything is dtype-generic (float32 for training, float64 for the gradient
 check).
 """
@@ -274,7 +278,8 @@ def _kernels(cells: int) -> types.SimpleNamespace:
     return _PARALLEL if cells >= PARALLEL_MIN_CELLS else _SERIAL
 
 
-def _link_kernels(cells: int):
+def _link_kernels(cells: int) -> type:
+    """train.links' kernels, serial or threaded by the same rule."""
     return L.PARALLEL if cells >= PARALLEL_MIN_CELLS else L.SERIAL
 
 
@@ -525,7 +530,7 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
     with the loss teacher_weight * mean((x_N - x_teacher)^2) (distillation: the
     integer rollout learns the float model's hidden channels, not only its picture).
     The returned losses are the picture's alone. wires: see forward (the teacher
-    runs without them, on the same fire decisions)."""
+    runs on the same wires and fire decisions)."""
     if teacher is not None and teacher_weight > 0:
         B, H, W, _ = np.shape(x0)
         if not isinstance(fire, np.ndarray):   # the masks forward() would draw, in its order

@@ -3,13 +3,12 @@
 On a board grid a cell perceives its neighbours through messages: late, sometimes
 lost (the last received state is kept), from cells whose clocks run at slightly
 different rates. A model trained on the paper's synchronous grid breaks at about
-one step of latency (docs/design.md, "Latency-robust models"). `Links` puts the
-wires into the rollout, in the async engines' semantics (sim.rules) on the
+one step of latency (docs/robust-models.md). `Wires` puts them into the rollout, in the async engines' semantics (sim.rules) on the
 training grid's time steps (one step = one time unit: a cell fires with
 probability 0.5 per step as it wakes every 2 units on average):
 
 - Every step every cell sends its state on each of its 8 links; the message of
-  step s is lost (independently with probability `loss`, or in Gilbert-Elliott
+  step s is lost (independently with probability `msg_loss`, or in Gilbert-Elliott
   runs of mean length `burst` per link, as `--burst` does in the simulators) or
   arrives after a latency drawn per message (constant, uniform or exponential, in
   steps, cut at `max_delay`). A later arrival overwrites the slot: at step t the
@@ -25,9 +24,10 @@ probability 0.5 per step as it wakes every 2 units on average):
 
 The backward pass sends each perception tap's gradient to the neighbour's state
 at the step it was perceived (t - a), so BPTT reaches the delayed states
-(tests/test_links.py checks it against finite differences). The draws are
-counter-based (sim.rng) from one key per rollout, taken from the training
-generator, so a run replays and resumes exactly.
+(tests/test_links.py checks it against finite differences). Every draw derives
+from one key per rollout, taken from the training generator (a hash of key, link
+and step for the messages; generators seeded by the key for the clocks), so a run
+replays and resumes exactly.
 """
 from __future__ import annotations
 
