@@ -40,7 +40,7 @@ import numpy as np
 from sim import rng
 from sim.errors import UserError
 from sim.jit import compiled_variant
-from sim.model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, NEIGHBOUR_OFFSETS
+from sim.model import ALIVE_THRESHOLD, ALPHA, FIRE_RATE, NEIGHBOUR_OFFSETS
 
 LATENCY_KINDS = ("const", "uniform", "exp")
 LATENCY_DISTS = LATENCY_KINDS + ("mix",)   # mix: a kind and a level drawn per rollout
@@ -88,7 +88,7 @@ class LinkSpec:
         if not 1 <= self.max_delay <= 32:
             raise UserError(f"--max-delay must be in [1, 32], got {self.max_delay}")
 
-    def draw(self, gen: np.random.Generator) -> "LinkSpec":
+    def draw(self, gen: np.random.Generator) -> LinkSpec:
         """The wires of one rollout: `mix` draws a kind and a level in [0, latency]
         (const: the level; uniform: [0, 2 level]; exp: mean level) and a loss in
         [0, msg_loss]; the other kinds are what they say."""
@@ -166,7 +166,7 @@ def _advance(key, t, cfg, bad, pend_arr, pend_sent, held_sent, held_arr, ages):
                         lost = u_loss < p
                 if not lost:
                     arr = t + lat
-                    k = int(math.ceil(arr)) % R
+                    k = math.ceil(arr) % R
                     if arr >= pend_arr[r, xx, s, k]:      # ties: the later send
                         pend_arr[r, xx, s, k] = arr
                         pend_sent[r, xx, s, k] = t
@@ -209,7 +209,7 @@ class Wires:
         self.gen = np.random.default_rng(self.key)
         self.shape = shape
 
-    def fresh(self) -> "Wires":
+    def fresh(self) -> Wires:
         """The same links from step 0 again (another rollout on the same wires)."""
         return Wires(self.spec, self.key, self.shape)
 
@@ -239,32 +239,36 @@ def _slot(dy, dx):
     return k if k < 4 else k - 1
 
 
+@nb.njit(cache=True, inline="always")
+def _knows_alive(own_alpha, alive, t, ages, b, y, xx):
+    """The alive rule on what cell (b, y, xx) knows at step t: its own alpha, or a
+    neighbour alive as perceived (alive[(t - age) % depth]); outside the grid is dead."""
+    if own_alpha > ALIVE_THRESHOLD:
+        return True
+    R, _, H, W = alive.shape
+    for s in range(8):
+        yy = y + _OFFS[s, 0]
+        xj = xx + _OFFS[s, 1]
+        if 0 <= yy < H and 0 <= xj < W and alive[(t - ages[b, y, xx, s]) % R, b, yy, xj]:
+            return True
+    return False
+
+
 def _alive_delayed(alive, t, ages, own, out):
     """out[b,y,x] = own[b,y,x] alpha > threshold or any neighbour alive as perceived
     (alive[(t - age) % depth], the ring of alpha > threshold); outside the grid reads dead."""
     B, H, W, _ = own.shape
-    R = alive.shape[0]
     for r in nb.prange(B * H):
         b = r // H
         y = r % H
         for xx in range(W):
-            m = own[b, y, xx, ALPHA] > ALIVE_THRESHOLD
-            if not m:
-                for s in range(8):
-                    yy = y + _OFFS[s, 0]
-                    xj = xx + _OFFS[s, 1]
-                    if yy < 0 or yy >= H or xj < 0 or xj >= W:
-                        continue
-                    if alive[(t - ages[b, y, xx, s]) % R, b, yy, xj]:
-                        m = True
-                        break
-            out[b, y, xx] = m
+            out[b, y, xx] = _knows_alive(own[b, y, xx, ALPHA], alive, t, ages, b, y, xx)
 
 
 def _gather_delayed(hist, t, ages, idx, kxy, P):
     """P[r] = [x, Kx*n, Ky*n, 1] of cell idx[r], n the 3x3 neighbourhood with the
     cell's own current state at the centre and each neighbour as perceived."""
-    R, B, H, W, C = hist.shape
+    R, _, H, W, C = hist.shape
     cur = t % R
     for r in nb.prange(idx.shape[0]):
         q = idx[r]
@@ -298,8 +302,7 @@ def _gather_delayed(hist, t, ages, idx, kxy, P):
 def _post_keep(x, alive, t, ages, pre, fire, keep):
     """keep = 1 for cells that did not fire (they did not act); for fired cells
     pre & post, post read on the own updated alpha x and the perceived neighbours."""
-    B, H, W, C = x.shape
-    R = alive.shape[0]
+    B, H, W, _ = x.shape
     for r in nb.prange(B * H):
         b = r // H
         y = r % H
@@ -310,17 +313,7 @@ def _post_keep(x, alive, t, ages, pre, fire, keep):
             if not pre[b, y, xx]:
                 keep[b, y, xx] = False
                 continue
-            m = x[b, y, xx, ALPHA] > ALIVE_THRESHOLD
-            if not m:
-                for s in range(8):
-                    yy = y + _OFFS[s, 0]
-                    xj = xx + _OFFS[s, 1]
-                    if yy < 0 or yy >= H or xj < 0 or xj >= W:
-                        continue
-                    if alive[(t - ages[b, y, xx, s]) % R, b, yy, xj]:
-                        m = True
-                        break
-            keep[b, y, xx] = m
+            keep[b, y, xx] = _knows_alive(x[b, y, xx, ALPHA], alive, t, ages, b, y, xx)
 
 
 def _stencil_transpose_delayed(G, t, idx, gp, kxy, rowmap, ages):
