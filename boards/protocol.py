@@ -131,25 +131,38 @@ class FrameError(ValueError):
     """A frame that cannot be decoded (bad COBS, short, CRC mismatch)."""
 
 
-def encode_frame(mtype: int, seq: int, body: bytes = b"") -> bytes:
-    """payload -> COBS(payload || crc16_le) || 0x00."""
-    payload = bytes([mtype & 0xFF, seq & 0xFF]) + bytes(body)
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} B exceeds {MAX_PAYLOAD} B")
-    return cobs.encode(payload + struct.pack("<H", crc16(payload))) + b"\x00"
+def encode_payload(payload: bytes) -> bytes:
+    """payload -> COBS(payload || crc16_le) || 0x00 (the framing every link here uses)."""
+    return cobs.encode(bytes(payload) + struct.pack("<H", crc16(payload))) + b"\x00"
 
 
-def decode_frame(raw: bytes) -> tuple[int, int, bytes]:
-    """One frame without its delimiter -> (type, seq, body); FrameError if unreadable."""
+def decode_payload(raw: bytes) -> bytes:
+    """One frame without its delimiter -> its payload; FrameError if unreadable."""
     try:
         data = cobs.decode(raw)
     except cobs.DecodeError as e:
         raise FrameError(f"bad COBS: {e}") from None
-    if len(data) < 4:
+    if len(data) < 3:
         raise FrameError(f"frame of {len(data)} B is too short")
     payload, (crc,) = data[:-2], struct.unpack("<H", data[-2:])
     if crc16(payload) != crc:
         raise FrameError("frame CRC mismatch")
+    return payload
+
+
+def encode_frame(mtype: int, seq: int, body: bytes = b"") -> bytes:
+    """A cell-link frame: type u8 | seq u8 | body, framed by encode_payload."""
+    payload = bytes([mtype & 0xFF, seq & 0xFF]) + bytes(body)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} B exceeds {MAX_PAYLOAD} B")
+    return encode_payload(payload)
+
+
+def decode_frame(raw: bytes) -> tuple[int, int, bytes]:
+    """One cell-link frame without its delimiter -> (type, seq, body); FrameError if unreadable."""
+    payload = decode_payload(raw)
+    if len(payload) < 2:
+        raise FrameError(f"frame of {len(payload) + 2} B is too short")
     return payload[0], payload[1], payload[2:]
 
 

@@ -50,6 +50,7 @@ TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     "cortex-m0": (("arm-none-eabi-gcc", "gcc-arm-none-eabi"), ("make", "make")),
     "avr": (("avr-gcc", "gcc-avr"), ("gcc", "gcc"), ("make", "make")),
     "arduino": (("avr-gcc", "gcc-avr"), ("make", "make")),
+    "mega2560": (("avr-gcc", "gcc-avr"), ("gcc", "gcc"), ("make", "make")),   # APP=mesh and its emulator
 }
 RUN_TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     "cortex-m0": (("qemu-system-arm", "qemu-system-arm"),),
@@ -86,9 +87,9 @@ def missing_tools(target: str, run: bool = False) -> list[tuple[str, str]]:
     """(executable, package) pairs that are not installed for building (and running) target."""
     need = list(TOOLS[target]) + (list(RUN_TOOLS.get(target, ())) if run else [])
     out = [(exe, pkg) for exe, pkg in need if shutil.which(exe) is None]
-    if target == "avr" and not SIMAVR_HEADER.exists():
+    if target in ("avr", "mega2560") and not SIMAVR_HEADER.exists():
         out.append(("simavr headers", "libsimavr-dev"))
-    if target == "avr" and not Path("/usr/lib/avr/include/avr/io.h").exists() and shutil.which("avr-gcc"):
+    if target in ("avr", "mega2560") and not Path("/usr/lib/avr/include/avr/io.h").exists() and shutil.which("avr-gcc"):
         out.append(("avr-libc headers", "avr-libc"))
     return out
 
@@ -371,9 +372,9 @@ def measure(b: Build) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- builds of the link firmware
-def _sources_key() -> str:
+def sources_key() -> str:
     h = hashlib.sha1()
-    for sub in ("core", "link", "ports/host", "ports/cortex-m0", "ports/avr", "tools"):
+    for sub in ("core", "link", "mesh", "ports/host", "ports/cortex-m0", "ports/avr", "ports/mega2560", "tools"):
         for f in sorted((FIRMWARE / sub).glob("*")):
             if f.is_file() and f.suffix in (".c", ".h", ".S", ".ld"):
                 h.update(f.name.encode())
@@ -409,7 +410,7 @@ def link_firmware(target: str) -> Path:
     """Build (once per source version, in the codegen cache) the link firmware of a target
     and return its artefact: libnca_link.so (host), nca_link_m0.elf or nca_link_avr.elf."""
     mk_target = "host" if target == "fuzz" else target
-    root = cache_dir() / f"link-{_sources_key()}" / mk_target
+    root = cache_dir() / f"link-{sources_key()}" / mk_target
     art = root / ARTEFACTS[target]
     if art.exists():
         return art

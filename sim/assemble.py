@@ -6,16 +6,24 @@ one place that knows every package; the engines below it know none of them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from boards.mesh import MeshConfig, MeshEngine
 from boards.swarm import BoardEngine
 from codegen.fixed_cells import fixed_backend
 from codegen.host_cells import firmware_backend
 
-from .cell_backends import BackendError, BackendFactory, CellBackend, ModelLike, float_backend
-from .engines import DEFAULT_ENGINE, RunError
+from .cell_backends import (
+    BackendError,
+    BackendFactory,
+    CellBackend,
+    ModelLike,
+    float_backend,
+)
+from .engines import DEFAULT_ENGINE, MESH_ENGINE, RunError
 from .rules import AsyncConfig
 from .simulate import Result
 from .simulate import simulate as simulate_with
@@ -50,14 +58,28 @@ def make_backend(name: str, model: ModelLike, angle: float | None = None) -> Cel
 
 def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, *, backend: str = "float",
              boards: dict | None = None, realtime_factor: float | None = None,
-             log: Callable[[str], None] | None = None, **kw: Any) -> Result:
+             log: Callable[[str], None] | None = None, mesh: MeshConfig | None = None, **kw: Any) -> Result:
     """`sim.simulate.simulate` with the cells computed by the backend named `backend`
     (simpy engine for any but "float") and, with `boards`, hardware in the loop: `boards`
     maps (x, y) cells to boards (a pyserial URL or device, "emu:cortex-m0" / "emu:avr"
     for an emulated board started here, or a boards.client.Board); those cells run on
     their boards over the cell link and the others on `backend` ("fixed" makes the run
     equal to an all-fixed-point one bit for bit). A board that lacks the model's genome
-    is flashed first. `realtime_factor` paces the SimPy clock (seconds per time unit)."""
+    is flashed first. `realtime_factor` paces the SimPy clock (seconds per time unit).
+    engine "mesh": the grid of emulated boards wired to each other (boards.mesh), as
+    `mesh` configures it, with the clock of `async_config`."""
+    if engine == MESH_ENGINE:
+        if backend != "float" or boards or realtime_factor is not None:
+            raise RunError("the mesh engine's cells are its boards: no --backend, --board or --realtime")
+        base = mesh or MeshConfig()
+
+        def mesh_engine(state: np.ndarray, params: Params, seed: int, config: AsyncConfig) -> MeshEngine:
+            if config.drift:
+                raise RunError("the mesh's boards drift by their own clocks (--clock-ppm), not --drift")
+            cfg = replace(base, clock=config.clock, mean_interval=config.mean_interval, jitter=config.jitter)
+            return MeshEngine(state, params, seed, cfg)
+
+        return simulate_with(model, engine, engine_factory=mesh_engine, **kw)
     if backend not in BACKENDS:
         raise RunError(f"unknown cell backend {backend!r}; choose one of {', '.join(backend_names())}")
     factory = BACKENDS[backend]

@@ -27,7 +27,8 @@ from .rules import AsyncConfig
 from .spec import Params
 from .swarm import SimPySwarm
 
-ENGINES = ("sync", "lockstep", "async", "simpy")
+ENGINES = ("sync", "lockstep", "async", "simpy", "mesh")
+MESH_ENGINE = "mesh"                 # emulated boards wired to each other (boards.mesh, via sim.assemble)
 EVENT_ENGINES = ("async", "simpy")   # own clocks and messages: take the AsyncConfig options
 DEFAULT_ENGINE = "simpy"
 
@@ -184,6 +185,8 @@ def make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_
         return LockstepEngine(state, params, seed, fire_rate)
     if engine == "simpy":
         return SimPyEngine(state, params, seed, config, cell)
+    if engine == MESH_ENGINE:
+        raise RunError("the mesh engine runs emulated boards: sim.assemble.simulate puts it together")
     return AsyncEngine(state, params, seed, config)
 
 

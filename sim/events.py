@@ -9,11 +9,11 @@ import numba as nb
 import numpy as np
 
 from .model import ALPHA, CHANNELS, PERCEPTION
-from .rules import (EV_FAIL, EV_MSG, EV_RESTART, EV_WAKE, LAT_CONSTANT, STAT_NAMES, ST_DELIVERED,
-                    ST_DORMANT, ST_DROPPED, ST_FAILURES, ST_LOST, ST_RESTARTS, ST_SENT, ST_STALENESS_SUM,
-                    ST_UPDATES, ST_WAKEUPS, AsyncConfig, alive_value, catch_up, cell_wakeup, fill_inbox,
-                    mask_cells, message_fate, neighbour_table, time_to_failure, time_to_repair,
-                    wake_interval)
+from .rules import (CFG_LINKS, EV_FAIL, EV_MSG, EV_RESTART, EV_WAKE, LAT_CONSTANT, LINKS_RELAY, SLOT_E,
+                    SLOT_W, STAT_NAMES, ST_DELIVERED, ST_DORMANT, ST_DROPPED, ST_FAILURES, ST_LOST,
+                    ST_RESTARTS, ST_SENT, ST_STALENESS_SUM, ST_UPDATES, ST_WAKEUPS, AsyncConfig, alive_value,
+                    catch_up, cell_wakeup, fill_inbox, mask_cells, message_fate, neighbour_table,
+                    relay_slots, sends_on, time_to_failure, time_to_repair, wake_interval)
 from .spec import Params
 
 # meta slots
@@ -94,6 +94,8 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
          pool, pool_ref, pool_free, pool_time, stats, now):
     """Process events with time < until. Stops early (status != DONE) when the
     heap or payload pool could overflow; the caller grows them and calls again.
+    A payload pool[k] holds what one send carries: the sender's state in row 0 and,
+    with relay links, its inbox slots W and E at send time in rows 1 and 2.
 
     A dormant cell is not rescheduled: it sleeps until a message with a living
     alpha reaches it, then resumes its own wake-up sequence (`catch_up`)."""
@@ -103,6 +105,8 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
     # Deliveries below are written out in place: a helper taking the arrays cost
     # 3x in reference counting per call.
     instant = cfg[7] == 0.0 and int(cfg[4]) == LAT_CONSTANT and cfg[5] <= 0.0   # no draws needed
+    links = int(cfg[CFG_LINKS])
+    relay = links == LINKS_RELAY
     meta[M_STATUS] = STATUS_DONE
     while meta[M_HEAP] > 0 and ht[0] < until:
         if ht.shape[0] - meta[M_HEAP] < 10:
@@ -136,7 +140,7 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
             slot_payload = -1
             for s in range(8):
                 d = nbr[c, s]
-                if d < 0:
+                if d < 0 or not sends_on(links, s):
                     continue
                 stats[ST_SENT] += 1
                 if instant:
@@ -153,8 +157,16 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
                     slot = back[c, s]
                     for ch in range(CHANNELS):
                         inbox[d, slot, ch] = state[c, ch]
+                    living = alive_value(state[c, ALPHA])
+                    qw, qe = relay_slots(links, slot)
+                    if qw >= 0:
+                        for ch in range(CHANNELS):
+                            inbox[d, qw, ch] = inbox[c, SLOT_W, ch]
+                            inbox[d, qe, ch] = inbox[c, SLOT_E, ch]
+                        living = living or alive_value(inbox[c, SLOT_W, ALPHA]) \
+                            or alive_value(inbox[c, SLOT_E, ALPHA])
                     stats[ST_DELIVERED] += 1
-                    if asleep[d] and alive_value(state[c, ALPHA]):
+                    if asleep[d] and living:
                         asleep[d] = False
                         _push(ht, hs, hp, meta, catch_up(seed, cfg, d, t, wake_k, sleep_t, stats),
                               EV_WAKE, d, gen[d])
@@ -163,7 +175,11 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
                     meta[M_FREE] -= 1
                     slot_payload = pool_free[meta[M_FREE]]
                     for ch in range(CHANNELS):
-                        pool[slot_payload, ch] = state[c, ch]
+                        pool[slot_payload, 0, ch] = state[c, ch]
+                    if relay:       # captured now: the relay's knowledge at send time
+                        for ch in range(CHANNELS):
+                            pool[slot_payload, 1, ch] = inbox[c, SLOT_W, ch]
+                            pool[slot_payload, 2, ch] = inbox[c, SLOT_E, ch]
                     pool_ref[slot_payload] = 0
                     pool_time[slot_payload] = t
                 pool_ref[slot_payload] += 1
@@ -178,10 +194,17 @@ def _run(until, seed, cfg, state, inbox, nbr, back, w1, b1, w2, b2, kxy,
                 stats[ST_DROPPED] += 1
             else:
                 for ch in range(CHANNELS):
-                    inbox[d, s, ch] = pool[b, ch]
+                    inbox[d, s, ch] = pool[b, 0, ch]
+                living = alive_value(pool[b, 0, ALPHA])
+                qw, qe = relay_slots(links, s)
+                if qw >= 0:
+                    for ch in range(CHANNELS):
+                        inbox[d, qw, ch] = pool[b, 1, ch]
+                        inbox[d, qe, ch] = pool[b, 2, ch]
+                    living = living or alive_value(pool[b, 1, ALPHA]) or alive_value(pool[b, 2, ALPHA])
                 stats[ST_DELIVERED] += 1
                 stats[ST_STALENESS_SUM] += np.int64((t - pool_time[b]) * 1e6)
-                if asleep[d] and alive_value(pool[b, ALPHA]):
+                if asleep[d] and living:
                     asleep[d] = False
                     _push(ht, hs, hp, meta, catch_up(seed, cfg, d, t, wake_k, sleep_t, stats),
                           EV_WAKE, d, gen[d])
@@ -260,7 +283,8 @@ class AsyncSwarm:
         self.link_bad = np.zeros(n * 8, np.bool_)   # Gilbert-Elliott state of each link
         self.fail_j = np.zeros(n, np.int64)
         pool_cap = n + 16
-        self.pool = np.zeros((pool_cap, CHANNELS), np.float32)
+        rows = 3 if self.config.links == LINKS_RELAY else 1     # state (+ relayed W, E)
+        self.pool = np.zeros((pool_cap, rows, CHANNELS), np.float32)
         self.pool_ref = np.zeros(pool_cap, np.int64)
         self.pool_time = np.zeros(pool_cap, np.float64)
         self.pool_free = np.arange(pool_cap, dtype=np.int64)

@@ -27,6 +27,7 @@ WEIGHTS = _folder("weights")
 FIRMWARE = _folder("firmware")
 TARGETS = WEIGHTS / "targets"
 DEFAULT_MODEL = WEIGHTS / "lizard_regenerating.npz"
+BOARD_MODEL = WEIGHTS / "lizard_regenerating_ef.npz"     # the mesh's default: fine-tuned for the boards' integers
 FIXTURE_MODEL = WEIGHTS / "fixture_blob.npz"
 
 

@@ -154,10 +154,11 @@ def _delay_scan(seed, cfg, sends, nbr, lo, hi, counts):
     width = (hi - lo) / nbins if nbins > 0 else 1.0
     lost, n, mn, mx, sm = 0, 0, np.inf, -np.inf, 0.0
     link_bad = np.zeros(sends.shape[0] * 8, np.bool_)   # replayed in each link's own order
+    links = int(cfg[rules.CFG_LINKS])
     for c in range(sends.shape[0]):
         for r in range(sends[c]):
             for s in range(8):
-                if nbr[c, s] < 0:
+                if nbr[c, s] < 0 or not rules.sends_on(links, s):
                     continue
                 gone, v = rules.message_fate(seed, cfg, c, r * 8 + s, link_bad)
                 if gone:

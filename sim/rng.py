@@ -18,9 +18,9 @@ import math
 import numba as nb
 import numpy as np
 
-_G = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+G = np.uint64(0x9E3779B97F4A7C15)
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
@@ -39,17 +39,17 @@ INIT = 8        # a cell's clock: phase (counter 0) and drift (counter 1)
 
 @nb.njit(nb.uint64(nb.uint64), cache=True, inline="always")
 def mix64(z):
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
+    z = (z ^ (z >> _S30)) * M1
+    z = (z ^ (z >> _S27)) * M2
     return z ^ (z >> _S31)
 
 
 @nb.njit(nb.uint64(nb.int64, nb.int64, nb.int64, nb.int64), cache=True)
 def hash4(seed, stream, cell, counter):
-    h = mix64(nb.uint64(seed) + _G)
-    h = mix64((h ^ nb.uint64(stream)) + _G)
-    h = mix64((h ^ nb.uint64(cell)) + _G)
-    return mix64((h ^ nb.uint64(counter)) + _G)
+    h = mix64(nb.uint64(seed) + G)
+    h = mix64((h ^ nb.uint64(stream)) + G)
+    h = mix64((h ^ nb.uint64(cell)) + G)
+    return mix64((h ^ nb.uint64(counter)) + G)
 
 
 @nb.njit(nb.float64(nb.int64, nb.int64, nb.int64, nb.int64), cache=True)

@@ -22,6 +22,18 @@ match bit for bit:
   exponential(mttr) (REPAIR, c, j) with state and inbox zero.
 - Events at equal times run in the order they were scheduled. run(until=T)
   runs the events with time < T.
+- Links (cfg[11]): LINKS_DIRECT as above, a message on each of the 8 links.
+  LINKS_RELAY: a cell is wired to its 4 orthogonal neighbours only and the
+  diagonal states are relayed. A send is one frame on each of the 4 links, to
+  the neighbour at slot s of the sender, message m = 8 * send_round + s (the
+  draw keys above; the diagonal slots' numbers go unused). A frame to the N or
+  S neighbour carries the sender's state and its inbox slots W and E as they
+  are at send time (copied then); the receiver stores them at its slot for
+  the sender (S or N) and at the two diagonal slots beside it (SW, SE or NW,
+  NE; `relay_slots`). Frames to W and E carry the sender's state only. A frame
+  is lost or delayed as a whole; a sleeping cell wakes if any state it carries
+  has a living alpha. An off-grid relay slot is zero, so off-grid inbox slots
+  stay zero. The boot-time exchange still fills all 8 slots.
 """
 from __future__ import annotations
 
@@ -37,8 +49,11 @@ from .model import ALPHA, CHANNELS, NEIGHBOUR_OFFSETS
 EV_WAKE, EV_MSG, EV_FAIL, EV_RESTART = 0, 1, 2, 3
 CLOCK_EXPONENTIAL, CLOCK_PERIODIC = 0, 1
 LAT_CONSTANT, LAT_UNIFORM, LAT_EXPONENTIAL = 0, 1, 2
+LINKS_DIRECT, LINKS_RELAY = 0, 1
 CLOCKS = {"exp": CLOCK_EXPONENTIAL, "periodic": CLOCK_PERIODIC}          # names on the command line
 LATENCY_KINDS = {"const": LAT_CONSTANT, "uniform": LAT_UNIFORM, "exp": LAT_EXPONENTIAL}
+LINKS = {"direct": LINKS_DIRECT, "relay": LINKS_RELAY}
+CFG_LINKS = 11     # the links' index in AsyncConfig.asarray()
 
 # stats slots
 ST_WAKEUPS, ST_UPDATES, ST_DORMANT, ST_SENT, ST_LOST, ST_DELIVERED, ST_DROPPED, \
@@ -47,6 +62,9 @@ STAT_NAMES = ("wakeups", "cell_updates", "dormant_wakeups", "messages_sent", "me
               "messages_delivered", "messages_dropped", "failures", "restarts")
 
 _OFFS = np.array(NEIGHBOUR_OFFSETS, np.int64)
+# inbox slots by direction (model.NEIGHBOUR_OFFSETS order: NW N NE W E SW S SE)
+SLOT_NW, SLOT_N, SLOT_NE, SLOT_W, SLOT_E, SLOT_SW, SLOT_S, SLOT_SE = (
+    NEIGHBOUR_OFFSETS.index(o) for o in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)))
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,7 @@ class AsyncConfig:
     mttr: float = 1.0                # mean time to repair
     burst: float = 0.0               # mean length of a run of lost messages on a link (Gilbert-Elliott;
                                      # 0: each message lost independently)
+    links: int = LINKS_DIRECT        # LINKS_DIRECT: 8 links; LINKS_RELAY: 4, diagonals relayed
 
     def validate(self) -> "AsyncConfig":
         if not self.mean_interval > 0:
@@ -84,11 +103,15 @@ class AsyncConfig:
         if self.burst and self.loss > self.burst / (self.burst + 1.0):
             raise ValueError(f"message loss {self.loss} is too high for bursts of mean length {self.burst} "
                              f"(at most burst / (burst + 1) = {self.burst / (self.burst + 1.0):.3g})")
+        if self.links not in LINKS.values():
+            raise ValueError(f"links must be one of {sorted(LINKS.values())} "
+                             f"({', '.join(f'{v} {k}' for k, v in LINKS.items())}), got {self.links!r}")
         return self
 
     def asarray(self) -> np.ndarray:
         return np.array([self.clock, self.mean_interval, self.jitter, self.drift, self.latency_kind,
-                         self.latency, self.latency_high, self.loss, self.mtbf, self.mttr, self.burst],
+                         self.latency, self.latency_high, self.loss, self.mtbf, self.mttr, self.burst,
+                         self.links],
                         np.float64)
 
 
@@ -137,6 +160,25 @@ def message_fate(seed, cfg, c, m, link_bad):
     if kind == LAT_UNIFORM:
         return False, cfg[5] + (cfg[6] - cfg[5]) * rng.uniform(seed, rng.LATENCY, c, m)
     return False, rng.exponential(seed, rng.LATENCY, c, m, cfg[5])
+
+
+@nb.njit(cache=True, inline="always")
+def sends_on(links, s):
+    """Whether a cell sends on its link at slot s: all 8 (direct), or N, W, E, S (relay)."""
+    return links == LINKS_DIRECT or s == SLOT_N or s == SLOT_W or s == SLOT_E or s == SLOT_S
+
+
+@nb.njit(cache=True, inline="always")
+def relay_slots(links, q):
+    """The receiver's slots for the relayed (SLOT_W, SLOT_E) of a frame that arrives at its
+    slot q, or (-1, -1) when the frame carries only the sender's state. From the N neighbour
+    (q = N): its W and E are the receiver's NW and NE; from the S neighbour: SW and SE."""
+    if links == LINKS_RELAY:
+        if q == SLOT_N:
+            return SLOT_NW, SLOT_NE
+        if q == SLOT_S:
+            return SLOT_SW, SLOT_SE
+    return -1, -1
 
 
 @nb.njit(cache=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boards.mesh import MeshConfig
 from boards.swarm import parse_board_spec
 
 from . import paths
@@ -25,7 +26,7 @@ from .assemble import simulate
 from .atomic import atomic_write
 from .damage import FORMS as DAMAGE_FORMS
 from .damage import parse_damage
-from .engines import DEFAULT_ENGINE, ENGINES, EVENT_ENGINES
+from .engines import DEFAULT_ENGINE, ENGINES, EVENT_ENGINES, MESH_ENGINE
 from .errors import ArgParser, UserError, cli_entry
 from .live import run_live
 from .model import ALIVE_THRESHOLD, FIRE_RATE
@@ -34,7 +35,7 @@ from .pictures import load_target_for
 from .plots import require_ffmpeg, save_gif, save_mp4, save_plots
 from .progress import Progress
 from .render import save_png, save_strip
-from .rules import CLOCKS, LATENCY_KINDS, AsyncConfig
+from .rules import CLOCKS, LATENCY_KINDS, LINKS, AsyncConfig
 from .simulate import MAX_SEED, MAX_SIZE, Result, movie_steps, parse_rotation, strip_steps
 from .weights import load_model
 
@@ -42,8 +43,10 @@ PROG = "python -m sim.run"
 
 
 ASYNC_ONLY = ("latency", "latency_dist", "latency_high", "msg_loss", "burst", "mtbf", "mttr", "mean_interval",
-              "clock", "jitter", "drift")
+              "clock", "jitter", "drift", "links")
 GRID_ONLY = ("fire_rate",)   # sync and lockstep
+MESH_CLOCK = ("mean_interval", "clock", "jitter")   # the event engines' options the mesh takes too
+MESH_ONLY = ("wake_ms", "frame_loss", "byte_loss", "byte_corrupt", "clock_ppm", "miswire", "mesh_threads")
 NOT_LIVE = ("damage", "rotate_at", "save_png", "save_strip", "save_state", "json", "save_gif",
             "save_mp4", "save_plots")
 
@@ -63,14 +66,17 @@ def _parser() -> ArgParser:
                     help="simpy: every cell a SimPy process with its own clock, messages with "
                          "latency and loss, failures; async: the same swarm as a numba event loop "
                          "(faster, equal to simpy bit for bit); sync: the paper's synchronous grid; "
-                         "lockstep: message-passing cells ticking together (equals sync) "
+                         "lockstep: message-passing cells ticking together (equals sync); "
+                         "mesh: a grid of emulated ATmega2560 boards, each running the cell firmware, "
+                         "wired to their 4 neighbours (needs gcc-avr, libsimavr-dev) "
                          "(default: %(default)s)")
     ap.add_argument("--backend", default="float",
                     help="what computes a cell (simpy engine): float, fixed (the firmware's integer "
                          "arithmetic, codegen's golden model), firmware (the generated C, built for "
                          "this machine and called through ctypes) (default: %(default)s)")
     ap.add_argument("--model", help=f"weights .npz or a shipped model's name, e.g. lizard_regenerating_ef (default: "
-                                    f"{_show(paths.DEFAULT_MODEL)}; nca-convert makes one from a published model)")
+                                    f"{_show(paths.DEFAULT_MODEL)}, the mesh {_show(paths.BOARD_MODEL)}; "
+                                    f"nca-convert makes one from a published model)")
     ap.add_argument("--target", help="target name (lizard, ...) or image path for the loss "
                                      "(default: the model's recorded target, else lizard)")
     ap.add_argument("--size", type=int, default=40, help="grid is N x N cells (default: %(default)s)")
@@ -107,10 +113,27 @@ def _parser() -> ArgParser:
     g.add_argument("--burst", type=float, metavar="L", help="lost messages come in runs of mean length L "
                    "on each link (a Gilbert-Elliott channel; --msg-loss is the mean loss; default: each "
                    "message lost independently)")
+    g.add_argument("--links", choices=tuple(LINKS), help="direct: a link to each of the 8 neighbours; "
+                   "relay: links to the 4 orthogonal neighbours only (boards wired N, E, S, W), the frames "
+                   "to N and S also carrying the sender's last W and E states, which the receiver takes "
+                   "as its diagonal neighbours' (default: direct)")
     g.add_argument("--mtbf", type=float, help="mean running time between a cell's failures "
                                               "(0: no failures)")
     g.add_argument("--mttr", type=float, help="mean time until a failed cell restarts with a zero "
                                               "state (default: 1)")
+    g = ap.add_argument_group("the mesh of emulated boards (mesh engine; also --clock, --mean-interval, "
+                              "--jitter; --damage power-cycles the boards)")
+    g.add_argument("--wake-ms", type=float, help="a board's mean wake interval in ms of its 16 MHz clock; "
+                                                 "a time unit is --wake-ms / --mean-interval (default: 100)")
+    g.add_argument("--clock-ppm", type=float, help="each board's clock off by up to +- this many ppm, "
+                                                   "seeded (default: 5000, a ceramic resonator)")
+    g.add_argument("--frame-loss", type=float, help="probability that a frame is lost on a wire (0..1)")
+    g.add_argument("--byte-loss", type=float, help="probability that a byte is lost on a wire (0..1)")
+    g.add_argument("--byte-corrupt", type=float, help="probability that a byte arrives with a bit "
+                                                      "flipped (0..1)")
+    g.add_argument("--miswire", action="append", metavar="X,Y", help="board (X,Y)'s north wire lands "
+                   "on its north neighbour's north face (repeatable): detected and reported")
+    g.add_argument("--mesh-threads", type=int, help="emulator threads (default: 2)")
     g = ap.add_argument_group("hardware in the loop (simpy engine)")
     g.add_argument("--board", action="append", default=[], metavar="X,Y=URL",
                    help="cell (X,Y) runs on a board over the cell link (repeatable): a pyserial URL or "
@@ -162,11 +185,19 @@ def _flag(dest: str) -> str:
 def _check_args(a: argparse.Namespace) -> None:
     """Engine applicability and numeric ranges: one-line errors before anything runs."""
     for dest in ASYNC_ONLY:
+        if a.engine == MESH_ENGINE and dest in MESH_CLOCK:
+            continue
+        if getattr(a, dest) is not None and a.engine == MESH_ENGINE:
+            raise UserError(f"{_flag(dest)} does not apply to --engine mesh: its wires are real (see "
+                            f"--frame-loss, --byte-loss, --byte-corrupt, --clock-ppm)")
         if getattr(a, dest) is not None and a.engine not in EVENT_ENGINES:
             raise UserError(f"{_flag(dest)} applies to --engine async|simpy only, not --engine {a.engine} "
                             f"(its cells exchange no messages and have no clocks)")
+    for dest in MESH_ONLY:
+        if getattr(a, dest) is not None and a.engine != MESH_ENGINE:
+            raise UserError(f"{_flag(dest)} applies to --engine mesh only, not --engine {a.engine}")
     for dest in GRID_ONLY:
-        if getattr(a, dest) is not None and a.engine in EVENT_ENGINES:
+        if getattr(a, dest) is not None and a.engine in (*EVENT_ENGINES, MESH_ENGINE):
             raise UserError(f"{_flag(dest)} applies to --engine sync|lockstep only; the {a.engine} engine's "
                             f"update rate is set by --mean-interval")
 
@@ -179,8 +210,12 @@ def _check_args(a: argparse.Namespace) -> None:
         need(v is None or math.isfinite(v), f"{_flag(dest)} must be a finite number, got {v}")
 
     for dest in ("rotate", "fire_rate", "mean_interval", "latency", "latency_high", "msg_loss", "burst",
-                 "mtbf", "mttr", "jitter", "drift", "fps", "live_radius", "live_speed"):
+                 "mtbf", "mttr", "jitter", "drift", "fps", "live_radius", "live_speed", "wake_ms", "clock_ppm",
+                 "frame_loss", "byte_loss", "byte_corrupt"):
         finite(dest)
+    if a.engine == MESH_ENGINE:
+        need(not a.live, "--live does not take --engine mesh")
+        need(not a.rotate and not a.rotate_at, "--engine mesh perceives unrotated (--rotate, --rotate-at)")
     need(a.steps >= 0, f"--steps must be an integer >= 0, got {a.steps}")
     need(3 <= a.size <= MAX_SIZE, f"--size must be within [3, {MAX_SIZE}], got {a.size}")
     need(0 <= a.seed <= MAX_SEED, f"--seed must be within [0, 2**63 - 1], got {a.seed}")
@@ -244,6 +279,28 @@ def _check_args(a: argparse.Namespace) -> None:
                         f"cut, the slider rotates; --live-screenshot saves a picture)")
 
 
+def mesh_config_from(a: argparse.Namespace) -> MeshConfig | None:
+    """The MeshConfig of parsed mesh options (None for another engine); its errors are one line."""
+    if a.engine != MESH_ENGINE:
+        return None
+    miswire = []
+    for spec in a.miswire or []:
+        try:
+            x, y = (int(v) for v in spec.split(","))
+        except ValueError:
+            raise UserError(f"--miswire takes X,Y (a board's column and row), got {spec!r}") from None
+        if not (0 <= x < a.size and 0 < y < a.size):
+            raise UserError(f"--miswire {spec}: no board with a north neighbour there on the "
+                            f"{a.size}x{a.size} grid")
+        miswire.append(y * a.size + x)
+    cfg = MeshConfig(wake_ms=100.0 if a.wake_ms is None else a.wake_ms,
+                     clock_ppm=5000.0 if a.clock_ppm is None else a.clock_ppm,
+                     frame_loss=a.frame_loss or 0.0, byte_loss=a.byte_loss or 0.0,
+                     byte_corrupt=a.byte_corrupt or 0.0, miswire=tuple(miswire),
+                     threads=2 if a.mesh_threads is None else a.mesh_threads)
+    return cfg.validate()
+
+
 def async_config_from(a: argparse.Namespace) -> AsyncConfig:
     """The AsyncConfig of parsed event-engine options (defaults where not given)."""
     return AsyncConfig(
@@ -253,7 +310,7 @@ def async_config_from(a: argparse.Namespace) -> AsyncConfig:
         latency_kind=LATENCY_KINDS[a.latency_dist or "const"],
         latency=a.latency or 0.0, latency_high=a.latency_high or 0.0,
         loss=a.msg_loss or 0.0, burst=a.burst or 0.0, mtbf=a.mtbf or 0.0,
-        mttr=1.0 if a.mttr is None else a.mttr)
+        mttr=1.0 if a.mttr is None else a.mttr, links=LINKS[a.links or "direct"])
 
 
 def _summary(r: Result, model_path: str, written: list[str]) -> str:
@@ -278,10 +335,19 @@ def _summary(r: Result, model_path: str, written: list[str]) -> str:
     if "swarm" in m:
         s, msg = m["swarm"], m["messages"]
         stale = msg["mean_inbox_staleness"]
-        lines.append(f"messages: {msg['sent']} sent, {msg['lost']} lost, {msg['delivered']} delivered "
+        relay = m.get("async_config", {}).get("links") == "relay"
+        lines.append(("relay links (4 per cell), frames: " if relay else "messages: ")
+                     + f"{msg['sent']} sent, {msg['lost']} lost, {msg['delivered']} delivered "
                      f"(mean delay {msg['mean_delay']:.3g})"
                      + (f", mean inbox staleness {stale:.3g}" if stale is not None else "")
                      + f"; failures {s['failures']}, restarts {s['restarts']}")
+    if "mesh" in m:
+        b = m["mesh"]
+        lines.append(f"mesh: {b['boards_running']} boards running, {b['wakes']} wakes, frames {b['sent']} sent, "
+                     f"{b['received']} received, {b['lost']} lost, {b['corrupt']} corrupt, {b['refused']} "
+                     f"refused ({b['miswired']} miswired, {b['foreign']} of another model); replay of "
+                     f"{b['wakes_replayed']} wakes: {b['replay_mismatches']} mismatches; "
+                     f"{b['emulated_seconds']:.1f} s emulated in {b['emulator_seconds']:.1f} s")
     lines.append("wrote " + ", ".join(written) if written else "wrote no files (see --save-png, "
                  "--save-strip, --save-gif, --save-plots, --save-state, --json)")
     return "\n".join(lines)
@@ -317,9 +383,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if (x, y) in boards:
                 raise UserError(f"--board: cell ({x},{y}) is given twice")
             boards[(x, y)] = url
-    model, model_path = load_model(a.model)
+    model, model_path = load_model(a.model if a.model or a.engine != MESH_ENGINE else paths.BOARD_MODEL)
     target, target_name = load_target_for(model, a.target)
     config = async_config_from(a)
+    mesh = mesh_config_from(a)
     if a.live:
         return run_live(model, model_path, engine=a.engine, size=a.size, seed=a.seed, rotate=a.rotate,
                         fire_rate=FIRE_RATE if a.fire_rate is None else a.fire_rate, config=config,
@@ -329,14 +396,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     movie_at = set(movie_steps(a.steps, a.frame_every)) if (a.save_gif or a.save_mp4) else set()
     bar = None
     if Progress.wanted(a.progress):
-        bar = Progress(a.steps, "steps" if a.engine not in EVENT_ENGINES else "time units")
+        bar = Progress(a.steps, "steps" if a.engine not in (*EVENT_ENGINES, MESH_ENGINE) else "time units")
     try:
         r = simulate(model, engine=a.engine, steps=a.steps, size=a.size, seed=a.seed, rotate=a.rotate,
                      damage=damage, target=target,
                      fire_rate=FIRE_RATE if a.fire_rate is None else a.fire_rate,
                      async_config=config, frame_steps=strip | movie_at, rotations=rotations,
                      progress=bar.update if bar else None, backend=a.backend,
-                     boards=boards or None, realtime_factor=a.realtime,
+                     boards=boards or None, realtime_factor=a.realtime, mesh=mesh,
                      log=lambda m: print(m, file=sys.stderr))
     finally:
         if bar:

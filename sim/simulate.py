@@ -20,7 +20,7 @@ from .engines import DEFAULT_ENGINE, ENGINES, EVENT_ENGINES, Engine, RunError, m
 from .engines import warm_up as warm_up_engine
 from .model import ALIVE_THRESHOLD, ALPHA, CHANNELS, FIRE_RATE, seed_state
 from .pictures import fit_target, load_target
-from .rules import CLOCKS, LATENCY_KINDS, AsyncConfig
+from .rules import CLOCKS, LATENCY_KINDS, LINKS, LINKS_DIRECT, AsyncConfig
 from .spec import Params
 from .weights import Model
 
@@ -155,6 +155,10 @@ def _clock_name(kind: int) -> str:
     return {v: k for k, v in CLOCKS.items()}[kind]
 
 
+def _links_name(kind: int) -> str:
+    return {v: k for k, v in LINKS.items()}[kind]
+
+
 def _resolve_target(target: Any, height: int, width: int) -> tuple[np.ndarray | None, str | None]:
     if target is None:
         return None, None
@@ -232,6 +236,9 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
             config.validate()
         except ValueError as e:
             raise RunError(str(e)) from None
+    elif config.links != LINKS_DIRECT:
+        raise RunError(f"relay links need an event engine (async, simpy), not the {engine} engine "
+                       f"(its cells exchange no messages)")
     if isinstance(model, Params):   # used as given (its own rotation) unless rotate is set
         params = model.rotated(rotate) if rotate else model
     else:
@@ -326,7 +333,8 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
                 "jitter": config.jitter, "drift": config.drift,
                 "latency_dist": _latency_name(config.latency_kind),
                 "latency": config.latency, "latency_high": config.latency_high, "msg_loss": config.loss,
-                "burst": config.burst, "mtbf": config.mtbf, "mttr": config.mttr}
+                "burst": config.burst, "mtbf": config.mtbf, "mttr": config.mttr,
+                "links": _links_name(config.links)}
         else:
             metrics["fire_rate"] = float(fire_rate)
         metrics.update(eng.metrics())

@@ -1,5 +1,6 @@
 """The SimPy swarm: every cell a SimPy process with its own clock and inbox;
-links carry its new state to its 8 neighbours after a latency and may lose it;
+links carry its new state to its 8 neighbours (or, with relay links, to its 4
+orthogonal ones with the diagonal states relayed) after a latency and may lose it;
 failures, restarts, damage and rotation changes are events.
 
 Two modes (docs/design.md, "Asynchronous semantics" and "Lockstep mode"):
@@ -112,10 +113,11 @@ def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, f
                 fstats[1] += 1.0
     rnd = sends[c]
     sends[c] += 1
+    links = int(cfg[rules.CFG_LINKS])
     n = 0
     for s in range(8):
         d = nbr[c, s]
-        if d < 0:
+        if d < 0 or not rules.sends_on(links, s):
             continue
         stats[rules.ST_SENT] += 1
         if instant:
@@ -133,8 +135,18 @@ def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, f
             for ch in range(CHANNELS):
                 inbox[d, slot, ch] = state[c, ch]
             itime[d, slot] = t
+            living = alive_value(state[c, ALPHA])
+            qw, qe = rules.relay_slots(links, slot)
+            if qw >= 0:
+                for ch in range(CHANNELS):
+                    inbox[d, qw, ch] = inbox[c, rules.SLOT_W, ch]
+                    inbox[d, qe, ch] = inbox[c, rules.SLOT_E, ch]
+                itime[d, qw] = itime[c, rules.SLOT_W]
+                itime[d, qe] = itime[c, rules.SLOT_E]
+                living = living or alive_value(inbox[c, rules.SLOT_W, ALPHA]) \
+                    or alive_value(inbox[c, rules.SLOT_E, ALPHA])
             stats[rules.ST_DELIVERED] += 1
-            if asleep[d] and alive_value(state[c, ALPHA]):
+            if asleep[d] and living:
                 asleep[d] = False
                 req_i[n] = -1 - d
                 req_t[n] = rules.catch_up(seed, cfg, d, t, wake_k, sleep_t, stats)
@@ -156,10 +168,14 @@ def _after_wakeup(c, t, r, seed, cfg, instant, state, inbox, itime, nbr, back, f
 
 @nb.njit(cache=True)
 def _deliver(seed, cfg, inbox, itime, failed, asleep, sleep_t, wake_k, stats, req_i, req_t,
-             t, t_send, payload, codes):
-    """Arrival of one state (sent at t_send) at the slots `codes` (d*8+slot), in
-    order. Returns n sleepers woken: cell req_i[k] wakes at req_t[k]. (The
-    swarm's arrays come first so that a functools.partial can hold them.)"""
+             t, t_send, payload, ptime, codes):
+    """Arrival of one send (made at t_send) at the slots `codes` (d*8+slot), in
+    order: payload[0] is the sender's state; with relay links payload[1:3] are its
+    inbox slots W and E at send time, whose own send times are ptime[0:2] (frames
+    from the N or S neighbour store them at the diagonal slots, `rules.relay_slots`).
+    Returns n sleepers woken: cell req_i[k] wakes at req_t[k]. (The swarm's arrays
+    come first so that a functools.partial can hold them.)"""
+    links = int(cfg[rules.CFG_LINKS])
     n = 0
     for i in range(codes.shape[0]):
         d = codes[i] // 8
@@ -168,11 +184,20 @@ def _deliver(seed, cfg, inbox, itime, failed, asleep, sleep_t, wake_k, stats, re
             stats[rules.ST_DROPPED] += 1
             continue
         for ch in range(CHANNELS):
-            inbox[d, s, ch] = payload[ch]
+            inbox[d, s, ch] = payload[0, ch]
         itime[d, s] = t_send
+        living = alive_value(payload[0, ALPHA])
+        qw, qe = rules.relay_slots(links, s)
+        if qw >= 0:
+            for ch in range(CHANNELS):
+                inbox[d, qw, ch] = payload[1, ch]
+                inbox[d, qe, ch] = payload[2, ch]
+            itime[d, qw] = ptime[0]
+            itime[d, qe] = ptime[1]
+            living = living or alive_value(payload[1, ALPHA]) or alive_value(payload[2, ALPHA])
         stats[rules.ST_DELIVERED] += 1
         stats[rules.ST_STALENESS_SUM] += np.int64((t - t_send) * 1e6)
-        if asleep[d] and alive_value(payload[ALPHA]):
+        if asleep[d] and living:
             asleep[d] = False
             req_i[n] = d
             req_t[n] = rules.catch_up(seed, cfg, d, t, wake_k, sleep_t, stats)
@@ -240,6 +265,9 @@ class SimPySwarm:
         if mode == "lockstep" and (cf.latency or cf.latency_high or cf.loss or cf.mtbf):
             raise ValueError("lockstep mode has zero latency, no loss and no failures "
                              "(its clock is the integer tick)")
+        if mode == "lockstep" and cf.links != rules.LINKS_DIRECT:
+            raise ValueError("lockstep mode exchanges states on all 8 links (it equals the synchronous "
+                             "grid); relay links need mode 'async'")
         self.cfg = self.config.asarray()
         self.fire_rate = float(fire_rate)
         self.step0 = int(step0)
@@ -381,6 +409,8 @@ class SimPySwarm:
         self._deliver = partial(_deliver, seed, cfg, self.inbox, self.itime, self.failed,
                                 self.asleep, self.sleep_t, self.wake_k, self.stats, self._req_i,
                                 self._req_t)
+        self._relay = self.config.links == rules.LINKS_RELAY
+        self._no_ptime = np.zeros(2, np.float64)     # direct links: no relayed states
         first = []
         for c in range(self.n):
             self.wake_k[c] = 1
@@ -405,6 +435,7 @@ class SimPySwarm:
         sleeping = self._sleep_ev
         dispatch = self._dispatch
         on_message = self._on_message
+        payload_of = self._payload
         queue, eid = env._queue, env._eid
         while True:
             try:
@@ -424,7 +455,7 @@ class SimPySwarm:
                 if req_i.item(8):        # the common case: one event carries the whole send
                     msg = Event(env)
                     msg._ok = True
-                    msg._value = (t, state[c].copy(), req_i[:n].copy())
+                    msg._value = (t, *payload_of(c), req_i[:n].copy())
                     msg.callbacks.append(on_message)
                     heappush(queue, (req_t.item(0), PRIO_EVENT, next(eid), msg))
                 else:
@@ -436,7 +467,7 @@ class SimPySwarm:
         ri = self._req_i[:n].tolist()
         rt = self._req_t[:n].tolist()
         env = self.env
-        payload = None                          # one copy of the state for all the messages
+        payload = None                          # one copy of what the send carries for all its messages
         on_message = self._on_message
         i = 0
         while i < n:
@@ -450,11 +481,20 @@ class SimPySwarm:
             while j < n and ri[j] >= 0 and rt[j] == ti:
                 j += 1
             if payload is None:
-                payload = self.state[c].copy()
-            msg = _triggered(env, (t, payload, self._req_i[i:j].copy()))
+                payload = self._payload(c)
+            msg = _triggered(env, (t, *payload, self._req_i[i:j].copy()))
             msg.callbacks.append(on_message)
             _push_at(env, ti, PRIO_EVENT, msg)
             i = j
+
+    def _payload(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """What cell c's send carries, copied now, at send time: (its state as row 0 and, with
+        relay links, its inbox slots W and E as rows 1 and 2; those slots' send times)."""
+        if not self._relay:
+            return self.state[c:c + 1].copy(), self._no_ptime
+        w, e = rules.SLOT_W, rules.SLOT_E
+        return (np.concatenate((self.state[c:c + 1], self.inbox[c, w:w + 1], self.inbox[c, e:e + 1])),
+                self.itime[c, [w, e]])
 
     def _wake_sleeper(self, d: int, tw: float) -> None:
         ev = self._sleep_ev[d]
@@ -463,8 +503,8 @@ class SimPySwarm:
         _push_at(self.env, tw, PRIO_EVENT, ev)
 
     def _on_message(self, ev: Event) -> None:
-        t_send, payload, codes = ev._value
-        n = self._deliver(self.env._now, t_send, payload, codes)
+        t_send, payload, ptime, codes = ev._value
+        n = self._deliver(self.env._now, t_send, payload, ptime, codes)
         if n:
             for d, tw in zip(self._req_i[:n].tolist(), self._req_t[:n].tolist()):
                 self._wake_sleeper(d, tw)

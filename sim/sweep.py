@@ -5,12 +5,12 @@ setting: mtbf list, one mttr) and several seeds (the same for every model), grow
 from one seed cell for N steps and measure the paper's loss against the target (each
 model's recorded target unless --target) and the living cells. The clocks and the
 latency distribution are sim.run's (--clock, --mean-interval, --jitter, --drift,
---latency-dist); a --latencies value is the mean latency (const: the value; uniform:
+--latency-dist, --links); a --latencies value is the mean latency (const: the value; uniform:
 uniform in [0, 2v]; exp: exponential with mean v). Writes
 
     OUT/sweep.csv       one row per run: model (the weights file's stem), latency,
                         latency_dist, msg_loss, burst, mtbf, mttr, clock, mean_interval,
-                        jitter, drift, seed, loss_vs_target, alive_cells, wall_seconds
+                        jitter, drift, links, seed, loss_vs_target, alive_cells, wall_seconds
     OUT/sweep.png       heat maps of loss_vs_target (mean over seeds), latency down, loss
                         rate across: one row of panels per model, one panel per failure
                         setting, one colour scale for all
@@ -51,14 +51,14 @@ from .errors import ArgParser, UserError, cli_entry
 from .outputs import check_output_dir
 from .pictures import load_target_for
 from .progress import Progress
-from .rules import CLOCKS, LAT_UNIFORM, LATENCY_KINDS, AsyncConfig
+from .rules import CLOCKS, LAT_UNIFORM, LATENCY_KINDS, LINKS, AsyncConfig
 from .simulate import MAX_SIZE, simulate
 from .sweep_plots import mean_grid, plot_heatmap, plot_robustness
 from .weights import Model, load_model
 
 PROG = "python -m sim.sweep"
 COLUMNS = ("model", "latency", "latency_dist", "msg_loss", "burst", "mtbf", "mttr", "clock", "mean_interval",
-           "jitter", "drift", "seed", "loss_vs_target", "alive_cells", "wall_seconds")
+           "jitter", "drift", "links", "seed", "loss_vs_target", "alive_cells", "wall_seconds")
 ENGINES = ("async", "simpy")
 EXECUTORS = ("process", "dask")
 DASK_HINT = 'pip install "dask[distributed]"'
@@ -84,6 +84,7 @@ class Job:
     jitter: float = 0.0       # periodic clock only
     drift: float = 0.0        # periodic clock only
     latency_dist: str = "const"   # a key of sim.rules.LATENCY_KINDS; `latency` is the mean
+    links: str = "direct"         # a key of sim.rules.LINKS
 
     def config(self) -> AsyncConfig:
         """The run's AsyncConfig; a uniform latency of mean v is uniform in [0, 2v]."""
@@ -92,7 +93,8 @@ class Job:
         return AsyncConfig(clock=CLOCKS[self.clock], mean_interval=self.mean_interval, jitter=self.jitter,
                            drift=self.drift, latency_kind=kind, latency=0.0 if uniform else self.latency,
                            latency_high=2.0 * self.latency if uniform else 0.0, loss=self.msg_loss,
-                           burst=self.burst if self.msg_loss else 0.0, mtbf=self.mtbf, mttr=self.mttr)
+                           burst=self.burst if self.msg_loss else 0.0, mtbf=self.mtbf, mttr=self.mttr,
+                           links=LINKS[self.links])
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def run_job(job: Job) -> dict[str, Any]:
     return {"model": job.model, "latency": job.latency, "latency_dist": job.latency_dist, "msg_loss": job.msg_loss,
             "burst": job.burst, "mtbf": job.mtbf, "mttr": job.mttr, "clock": job.clock,
             "mean_interval": job.mean_interval, "jitter": job.jitter, "drift": job.drift,
-            "seed": job.seed, "loss_vs_target": math.nan if loss is None else loss,
+            "links": job.links, "seed": job.seed, "loss_vs_target": math.nan if loss is None else loss,
             "alive_cells": r.alive, "wall_seconds": time.perf_counter() - t0}
 
 
@@ -112,18 +114,21 @@ def make_jobs(model: Model, target: np.ndarray, *, engine: str = "async", steps:
               latencies: Sequence[float] = (0.0,), losses: Sequence[float] = (0.0,),
               mtbfs: Sequence[float] = (0.0,), mttr: float = 1.0, seeds: int = 1,
               burst: float = 0.0, name: str = "", clock: str = "exp", mean_interval: float = 2.0,
-              jitter: float = 0.0, drift: float = 0.0, latency_dist: str = "const") -> list[Job]:
+              jitter: float = 0.0, drift: float = 0.0, latency_dist: str = "const",
+              links: str = "direct") -> list[Job]:
     """The grid of runs of one model (`name` in the rows), failure setting outermost, then
     latency, loss, seed; with `burst`, every lossy link loses messages in runs of that mean
-    length (Gilbert-Elliott); clock and latency_dist are keys of sim.rules.CLOCKS and
-    LATENCY_KINDS."""
+    length (Gilbert-Elliott); clock, latency_dist and links are keys of sim.rules.CLOCKS,
+    LATENCY_KINDS and LINKS."""
     if clock not in CLOCKS or latency_dist not in LATENCY_KINDS:
         raise ValueError(f"unknown clock {clock!r} or latency distribution {latency_dist!r}")
+    if links not in LINKS:
+        raise ValueError(f"unknown links {links!r}; choose one of {', '.join(LINKS)}")
     params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
     tgt = np.asarray(target, np.float32)
     return [Job(params, tgt, engine, int(steps), int(size), float(lat), float(loss), float(mtbf),
                 float(mttr), int(seed), float(burst), name, clock, float(mean_interval), float(jitter),
-                float(drift), latency_dist)
+                float(drift), latency_dist, links)
             for mtbf, lat, loss, seed in itertools.product(mtbfs, latencies, losses, range(seeds))]
 
 
@@ -274,7 +279,8 @@ def _settings_text(a: argparse.Namespace) -> str:
             f"periodic clock (period {interval:g}, jitter {a.jitter or 0:g}, drift {a.drift or 0:g})")
     dist = a.latency_dist or "const"
     lat = {"const": "constant", "uniform": "uniform in [0, 2 x latency]", "exp": "exponential"}[dist]
-    return f"{text}, {lat} latency"
+    relay = ", relay links (4 per cell, diagonals relayed)" if a.links == "relay" else ""
+    return f"{text}, {lat} latency{relay}"
 
 
 def _parser() -> ArgParser:
@@ -321,6 +327,9 @@ def _parser() -> ArgParser:
     g.add_argument("--latency-dist", choices=tuple(LATENCY_KINDS),
                    help="latency distribution: const (each --latencies value), uniform (in [0, 2v] for "
                         "a value v, mean v), exp (exponential, mean v) (default: const)")
+    g.add_argument("--links", choices=tuple(LINKS), help="direct: a link to each of the 8 neighbours; "
+                   "relay: links to the 4 orthogonal neighbours only, the frames to N and S also "
+                   "carrying the sender's last W and E states (the receiver's diagonals) (default: direct)")
     g = ap.add_argument_group("where to run")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: the number of CPUs, %(default)s)")
@@ -364,7 +373,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     models = load_models(a.model)
     names = [name for name, _, _ in models]
     clock = {"clock": a.clock or "exp", "mean_interval": 2.0 if a.mean_interval is None else a.mean_interval,
-             "jitter": a.jitter or 0.0, "drift": a.drift or 0.0, "latency_dist": a.latency_dist or "const"}
+             "jitter": a.jitter or 0.0, "drift": a.drift or 0.0, "latency_dist": a.latency_dist or "const",
+             "links": a.links or "direct"}
     jobs: list[Job] = []
     targets: list[str] = []
     for name, model, _ in models:

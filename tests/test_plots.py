@@ -18,7 +18,7 @@ import sim.assemble
 import sim.progress
 import sim.run
 import sim.simulate
-from sim.rules import CLOCK_PERIODIC, AsyncConfig
+from sim.rules import CLOCK_PERIODIC, LINKS_DIRECT, LINKS_RELAY, AsyncConfig
 from sim.fixture import blob_model
 from sim.model import seed_state
 from sim.plots import draw_statistics
@@ -88,8 +88,9 @@ def test_sync_run_plots_loss_only_and_strip_marks_rotation(model_file, tmp_path,
     assert f7.rotated == 45.0 and "rotated 45 deg" in f7.label()
 
 
-def test_draw_statistics_recount_the_runs_draws_exactly(blob_params):
-    cfg = AsyncConfig(latency=0.25, loss=0.3, mtbf=30.0, mttr=2.0)
+@pytest.mark.parametrize("links", [LINKS_DIRECT, LINKS_RELAY])
+def test_draw_statistics_recount_the_runs_draws_exactly(blob_params, links):
+    cfg = AsyncConfig(latency=0.25, loss=0.3, mtbf=30.0, mttr=2.0, links=links)
     sw = SimPySwarm(seed_state(N, N), blob_params, 4, cfg)
     sw.run(25)
     st, m = draw_statistics(sw), sw.metrics()

@@ -1,0 +1,354 @@
+"""The emulated grid of wired cell boards: W x H ATmega2560 cores on libsimavr, each
+running the same unmodified mesh firmware ELF (firmware/mesh, firmware/ports/mega2560),
+wired face to face through a fault shim (firmware/tools/simavr_mesh.c).
+
+The host plugs into the west face of board (0, 0), as on real boards: it tells that
+board its place (SET_COORD) and sends the run's PARAMS, which the boards pass on; each
+board learns its own place from its neighbours. Time zero of the run is when the seed
+board starts. The camera reads every board's status block from emulated RAM; the
+replay log holds every wake's input and output, which `replay()` runs through the
+golden model (codegen/golden.py) bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from codegen import emit
+from codegen import formats as F
+from codegen import golden as G
+from codegen.quantize import QModel, quantized
+from codegen.toolchain import make, sources_key
+from sim.engines import Engine, RunError
+from sim.errors import UserError
+from sim.model import ALPHA
+from sim.paths import FIRMWARE, cache_dir
+from sim.spec import Params
+
+from . import mesh_protocol as MP
+
+ELF = "nca_mesh_2560.elf"
+EMULATOR = "simavr_mesh"
+REC = np.dtype([("board", "<u2"), ("pad", "<u2"), ("wake", "<u4"), ("state_in", "i1", 16),
+                ("resid_in", "u1", 8), ("inbox", "i1", (8, 16)), ("state_out", "i1", 16),
+                ("resid_out", "u1", 8)])
+STATUS = np.dtype([("state", "i1", 16), ("resid", "u1", 8), ("x", "u1"), ("y", "u1"), ("run", "u1"),
+                   ("flags", "u1")] + [(c, "<u4") for c in MP.COUNTERS[:7]]
+                  + [(c, "<u2") for c in MP.COUNTERS[7:]])
+assert STATUS.itemsize == MP.STATUS_STRUCT.size and REC.itemsize == 184
+
+
+BOOT_NS = 20_000_000                 # 20 ms: every board's start-up is over
+
+
+class MeshError(UserError):
+    """The emulated grid cannot run as asked (bad options, a build or emulator failure)."""
+
+
+@dataclass(frozen=True)
+class MeshFirmware:
+    elf: Path
+    emulator: Path
+    cell_addr: int
+    status_addr: int
+
+
+def _symbol(elf: Path, name: str) -> int:
+    out = subprocess.run(["avr-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16)
+    raise MeshError(f"{elf} has no symbol {name}")
+
+
+def mesh_firmware(q: QModel) -> MeshFirmware:
+    """Build (once per model and source version, in the codegen cache) the mesh firmware
+    with q compiled in, and the grid emulator."""
+    root = cache_dir() / f"mesh-{sources_key()}-{q.model_hash:08x}"
+    if not (root / ELF).exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".mesh.", dir=root.parent))
+        try:
+            emit.write_generated(q, tmp / "generated")
+            make(FIRMWARE, "mega2560", variables=("APP=mesh", f"GEN={tmp / 'generated'}", f"BUILD={tmp}"))
+            os.replace(tmp, root)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)   # built meanwhile by another process
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    elf = root / ELF
+    return MeshFirmware(elf, root / EMULATOR, _symbol(elf, "nca_mesh_cell"), _symbol(elf, "nca_mesh_status"))
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """How the emulated grid runs: the boards' clocks and the wires' faults."""
+    wake_ms: float = 100.0           # a board's mean wake interval, ms of its own clock
+    mean_interval: float = 2.0       # ... in the simulator's time units (sets the unit's length)
+    clock: int = MP.CLOCK_EXPONENTIAL
+    jitter: float = 0.0              # periodic clock: +- this many time units
+    clock_ppm: float = 5000.0        # each board's clock off by up to this (uniform, seeded)
+    frame_loss: float = 0.0          # whole frames lost, per frame and wire
+    byte_loss: float = 0.0
+    byte_corrupt: float = 0.0        # a byte with one bit flipped
+    miswire: tuple[int, ...] = ()    # boards whose N wire lands on the north board's N face
+    foreign: tuple[tuple[int, Path], ...] = ()   # boards running another firmware ELF
+    threads: int = 2
+
+    @property
+    def unit_ns(self) -> float:
+        return self.wake_ms * 1e6 / self.mean_interval
+
+    def validate(self) -> MeshConfig:
+        if not self.wake_ms > 0:
+            raise MeshError(f"the mean wake interval must be > 0 ms, got {self.wake_ms}")
+        ticks = self.wake_ms * 1000 / MP.TICK_US
+        if ticks < 1 or ticks >= 2 ** 31:
+            raise MeshError(f"a wake interval of {self.wake_ms} ms is outside the boards' timer "
+                            f"({MP.TICK_US} us ticks, at most 2^31)")
+        for name in ("frame_loss", "byte_loss", "byte_corrupt"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise MeshError(f"{name.replace('_', ' ')} must be within [0, 1), got {v}")
+        if not 0 <= self.clock_ppm < 1e5:
+            raise MeshError(f"the clock error must be within [0, 100000) ppm, got {self.clock_ppm}")
+        if self.clock == MP.CLOCK_PERIODIC and not 0 <= self.jitter < self.mean_interval:
+            raise MeshError("a periodic clock needs 0 <= jitter < the mean interval")
+        if not 1 <= self.threads <= 64:
+            raise MeshError(f"threads must be within [1, 64], got {self.threads}")
+        return self
+
+
+class Mesh:
+    """One emulated grid. `advance(t)` runs it to time t (time units after the seed board
+    started) and returns the camera's status blocks; `power_cycle(indices)` reboots
+    boards (their state is lost); `replay()` checks every logged wake."""
+
+    def __init__(self, q: QModel, width: int, height: int, seed: int, seed_xy: tuple[int, int],
+                 config: MeshConfig = MeshConfig(), log: bool = True):
+        self.q, self.width, self.height, self.seed = q, width, height, seed
+        self.config = config.validate()
+        if not (2 <= width <= 254 and 2 <= height <= 254):
+            raise MeshError(f"a mesh is 2 to 254 boards a side, not {width}x{height}")
+        fw = mesh_firmware(q)
+        self._dir = Path(tempfile.mkdtemp(prefix="nca-mesh-"))
+        self.log_path = self._dir / "wakes.bin" if log else None
+        cmd = [str(fw.emulator), "--size", str(width), str(height), "--cell", hex(fw.cell_addr),
+               "--status", hex(fw.status_addr), "--seed", str(seed & 0xFFFFFFFF),
+               "--clock-ppm", repr(config.clock_ppm), "--frame-loss", repr(config.frame_loss),
+               "--byte-loss", repr(config.byte_loss), "--byte-corrupt", repr(config.byte_corrupt),
+               "--threads", str(config.threads)]
+        for i in config.miswire:
+            cmd += ["--miswire", str(i)]
+        for i, path in config.foreign:
+            cmd += ["--other", str(i), str(path), hex(_symbol(path, "nca_mesh_cell")),
+                    hex(_symbol(path, "nca_mesh_status"))]
+        if self.log_path:
+            cmd += ["--log", str(self.log_path)]
+        self._proc = subprocess.Popen(cmd + [str(fw.elf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+        self.t0_ns = 0
+        self.now_ns = 0
+        self.sim_cycles = self.active_cycles = self.wall_ns = 0
+        self.status = np.zeros(width * height, STATUS)
+        self._start(seed_xy)
+
+    # ---------------------------------------------------------------- the emulator's commands
+    def _command(self, line: str) -> bytes:
+        p = self._proc
+        assert p.stdin is not None and p.stdout is not None
+        try:
+            p.stdin.write((line + "\n").encode())
+            p.stdin.flush()
+            answer = p.stdout.readline()
+        except BrokenPipeError:
+            answer = b""
+        if not answer.startswith((b"ok", b"host")):
+            err = (p.stderr.read().decode(errors="replace").strip() if p.poll() is not None and p.stderr
+                   else answer.decode(errors="replace").strip())
+            raise MeshError(f"the grid emulator failed on {line.split()[0]!r}: {err or 'no answer'}")
+        return answer
+
+    def _run_to(self, t_ns: int) -> None:
+        head = self._command(f"run {int(t_ns)}").split()
+        self.now_ns, self.sim_cycles, self.active_cycles = int(head[1]), int(head[2]), int(head[3])
+        self.wall_ns += int(head[4])
+        raw = self._proc.stdout.read(self.width * self.height * STATUS.itemsize)  # type: ignore[union-attr]
+        self.status = np.frombuffer(raw, STATUS).copy()
+
+    def host(self, frame: bytes) -> None:
+        self._command("host " + frame.hex())
+
+    def _start(self, seed_xy: tuple[int, int]) -> None:
+        c = self.config
+        state, resid = emit.seed_cell(self.q)
+        mean_ticks = round(c.wake_ms * 1000 / MP.TICK_US)
+        jitter_ticks = round(c.jitter / c.mean_interval * mean_ticks)
+        self._run_to(BOOT_NS)                                # the boards start up (a byte before is lost)
+        self.host(MP.simple_frame("SET_COORD", bytes([0, 0])))
+        self.host(MP.params_frame(1, self.seed, self.width, self.height, seed_xy[0], seed_xy[1], c.clock,
+                                  mean_ticks, jitter_ticks, state.tobytes(), resid.tobytes()))
+        seed_i = seed_xy[1] * self.width + seed_xy[0]
+        step = 1_000_000                                     # 1 ms: until the seed board runs
+        while not self.status["flags"][seed_i] & MP.FLAG_RUNNING:
+            if self.now_ns > 60_000_000_000:
+                raise MeshError("the run's parameters did not reach the seed board within 60 s")
+            self._run_to(self.now_ns + step)
+        self.t0_ns = self.now_ns
+
+    # ---------------------------------------------------------------- the run
+    def advance(self, t: float) -> np.ndarray:
+        """Run to time t (time units since the seed board started); the status blocks."""
+        target = self.t0_ns + round(t * self.config.unit_ns)
+        if target > self.now_ns:
+            self._run_to(target)
+        return self.status
+
+    @property
+    def now(self) -> float:
+        return (self.now_ns - self.t0_ns) / self.config.unit_ns
+
+    def power_cycle(self, indices: np.ndarray) -> None:
+        """Cut the power of these boards and give it back: they restart from nothing."""
+        ids = ",".join(str(int(i)) for i in indices)
+        self._command(f"off {ids}")
+        self._command(f"on {ids}")
+
+    def cut(self, board: int, face: int) -> None:
+        self._command(f"cut {int(board)} {int(face)}")
+
+    def own_states(self) -> np.ndarray:
+        """(H, W, 16) own states in 2^-ef_bits steps, as the golden model holds them."""
+        own = F.join_own(self.status["state"], self.status["resid"], self.q.fmt.ef_bits)
+        return own.reshape(self.height, self.width, 16)
+
+    def float_states(self) -> np.ndarray:
+        return F.dequantize_fine(self.own_states(), self.q.fmt)
+
+    def counts(self) -> dict[str, int]:
+        out = {c: int(self.status[c].sum()) for c in MP.COUNTERS}
+        out["boards_running"] = int(((self.status["flags"] & MP.FLAG_RUNNING) > 0).sum())
+        out["boards_placed"] = int(((self.status["flags"] & MP.FLAG_COORDS) > 0).sum())
+        out["boards_miswired"] = int(((self.status["flags"] & MP.FLAG_MISWIRED) > 0).sum())
+        out["boards_foreign"] = int(((self.status["flags"] & MP.FLAG_FOREIGN) > 0).sum())
+        return out
+
+    def misplaced(self) -> int:
+        """Boards whose learned place is not where they are (a placed board only)."""
+        ys, xs = np.divmod(np.arange(self.width * self.height), self.width)
+        placed = (self.status["flags"] & MP.FLAG_COORDS) > 0
+        return int((placed & ((self.status["x"] != xs) | (self.status["y"] != ys))).sum())
+
+    def replay(self, skip: tuple[int, ...] = ()) -> tuple[int, int]:
+        """(wakes replayed, mismatches): every logged wake through the golden model (but
+        the boards in `skip`, e.g. those running another model)."""
+        if self.log_path is None or not self.log_path.exists():
+            return 0, 0
+        recs = np.fromfile(self.log_path, REC)
+        if skip:
+            recs = recs[~np.isin(recs["board"], np.asarray(skip))]
+        if len(recs) == 0:
+            return 0, 0
+        ef = self.q.fmt.ef_bits
+        own = F.join_own(recs["state_in"], recs["resid_in"], ef)
+        xs = own.astype(np.int16 if ef else np.int8)
+        codes = np.zeros(len(recs), np.int64)
+        w1, b1, w2, b2, mult, tsh, consts = self.q.arrays()
+        G.update_batch(xs, np.ascontiguousarray(recs["inbox"]), w1, b1, w2, b2, mult, tsh, consts,
+                       G.rotation_array(None), codes)
+        want = F.join_own(recs["state_out"], recs["resid_out"], ef)
+        return len(recs), int(np.any(xs.astype(np.int64) != want, axis=1).sum())
+
+    def close(self) -> None:
+        p = self._proc
+        if p.poll() is None:
+            try:
+                p.stdin.write(b"quit\n")   # type: ignore[union-attr]
+                p.stdin.close()            # type: ignore[union-attr]
+                p.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                p.kill()
+                p.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MeshEngine(Engine):
+    """The emulated grid behind the engine interface `sim.simulate` drives (`--engine
+    mesh`): time in the simulator's units, damage = the boards in the mask power-cycled,
+    the state read by the camera. The seed board is where the starting state's one
+    living cell is."""
+
+    backend = "mesh"
+
+    def __init__(self, state: np.ndarray, params: Params, seed: int, config: MeshConfig):
+        alive = np.argwhere(np.asarray(state)[..., ALPHA] > 0)
+        if len(alive) != 1:
+            raise RunError(f"the mesh starts from one seed board; the starting state has {len(alive)} living cells")
+        if params.meta is None:
+            raise RunError("the mesh needs a model (its firmware is built with the model's genome)")
+        if abs(F.angle_of_kernels(params.kxy)) > 1e-9:
+            raise RunError("the mesh's boards perceive unrotated (orientation comes with the boards' "
+                           "mounting, not a run option)")
+        h, w = state.shape[:2]
+        self._params = params
+        self.q = quantized(params)
+        self.mesh = Mesh(self.q, w, h, seed, (int(alive[0][1]), int(alive[0][0])), config)
+
+    def advance(self, t: float) -> None:
+        self.mesh.advance(t)
+
+    def damage(self, mask: np.ndarray) -> None:
+        self.mesh.power_cycle(np.flatnonzero(np.asarray(mask, bool).ravel()))
+
+    def set_params(self, params: Params) -> None:
+        raise RunError("the mesh's boards run the model they were built with: no rotation changes mid-run")
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @property
+    def now(self) -> float:
+        return self.mesh.now
+
+    @property
+    def state(self) -> np.ndarray:
+        return self.mesh.float_states()
+
+    @property
+    def cell_updates(self) -> int:
+        return int(self.mesh.status["updates"].sum())
+
+    def metrics(self) -> dict[str, Any]:
+        m = self.mesh
+        c = m.config
+        wakes, mismatches = m.replay()
+        wall = m.wall_ns / 1e9
+        return {"mesh": {
+            **m.counts(), "misplaced": m.misplaced(), "wakes_replayed": wakes, "replay_mismatches": mismatches,
+            "model_hash": f"{self.q.model_hash:08x}", "wake_ms": c.wake_ms, "unit_ms": c.unit_ns / 1e6,
+            "emulated_seconds": (m.now_ns - m.t0_ns) / 1e9, "emulated_cycles": m.sim_cycles,
+            "active_cycles": m.active_cycles, "emulator_seconds": wall,
+            "emulated_cycles_per_second": m.sim_cycles / wall if wall else None,
+            "active_cycles_per_second": m.active_cycles / wall if wall else None,
+            "clock_ppm": c.clock_ppm, "frame_loss": c.frame_loss, "byte_loss": c.byte_loss,
+            "byte_corrupt": c.byte_corrupt, "miswired_boards": list(c.miswire),
+            "foreign_boards": [i for i, _ in c.foreign], "threads": c.threads}}
+
+    def close(self) -> None:
+        self.mesh.close()

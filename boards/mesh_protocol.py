@@ -1,0 +1,182 @@
+"""The frames cells wired to each other exchange: the one definition.
+
+A cell board of the mesh (firmware/mesh/) is wired to its 4 orthogonal neighbours,
+one UART per face. Everything the boards, the emulated grid (firmware/tools/simavr_mesh.c)
+and the host must agree on lives here; the firmware's `nca_mesh_ids.h` is generated
+from this module (`python -m boards.mesh_protocol --header`; a test checks the
+committed file equals it), and firmware/MESH.md describes the same facts in prose.
+
+Frame on the wire, as the cell link's: COBS(payload || crc16_le) || 0x00, with
+payload = type u8 | body (no sequence byte: nothing is acknowledged). Every frame
+between boards is unacknowledged and latest-wins.
+
+Faces are N E S W (0..3). A frame sent out of face f arrives on the neighbour's
+face OPPOSITE[f]; a frame that arrives on face g from a sender face other than
+OPPOSITE[g] is miswired and refused. A STATE frame sent north or south also carries
+the sender's latest W and E states (the diagonals, relayed): the receiver stores
+them at its NW/NE (from its N face) or SW/SE (from its S face) inbox slots.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from pathlib import Path
+
+from codegen import formats as F
+from sim import rng, rules
+from sim.paths import FIRMWARE
+
+from . import protocol as P
+
+MESH_VERSION = 1
+FACES = ("N", "E", "S", "W")
+N, E, S, W = range(4)
+OPPOSITE = (S, W, N, E)
+# (dy, dx) of the neighbour behind each face (y grows southwards, as the grid's rows)
+FACE_OFFSETS = ((-1, 0), (0, 1), (1, 0), (0, -1))
+# inbox slot (sim.model.NEIGHBOUR_OFFSETS order: NW N NE W E SW S SE) of the state that
+# arrives on each face, and of the relayed W and E states (-1: not relayed on that face)
+FACE_SLOT = (1, 4, 6, 3)
+RELAY_W_SLOT = (0, -1, 5, -1)
+RELAY_E_SLOT = (2, -1, 7, -1)
+# the UART of each face on the ATmega2560 (Arduino Mega): USART0 is also the USB
+# link, so a board on the grid's west edge is where the host plugs in
+FACE_USART = (1, 2, 3, 0)
+UNKNOWN = 0xFF                   # a coordinate not yet learned
+
+# ---------------------------------------------------------------- message types
+# (name, id, body)
+MESSAGES: tuple[tuple[str, int, str], ...] = (
+    ("STATE", 0x30, ("model hash u32, seq u16, face u8 (sender's), x u8, y u8, run u8, relay u8 "
+                    "(1: W and E follow), state 16 x i8, [W state 16 x i8, E state 16 x i8]")),
+    ("PARAMS", 0x31, ("face u8, x u8, y u8 (sender's), run u8, seed u32, width u8, height u8, "
+                     "seed x u8, seed y u8, clock u8 (0 exponential, 1 periodic), mean ticks u32, "
+                     "jitter ticks u32, seed state 16 x i8, seed remainders 8 x u8")),
+    ("STOP", 0x32, "run u8"),
+    ("PARAMS_REQ", 0x33, "- (the neighbour answers with PARAMS)"),
+    ("SET_COORD", 0x34, "x u8, y u8 (the host tells the board it is plugged into its place)"),
+    ("STATUS_GET", 0x35, "-"),
+    ("STATUS", 0xB5, "the status block (STATUS_STRUCT)"),
+)
+MSG = {name: mid for name, mid, _ in MESSAGES}
+
+STATE_HEAD = struct.Struct("<BIHBBBBB")        # type, hash, seq, face, x, y, run, relay
+PARAMS_STRUCT = struct.Struct("<BBBBBIBBBBBII16s8s")
+CLOCK_EXPONENTIAL, CLOCK_PERIODIC = rules.CLOCK_EXPONENTIAL, rules.CLOCK_PERIODIC   # as the simulators'
+
+TICK_US = 64                     # the wake timer's tick: 16 MHz / 1024
+MAX_PAYLOAD = STATE_HEAD.size + 3 * 16         # the largest frame: a relaying STATE
+RX_BUFFER = MAX_PAYLOAD + 2
+
+# The status block: what a board knows of itself, in RAM (the emulator's camera reads
+# it there) and in the STATUS reply. Flags: bit 0 running, 1 coordinates known, 2 a
+# miswired frame seen, 3 a frame of another model seen, 4 asleep (dormant, no wake due).
+STATUS_FIELDS = ("state", "resid", "x", "y", "run", "flags", "wakes", "updates", "sent", "received",
+                 "corrupt", "refused", "lost", "miswired", "foreign")
+STATUS_STRUCT = struct.Struct("<16s8sBBBBIIIIIIIHH")
+COUNTERS = ("wakes", "updates", "sent", "received", "corrupt", "refused", "lost", "miswired", "foreign")
+FLAG_RUNNING, FLAG_COORDS, FLAG_MISWIRED, FLAG_FOREIGN, FLAG_ASLEEP = 1, 2, 4, 8, 16
+
+# Replay marks: the board writes these to GPIOR0 just before and after each wake's
+# update; the emulator copies the cell (state, remainders, inbox) at each.
+MARK_WAKE_IN, MARK_WAKE_OUT = 0x10, 0x11
+# the cell core's struct as the marks see it (core/nca_cell.h, AVR: no padding)
+CELL_STATE_AT, CELL_INBOX_AT, CELL_RESID_AT = 0, 80, 208
+
+# -ln(x) on the boards: log2 of 1 + i/64, i = 0..64, in Q15 (nca_mesh.c interpolates)
+LOG2_TABLE = tuple(round(math.log2(1 + i / 64) * 32768) for i in range(65))
+LN2_Q16 = round(math.log(2) * 65536)
+
+
+def state_frame(model_hash: int, seq: int, face: int, x: int, y: int, run: int, state: bytes,
+                relay: tuple[bytes, bytes] | None = None) -> bytes:
+    """The wire bytes of a STATE frame (as a board sends it)."""
+    body = STATE_HEAD.pack(MSG["STATE"], model_hash, seq, face, x, y, run, 1 if relay else 0) + state
+    if relay:
+        body += relay[0] + relay[1]
+    return P.encode_payload(body)
+
+
+def params_frame(run: int, seed: int, width: int, height: int, seed_x: int, seed_y: int, clock: int,
+                 mean_ticks: int, jitter_ticks: int, seed_state: bytes, seed_resid: bytes,
+                 face: int = W, x: int = UNKNOWN, y: int = UNKNOWN) -> bytes:
+    """The wire bytes of a PARAMS frame (the host's: the sender's face and place unknown)."""
+    if not (0 < width <= 254 and 0 < height <= 254):
+        raise ValueError(f"a mesh is at most 254 boards a side, not {width}x{height}")
+    if not (0 <= seed_x < width and 0 <= seed_y < height):
+        raise ValueError(f"the seed board ({seed_x}, {seed_y}) is outside the {width}x{height} grid")
+    return P.encode_payload(PARAMS_STRUCT.pack(MSG["PARAMS"], face, x, y, run, seed & 0xFFFFFFFF, width, height,
+                                               seed_x, seed_y, clock, mean_ticks, jitter_ticks,
+                                               seed_state, seed_resid))
+
+
+def simple_frame(name: str, body: bytes = b"") -> bytes:
+    return P.encode_payload(bytes([MSG[name]]) + body)
+
+
+def parse_status(block: bytes) -> dict:
+    """A status block (the STATUS reply's body, or the bytes the camera reads)."""
+    vals = STATUS_STRUCT.unpack(block[:STATUS_STRUCT.size])
+    return dict(zip(STATUS_FIELDS, vals))
+
+
+# ---------------------------------------------------------------- the C header
+def c_header() -> str:
+    """firmware/mesh/nca_mesh_ids.h: every id, size and table above as C."""
+    lines = [("/* nca_mesh_ids.h - generated by boards/mesh_protocol.py (python -m boards.mesh_protocol "
+             "--header); do not edit."), " * The frames of cells wired to each other: firmware/MESH.md. */",
+             "#ifndef NCA_MESH_IDS_H", "#define NCA_MESH_IDS_H", "",
+             f"#define NCA_MESH_VERSION {MESH_VERSION}", "", "/* faces */"]
+    lines += [f"#define NCA_FACE_{f} {i}" for i, f in enumerate(FACES)]
+    lines += ["#define NCA_FACES 4", f"#define NCA_MESH_UNKNOWN 0x{UNKNOWN:02X}", "", "/* message types */"]
+    lines += [f"#define NCA_MESH_{name} 0x{mid:02X}" for name, mid, _ in MESSAGES]
+    lines += ["", "/* sizes */",
+              f"#define NCA_MESH_STATE_HEAD {STATE_HEAD.size}",
+              f"#define NCA_MESH_PARAMS_BYTES {PARAMS_STRUCT.size}",
+              f"#define NCA_MESH_MAX_PAYLOAD {MAX_PAYLOAD}",
+              f"#define NCA_MESH_RX_BUFFER {RX_BUFFER}",
+              f"#define NCA_MESH_STATUS_BYTES {STATUS_STRUCT.size}",
+              f"#define NCA_MESH_RESID_BYTES {F.RESID_BYTES}",
+              f"#define NCA_MESH_TICK_US {TICK_US}",
+              f"#define NCA_MESH_CLOCK_EXPONENTIAL {CLOCK_EXPONENTIAL}",
+              f"#define NCA_MESH_CLOCK_PERIODIC {CLOCK_PERIODIC}", "",
+              "/* status flags */"]
+    lines += [f"#define NCA_MESH_FLAG_{n} {v}" for n, v in (("RUNNING", FLAG_RUNNING), ("COORDS", FLAG_COORDS),
+                                                             ("MISWIRED", FLAG_MISWIRED), ("FOREIGN", FLAG_FOREIGN),
+                                                             ("ASLEEP", FLAG_ASLEEP))]
+    lines += ["", "/* replay marks (GPIOR0 on AVR) */",
+              f"#define NCA_MESH_MARK_WAKE_IN 0x{MARK_WAKE_IN:02X}",
+              f"#define NCA_MESH_MARK_WAKE_OUT 0x{MARK_WAKE_OUT:02X}", "",
+              "/* inbox slot of each face's state and of the relayed W and E states (-1: none) */",
+              "#define NCA_FACE_SLOTS {" + ", ".join(map(str, FACE_SLOT)) + "}",
+              "#define NCA_RELAY_W_SLOTS {" + ", ".join(map(str, RELAY_W_SLOT)) + "}",
+              "#define NCA_RELAY_E_SLOTS {" + ", ".join(map(str, RELAY_E_SLOT)) + "}",
+              "#define NCA_FACE_DY {" + ", ".join(str(d[0]) for d in FACE_OFFSETS) + "}",
+              "#define NCA_FACE_DX {" + ", ".join(str(d[1]) for d in FACE_OFFSETS) + "}", "",
+              "/* -ln on the boards: log2(1 + i/64) in Q15, i = 0..64, and ln 2 in Q16 */",
+              "#define NCA_MESH_LOG2_TABLE {" + ", ".join(f"{v}u" for v in LOG2_TABLE) + "}",
+              f"#define NCA_MESH_LN2_Q16 {LN2_Q16}u", "",
+              "/* the counter generator (sim/rng.py): streams and constants */",
+              f"#define NCA_RNG_WAKE {rng.WAKE}",
+              f"#define NCA_RNG_INIT {rng.INIT}",
+              f"#define NCA_RNG_G 0x{int(rng.G):016X}ull",
+              f"#define NCA_RNG_M1 0x{int(rng.M1):016X}ull",
+              f"#define NCA_RNG_M2 0x{int(rng.M2):016X}ull", "", "#endif", ""]
+    return "\n".join(lines)
+
+
+HEADER_PATH = FIRMWARE / "mesh" / "nca_mesh_ids.h"
+
+
+def write_header(path: Path = HEADER_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(c_header())
+    return path
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--header"]:
+        print(write_header())
+    else:
+        print(c_header(), end="")

@@ -1,0 +1,440 @@
+/* nca_mesh.c - the wired cell (nca_mesh.h). */
+#include <string.h>
+#include "nca_frame.h"
+#include "nca_mesh.h"
+#include "nca_rom.h"
+
+NCA_MESH_ASSERT(status_bytes, sizeof(nca_mesh_status_t) == NCA_MESH_STATUS_BYTES);
+NCA_MESH_ASSERT(frame_fits, NCA_MESH_RX_BUFFER <= NCA_FRAME_MAX);
+
+nca_mesh_status_t nca_mesh_status;
+nca_cell_t nca_mesh_cell;
+
+static const int8_t face_slot[NCA_FACES] = NCA_FACE_SLOTS;
+static const int8_t relay_w_slot[NCA_FACES] = NCA_RELAY_W_SLOTS;
+static const int8_t relay_e_slot[NCA_FACES] = NCA_RELAY_E_SLOTS;
+static const int8_t face_dx[NCA_FACES] = NCA_FACE_DX;
+static const int8_t face_dy[NCA_FACES] = NCA_FACE_DY;
+static const uint16_t log2_table[65] NCA_ROM = NCA_MESH_LOG2_TABLE;
+#define OPPOSITE(f) ((uint8_t)(((f) + 2) & 3))
+#define SLOT_W 3
+#define SLOT_E 4
+
+typedef struct {
+    nca_frame_rx_t rx;
+    uint16_t last_seq;
+    uint8_t seen;                 /* a STATE frame arrived on this face since the run began */
+    uint8_t asked;                /* PARAMS_REQ sent, no PARAMS yet */
+} port_t;
+
+/* the run's parameters (PARAMS) */
+typedef struct {
+    uint32_t seed, mean_ticks, jitter_ticks;
+    uint8_t width, height, seed_x, seed_y, clock;
+    int8_t seed_state[NCA_CHANNELS];
+    uint8_t seed_resid[NCA_MESH_RESID_BYTES];
+} params_t;
+
+static struct {
+    port_t port[NCA_FACES];
+    params_t p;
+    uint64_t key;                 /* the counter generator's (seed, WAKE, cell) prefix */
+    uint64_t init_key;            /* ... and (seed, INIT, cell)'s */
+    uint32_t wake_k;              /* the next wake's number */
+    uint32_t next_wake;           /* its tick */
+    uint16_t seq;                 /* the next STATE frame's */
+    uint8_t scheduled;            /* next_wake is valid */
+} m;
+
+static uint8_t frame[NCA_MESH_MAX_PAYLOAD];
+static uint8_t wire[NCA_FRAME_ENCODED(NCA_MESH_MAX_PAYLOAD)];
+
+/* ------------------------------------------------------------ the counter generator (sim/rng.py) */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * NCA_RNG_M1;
+    z = (z ^ (z >> 27)) * NCA_RNG_M2;
+    return z ^ (z >> 31);
+}
+
+static uint64_t prefix(uint32_t seed, uint8_t stream, uint32_t cell)
+{
+    uint64_t h = mix64((uint64_t)seed + NCA_RNG_G);
+    h = mix64((h ^ stream) + NCA_RNG_G);
+    return mix64((h ^ cell) + NCA_RNG_G);
+}
+
+/* the top 32 bits of hash4(seed, stream, cell, k): a uniform in [0, 1) as u / 2^32 */
+static uint32_t draw(uint64_t key, uint32_t k)
+{
+    return (uint32_t)(mix64((key ^ k) + NCA_RNG_G) >> 32);
+}
+
+/* -ln(q / 2^32) in Q16, q >= 1: log2 from the table, interpolated, times ln 2 */
+static uint32_t neg_ln_q16(uint32_t q)
+{
+    uint8_t e = 31, idx;
+    uint16_t frac, lo, hi;
+    uint32_t f, a;
+    while (!(q & 0x80000000ul)) {
+        q <<= 1;
+        e--;
+    }
+    idx = (uint8_t)((q >> 25) & 63);
+    frac = (uint16_t)(q >> 9);
+    lo = (uint16_t)NCA_RD16(&log2_table[idx]);
+    hi = (uint16_t)NCA_RD16(&log2_table[idx + 1]);
+    f = 2 * ((uint32_t)lo + (((uint32_t)(hi - lo) * frac) >> 16));   /* Q15 -> Q16 */
+    a = ((uint32_t)(32 - e) << 16) - f;          /* -log2 x, Q16 */
+    return ((a >> 5) * NCA_MESH_LN2_Q16) >> 11;
+}
+
+/* ticks before wake k: exponential with the mean, or the period with +-jitter (the
+ * first wake of a periodic clock at a random phase) */
+static uint32_t interval(uint32_t k)
+{
+    uint32_t u = draw(m.key, k);
+    if (m.p.clock == NCA_MESH_CLOCK_PERIODIC) {
+        if (k == 0)
+            return (uint32_t)(((uint64_t)m.p.mean_ticks * draw(m.init_key, 0)) >> 32);
+        return m.p.mean_ticks - m.p.jitter_ticks + (uint32_t)(((uint64_t)m.p.jitter_ticks * u) >> 31);
+    }
+    u = ~u;                                       /* 1 - u, as 2^32 - 1 - u */
+    return (uint32_t)(((uint64_t)m.p.mean_ticks * neg_ln_q16(u ? u : 1)) >> 16);
+}
+
+/* ------------------------------------------------------------ sending */
+static void send_payload(uint8_t face, uint8_t n)
+{
+    uint8_t len = nca_frame_encode(frame, n, wire);
+    if (nca_mesh_send(face, wire, len))
+        nca_mesh_status.sent++;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static void send_state(void)
+{
+    uint8_t f;
+    for (f = 0; f < NCA_FACES; f++) {
+        uint8_t relay = (uint8_t)(f == NCA_FACE_N || f == NCA_FACE_S), n = NCA_MESH_STATE_HEAD;
+        frame[0] = NCA_MESH_STATE;
+        put32(frame + 1, NCA_MODEL_HASH);
+        frame[5] = (uint8_t)m.seq;
+        frame[6] = (uint8_t)(m.seq >> 8);
+        frame[7] = f;
+        frame[8] = nca_mesh_status.x;
+        frame[9] = nca_mesh_status.y;
+        frame[10] = nca_mesh_status.run;
+        frame[11] = relay;
+        memcpy(frame + n, nca_mesh_cell.state, NCA_CHANNELS);
+        n += NCA_CHANNELS;
+        if (relay) {
+            memcpy(frame + n, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_W, NCA_CHANNELS);
+            memcpy(frame + n + NCA_CHANNELS, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_E, NCA_CHANNELS);
+            n += 2 * NCA_CHANNELS;
+        }
+        send_payload(f, n);
+    }
+    m.seq++;
+}
+
+static void send_params(uint8_t face)
+{
+    uint8_t *b = frame;
+    b[0] = NCA_MESH_PARAMS;
+    b[1] = face;
+    b[2] = nca_mesh_status.x;
+    b[3] = nca_mesh_status.y;
+    b[4] = nca_mesh_status.run;
+    put32(b + 5, m.p.seed);
+    b[9] = m.p.width;
+    b[10] = m.p.height;
+    b[11] = m.p.seed_x;
+    b[12] = m.p.seed_y;
+    b[13] = m.p.clock;
+    put32(b + 14, m.p.mean_ticks);
+    put32(b + 18, m.p.jitter_ticks);
+    memcpy(b + 22, m.p.seed_state, NCA_CHANNELS);
+    memcpy(b + 38, m.p.seed_resid, NCA_MESH_RESID_BYTES);
+    send_payload(face, NCA_MESH_PARAMS_BYTES);
+}
+
+/* ------------------------------------------------------------ the run */
+#define FLAGS nca_mesh_status.flags
+#define HAS(flag) (FLAGS & NCA_MESH_FLAG_##flag)
+
+static void show(void)
+{
+    uint8_t rgb[3];
+    memcpy(nca_mesh_status.state, nca_mesh_cell.state, NCA_CHANNELS);
+#if NCA_HAS_RESID
+    memcpy(nca_mesh_status.resid, nca_mesh_cell.resid, NCA_MESH_RESID_BYTES);
+#endif
+    nca_cell_rgb(nca_mesh_cell.state, rgb);
+    nca_mesh_led(rgb);
+}
+
+static uint8_t all_zero(void)
+{
+    uint8_t c;
+    for (c = 0; c < NCA_CHANNELS; c++)
+        if (nca_mesh_cell.state[c])
+            return 0;
+    return 1;
+}
+
+/* schedule wake k from `from`, when the board runs and knows where it is */
+static void schedule(uint32_t from)
+{
+    if (!HAS(RUNNING) || !HAS(COORDS))
+        return;
+    m.next_wake = from + interval(m.wake_k);
+    m.scheduled = 1;
+    FLAGS &= (uint8_t)~NCA_MESH_FLAG_ASLEEP;
+}
+
+/* the cell's place is known: key its draws, and take the seed if it is the seed board */
+static void place(void)
+{
+    uint32_t cell = (uint32_t)nca_mesh_status.y * m.p.width + nca_mesh_status.x;
+    m.key = prefix(m.p.seed, NCA_RNG_WAKE, cell);
+    m.init_key = prefix(m.p.seed, NCA_RNG_INIT, cell);
+    if (nca_mesh_status.x == m.p.seed_x && nca_mesh_status.y == m.p.seed_y) {
+        memcpy(nca_mesh_cell.state, m.p.seed_state, NCA_CHANNELS);
+#if NCA_HAS_RESID
+        memcpy(nca_mesh_cell.resid, m.p.seed_resid, NCA_MESH_RESID_BYTES);
+#endif
+        show();
+        send_state();             /* the boot-time exchange: the neighbours know the seed */
+    }
+    if (all_zero())
+        FLAGS |= NCA_MESH_FLAG_ASLEEP;   /* until a neighbour's state arrives */
+    else
+        schedule(nca_mesh_ticks());
+}
+
+static void set_coords(uint8_t x, uint8_t y)
+{
+    nca_mesh_status.x = x;
+    nca_mesh_status.y = y;
+    FLAGS |= NCA_MESH_FLAG_COORDS;
+    if (HAS(RUNNING))
+        place();
+}
+
+/* learn the place from a neighbour's: it is behind face f */
+static void learn_coords(uint8_t f, uint8_t sx, uint8_t sy)
+{
+    if (HAS(COORDS) || sx == NCA_MESH_UNKNOWN || sy == NCA_MESH_UNKNOWN)
+        return;
+    set_coords((uint8_t)(sx - face_dx[f]), (uint8_t)(sy - face_dy[f]));
+}
+
+static void wake(void)
+{
+    uint8_t r;
+    nca_mesh_status.wakes++;
+    nca_mesh_mark(NCA_MESH_MARK_WAKE_IN);
+    r = nca_cell_update(&nca_mesh_cell, NULL);
+    nca_mesh_mark(NCA_MESH_MARK_WAKE_OUT);
+    m.wake_k++;
+    if (r == NCA_DORMANT) {       /* dead, and every neighbour it knows is dead: sleep */
+        m.scheduled = 0;
+        FLAGS |= NCA_MESH_FLAG_ASLEEP;
+        return;
+    }
+    if (r == NCA_UPDATED)
+        nca_mesh_status.updates++;
+    show();
+    send_state();
+    m.next_wake += interval(m.wake_k);
+}
+
+void nca_mesh_poll(void)
+{
+    if (m.scheduled && (int32_t)(nca_mesh_ticks() - m.next_wake) >= 0)
+        wake();
+}
+
+uint8_t nca_mesh_next_wake(uint32_t *tick)
+{
+    *tick = m.next_wake;
+    return m.scheduled;
+}
+
+/* ------------------------------------------------------------ receiving */
+static void refuse(void)
+{
+    nca_mesh_status.refused++;
+}
+
+static void on_state(uint8_t f, const uint8_t *b, uint8_t n)
+{
+    port_t *p = &m.port[f];
+    uint16_t seq = (uint16_t)(b[5] | ((uint16_t)b[6] << 8));
+    uint8_t relay = b[11];
+    if (n != NCA_MESH_STATE_HEAD + NCA_CHANNELS * (relay ? 3 : 1)) {
+        nca_mesh_status.corrupt++;
+        return;
+    }
+    if (get32(b + 1) != NCA_MODEL_HASH) {         /* another model: its states mean something else */
+        nca_mesh_status.foreign++;
+        FLAGS |= NCA_MESH_FLAG_FOREIGN;
+        refuse();
+        return;
+    }
+    if (b[7] != OPPOSITE(f) || (relay && f != NCA_FACE_N && f != NCA_FACE_S)) {   /* e.g. N wired to N */
+        nca_mesh_status.miswired++;
+        FLAGS |= NCA_MESH_FLAG_MISWIRED;
+        refuse();
+        return;
+    }
+    if (p->seen && seq != 0 && (int16_t)(seq - p->last_seq) <= 0) {   /* stale (seq 0: it rebooted) */
+        refuse();
+        return;
+    }
+    if (p->seen && seq != 0)
+        nca_mesh_status.lost += (uint16_t)(seq - p->last_seq - 1);
+    p->last_seq = seq;
+    p->seen = 1;
+    nca_mesh_status.received++;
+    memcpy(nca_mesh_cell.inbox + NCA_CHANNELS * face_slot[f], b + NCA_MESH_STATE_HEAD, NCA_CHANNELS);
+    if (relay) {
+        memcpy(nca_mesh_cell.inbox + NCA_CHANNELS * relay_w_slot[f], b + NCA_MESH_STATE_HEAD + NCA_CHANNELS,
+               NCA_CHANNELS);
+        memcpy(nca_mesh_cell.inbox + NCA_CHANNELS * relay_e_slot[f], b + NCA_MESH_STATE_HEAD + 2 * NCA_CHANNELS,
+               NCA_CHANNELS);
+    }
+    learn_coords(f, b[8], b[9]);
+    if (!HAS(RUNNING)) {          /* e.g. just powered on: ask this neighbour for the run */
+        if (!p->asked) {
+            p->asked = 1;
+            frame[0] = NCA_MESH_PARAMS_REQ;
+            send_payload(f, 1);
+        }
+        return;
+    }
+    if (HAS(ASLEEP))
+        schedule(nca_mesh_ticks());
+}
+
+static void on_params(uint8_t f, const uint8_t *b)
+{
+    uint8_t g;
+    if (HAS(RUNNING) && b[4] == nca_mesh_status.run)
+        return;                   /* the flood came back: already running it */
+    if (b[1] != OPPOSITE(f) && b[2] != NCA_MESH_UNKNOWN) {   /* a board's (the host's face is unknown) */
+        nca_mesh_status.miswired++;
+        FLAGS |= NCA_MESH_FLAG_MISWIRED;
+        refuse();
+        return;
+    }
+    nca_mesh_status.run = b[4];
+    m.p.seed = get32(b + 5);
+    m.p.width = b[9];
+    m.p.height = b[10];
+    m.p.seed_x = b[11];
+    m.p.seed_y = b[12];
+    m.p.clock = b[13];
+    m.p.mean_ticks = get32(b + 14);
+    m.p.jitter_ticks = get32(b + 18);
+    memcpy(m.p.seed_state, b + 22, NCA_CHANNELS);
+    memcpy(m.p.seed_resid, b + 38, NCA_MESH_RESID_BYTES);
+    memset(&nca_mesh_cell, 0, sizeof nca_mesh_cell);
+    for (g = 0; g < NCA_FACES; g++) {
+        m.port[g].seen = 0;
+        m.port[g].asked = 0;
+    }
+    m.wake_k = 0;
+    m.scheduled = 0;
+    FLAGS |= NCA_MESH_FLAG_RUNNING;
+    show();
+    if (HAS(COORDS))
+        place();
+    else
+        learn_coords(f, b[2], b[3]);   /* places the board, if it learns where it is now */
+    for (g = 0; g < NCA_FACES; g++)   /* pass it on */
+        if (g != f)
+            send_params(g);
+}
+
+static void on_frame(uint8_t f, const uint8_t *b, uint8_t n)
+{
+    switch (b[0]) {
+    case NCA_MESH_STATE:
+        if (n >= NCA_MESH_STATE_HEAD)
+            on_state(f, b, n);
+        else
+            nca_mesh_status.corrupt++;
+        return;
+    case NCA_MESH_PARAMS:
+        if (n == NCA_MESH_PARAMS_BYTES)
+            on_params(f, b);
+        else
+            nca_mesh_status.corrupt++;
+        return;
+    case NCA_MESH_STOP:
+        if (n == 2 && HAS(RUNNING) && b[1] == nca_mesh_status.run) {
+            uint8_t g;
+            FLAGS &= (uint8_t)~NCA_MESH_FLAG_RUNNING;
+            m.scheduled = 0;
+            for (g = 0; g < NCA_FACES; g++) {   /* pass it on */
+                frame[0] = NCA_MESH_STOP;
+                frame[1] = nca_mesh_status.run;
+                if (g != f)
+                    send_payload(g, 2);
+            }
+        }
+        return;
+    case NCA_MESH_PARAMS_REQ:
+        if (HAS(RUNNING))
+            send_params(f);
+        return;
+    case NCA_MESH_SET_COORD:
+        if (n == 3)
+            set_coords(b[1], b[2]);
+        return;
+    case NCA_MESH_STATUS_GET:
+        frame[0] = NCA_MESH_STATUS;
+        memcpy(frame + 1, &nca_mesh_status, NCA_MESH_STATUS_BYTES);
+        send_payload(f, 1 + NCA_MESH_STATUS_BYTES);
+        return;
+    default:
+        refuse();
+    }
+}
+
+void nca_mesh_rx(uint8_t face, uint8_t byte)
+{
+    nca_frame_rx_t *rx = &m.port[face].rx;
+    uint8_t r = nca_frame_rx(rx, byte);
+    if (r == NCA_FRAME_OK)
+        on_frame(face, rx->buf, rx->len);
+    else if (r == NCA_FRAME_BAD)
+        nca_mesh_status.corrupt++;
+}
+
+void nca_mesh_init(void)
+{
+    uint8_t f;
+    memset(&m, 0, sizeof m);
+    memset(&nca_mesh_cell, 0, sizeof nca_mesh_cell);
+    memset(&nca_mesh_status, 0, sizeof nca_mesh_status);
+    nca_mesh_status.x = NCA_MESH_UNKNOWN;
+    nca_mesh_status.y = NCA_MESH_UNKNOWN;
+    for (f = 0; f < NCA_FACES; f++)
+        nca_frame_rx_reset(&m.port[f].rx);
+    show();
+}

@@ -1,0 +1,540 @@
+/* simavr_mesh.c - a grid of wired cell boards, emulated: W x H ATmega2560 cores on
+ * libsimavr in one process, every core running the same unmodified firmware ELF
+ * (APP=mesh), its four USARTs wired to the neighbours' through a fault shim.
+ *
+ * Time: one shared virtual clock in nanoseconds. Board i runs at its own frequency
+ * (16 MHz times 1 + e_i, e_i uniform in +-clock_ppm, drawn from the seed: a ceramic
+ * resonator's spread), so its cycle c happens at c / f_i. The boards advance in
+ * slices of SLICE_NS (under a byte's time at 115200 baud); a byte a board sends in
+ * one slice reaches the neighbour's receiver at the start of the next. A cycle timer
+ * every slice keeps a sleeping core from running ahead of the others.
+ *
+ * Wires: face f of board (x, y) goes to face OPPOSITE(f) of the neighbour behind it
+ * (faces N E S W = USART1 2 3 0, firmware/mesh/nca_mesh_ids.h). Unconnected faces send
+ * nowhere and receive nothing. The west face of board (0, 0) is the host port (stdin
+ * command `host`, output collected for `hostread`). Per directed wire, seeded: a whole
+ * frame (from a 0x00 delimiter to the next) lost with --frame-loss, each byte lost with
+ * --byte-loss or one of its bits flipped with --byte-corrupt; `cut` severs a wire both
+ * ways; --miswire i lands board i's N wire on its north neighbour's N face (both ways).
+ * Power: `off` stops a board (its wires go dead), `on` resets it (the firmware starts
+ * from nothing, as after a power cut).
+ *
+ * The camera: `run` returns every board's status block (nca_mesh_status, read from
+ * emulated RAM; it changes nothing). Replay: at the firmware's GPIOR0 marks around each
+ * update the cell's input (state, remainders, inbox) and output are copied from RAM
+ * into --log, one fixed-size record per wake (boards/mesh.py reads them).
+ *
+ * Commands on stdin, one per line; answers on stdout:
+ *   run T          advance to virtual time T ns; answers "ok T sim_cycles active_cycles
+ *                  wall_ns" then W*H status blocks (binary, STATUS bytes each)
+ *   host HEX       bytes to the host port       hostread  "host HEX" (what came back)
+ *   off i,j,..     power off boards             on i,j,..  power them on (reset)
+ *   cut i FACE     sever board i's wire on that face (both directions)
+ *   quit
+ * Usage: simavr_mesh --size W H --cell ADDR --status ADDR [--seed S] [--clock-ppm P]
+ *        [--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I]... [--threads N]
+ *        [--other I FILE CELL STATUS]... [--log FILE] firmware.elf
+ * (--other: board I runs another firmware, e.g. another model's, with its own addresses.)
+ * (ADDR: data-space addresses of nca_mesh_cell and nca_mesh_status, from avr-nm.)
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "sim_avr.h"
+#include "sim_elf.h"
+#include "sim_io.h"
+#include "avr_uart.h"
+
+#define FACES 4
+#define SLICE_NS 40000ull               /* 40 us: under the 86.8 us of a byte at 115200 baud */
+#define GPIOR0_ADDR 0x3E
+#define MARK_IN 0x10
+#define MARK_OUT 0x11
+#define STATUS_BYTES 60
+#define CELL_STATE 0
+#define CELL_INBOX 80
+#define CELL_RESID 208
+#define WAKES_AT 28                     /* the status block's wake counter */
+/* one replay record: board u16, pad u16, wake u32, in: state 16 + resid 8 + inbox 128, out: 16 + 8 */
+#define REC_BYTES (8 + 24 + 128 + 24)
+
+static const char FACE_USART[FACES] = {'1', '2', '3', '0'};
+static const int DX[FACES] = {0, 1, 0, -1}, DY[FACES] = {-1, 0, 1, 0};
+#define OPPOSITE(f) (((f) + 2) & 3)
+
+typedef struct {
+    int dst, face;                      /* board and face a wire lands on (-1: nowhere) */
+    int cut;
+    int dropping;                       /* inside a lost frame */
+    int at_start;                       /* the next byte starts a frame */
+    uint64_t rng;
+} wire_t;
+
+typedef struct board board_t;
+typedef struct {
+    board_t *b;
+    int face;
+} tap_t;
+
+struct board {
+    avr_t *avr;
+    int idx, on;
+    double hz;
+    avr_irq_t *rx[FACES];
+    tap_t tap[FACES];
+    wire_t wire[FACES];
+    uint8_t *out;                       /* bytes sent this slice: (face, byte) pairs */
+    size_t nout, capout;
+    uint8_t rec[REC_BYTES];             /* the wake being recorded */
+    uint8_t *log;                       /* finished records since the last flush */
+    size_t nlog, caplog;
+    uint64_t active;                    /* cycles executed awake */
+    uint32_t cell_addr, status_addr;    /* its firmware's nca_mesh_cell and nca_mesh_status */
+};
+
+static board_t *boards;
+static int W, H, NB, threads = 1;
+static uint32_t cell_addr, status_addr;   /* the firmware's (every board's but --other's) */
+static double frame_loss, byte_loss, byte_corrupt;
+static uint64_t now_ns;
+static FILE *replay_log;
+static uint8_t host_out[65536];
+static size_t host_nout;
+static FILE *answers;                   /* stdout as it was: libsimavr prints on fd 1, sent to stderr */
+static const char *elf_path;
+static elf_firmware_t fw, fw_other;
+static int other[64], nother;
+static uint32_t other_cell, other_status;
+
+/* ------------------------------------------------------------ seeded draws (SplitMix64) */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double next_uniform(uint64_t *s)
+{
+    *s += 0x9E3779B97F4A7C15ull;
+    return (double)(mix64(*s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ------------------------------------------------------------ hooks */
+static void push(uint8_t **buf, size_t *n, size_t *cap, const uint8_t *src, size_t k)
+{
+    if (*n + k > *cap) {
+        *cap = (*n + k) * 2 + 256;
+        *buf = realloc(*buf, *cap);
+        if (!*buf) {
+            fprintf(stderr, "out of memory\n");
+            exit(3);
+        }
+    }
+    memcpy(*buf + *n, src, k);
+    *n += k;
+}
+
+static void tx_hook(struct avr_irq_t *irq, uint32_t value, void *param)
+{
+    tap_t *t = param;
+    uint8_t pair[2] = {(uint8_t)t->face, (uint8_t)value};
+    (void)irq;
+    push(&t->b->out, &t->b->nout, &t->b->capout, pair, 2);
+}
+
+static void mark_hook(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *param)
+{
+    board_t *b = param;
+    const uint8_t *cell = avr->data + b->cell_addr;
+    (void)addr;
+    if (v == MARK_IN) {
+        b->rec[0] = (uint8_t)b->idx;
+        b->rec[1] = (uint8_t)(b->idx >> 8);
+        b->rec[2] = b->rec[3] = 0;
+        memcpy(b->rec + 4, avr->data + b->status_addr + WAKES_AT, 4);
+        memcpy(b->rec + 8, cell + CELL_STATE, 16);
+        memcpy(b->rec + 24, cell + CELL_RESID, 8);
+        memcpy(b->rec + 32, cell + CELL_INBOX, 128);
+    } else if (v == MARK_OUT) {
+        memcpy(b->rec + 160, cell + CELL_STATE, 16);
+        memcpy(b->rec + 176, cell + CELL_RESID, 8);
+        if (replay_log)
+            push(&b->log, &b->nlog, &b->caplog, b->rec, REC_BYTES);
+    }
+}
+
+static void sleep_none(avr_t *avr, avr_cycle_count_t how_long)
+{
+    (void)avr;
+    (void)how_long;
+}
+
+/* a timer every slice: bounds how far a sleeping core jumps ahead */
+static avr_cycle_count_t slice_tick(avr_t *avr, avr_cycle_count_t when, void *param)
+{
+    board_t *b = param;
+    (void)avr;
+    return when + (avr_cycle_count_t)(b->hz * SLICE_NS * 1e-9);
+}
+
+/* ------------------------------------------------------------ boards */
+static void board_start(board_t *b, avr_cycle_count_t at)
+{
+    avr_t *a = b->avr;
+    avr_reset(a);
+    /* the SRAM forgets with the power (simavr's reset keeps it): 0x200 .. RAMEND on the 2560 */
+    memset(a->data + 0x200, 0, a->ramend + 1 - 0x200);
+    a->cycle = at;
+    a->sleep = sleep_none;
+    avr_cycle_timer_register(a, (avr_cycle_count_t)(b->hz * SLICE_NS * 1e-9), slice_tick, b);
+    b->on = 1;
+}
+
+static void board_init(board_t *b, int idx, double ppm, uint64_t seed)
+{
+    avr_t *a = avr_make_mcu_by_name("atmega2560");
+    uint64_t s = seed ^ (0xC0FFEEull * (uint64_t)(idx + 1));
+    int f;
+    if (!a) {
+        fprintf(stderr, "simavr has no atmega2560 core\n");
+        exit(2);
+    }
+    avr_init(a);
+    elf_firmware_t *mine = &fw;
+    b->cell_addr = cell_addr;
+    b->status_addr = status_addr;
+    for (f = 0; f < nother; f++)
+        if (other[f] == idx) {
+            b->cell_addr = other_cell;
+            b->status_addr = other_status;
+            mine = &fw_other;
+        }
+    avr_load_firmware(a, mine);
+    a->frequency = 16000000;
+    b->avr = a;
+    b->idx = idx;
+    b->hz = 16e6 * (1.0 + ppm * 1e-6 * (2.0 * next_uniform(&s) - 1.0));
+    avr_register_io_write(a, GPIOR0_ADDR, mark_hook, b);
+    for (f = 0; f < FACES; f++) {
+        uint32_t flags = 0;
+        b->tap[f].b = b;
+        b->tap[f].face = f;
+        /* no stdio echo, and the receiver's FIFO as the chip's (bytes just arrive) */
+        avr_ioctl(a, AVR_IOCTL_UART_GET_FLAGS(FACE_USART[f]), &flags);
+        flags &= ~(uint32_t)(AVR_UART_FLAG_STDIO | AVR_UART_FLAG_POLL_SLEEP);
+        avr_ioctl(a, AVR_IOCTL_UART_SET_FLAGS(FACE_USART[f]), &flags);
+        b->rx[f] = avr_io_getirq(a, AVR_IOCTL_UART_GETIRQ(FACE_USART[f]), UART_IRQ_INPUT);
+        avr_irq_register_notify(avr_io_getirq(a, AVR_IOCTL_UART_GETIRQ(FACE_USART[f]), UART_IRQ_OUTPUT),
+                                tx_hook, &b->tap[f]);
+        b->wire[f].rng = mix64(seed * 0x100000001B3ull + (uint64_t)idx * 8 + (uint64_t)f + 1);
+        b->wire[f].at_start = 1;
+    }
+    board_start(b, 0);
+}
+
+static void wire_grid(const int *miswired, int nmis)
+{
+    int i, f, k;
+    for (i = 0; i < NB; i++) {
+        int x = i % W, y = i / W;
+        for (f = 0; f < FACES; f++) {
+            int xx = x + DX[f], yy = y + DY[f];
+            wire_t *w = &boards[i].wire[f];
+            w->dst = (xx >= 0 && xx < W && yy >= 0 && yy < H) ? yy * W + xx : -1;
+            w->face = OPPOSITE(f);
+        }
+    }
+    for (k = 0; k < nmis; k++) {       /* board i's N wire lands on the north board's N face */
+        int i2 = miswired[k], n = boards[i2].wire[0].dst;
+        if (n < 0)
+            continue;
+        boards[i2].wire[0].face = 0;
+        boards[n].wire[2].dst = -1;    /* the north board's S face is left unconnected ... */
+        boards[n].wire[0].dst = i2;    /* ... and its N face talks to board i's N face */
+        boards[n].wire[0].face = 0;
+    }
+}
+
+/* one byte through the shim onto its wire */
+static void deliver(board_t *b, int face, uint8_t v)
+{
+    wire_t *w = &b->wire[face];
+    int start = w->at_start;
+    w->at_start = (v == 0);
+    if (b->idx == 0 && face == 3) {    /* the host port */
+        if (host_nout < sizeof host_out)
+            host_out[host_nout++] = v;
+        return;
+    }
+    if (w->dst < 0 || w->cut || !boards[w->dst].on)
+        return;
+    if (start)
+        w->dropping = frame_loss > 0 && next_uniform(&w->rng) < frame_loss;
+    if (w->dropping)
+        return;
+    if (byte_loss > 0 && next_uniform(&w->rng) < byte_loss)
+        return;
+    if (byte_corrupt > 0 && next_uniform(&w->rng) < byte_corrupt)
+        v ^= (uint8_t)(1u << (int)(next_uniform(&w->rng) * 8));
+    avr_raise_irq(boards[w->dst].rx[w->face], v);
+}
+
+/* ------------------------------------------------------------ running */
+typedef struct {
+    int lo, hi;
+    uint64_t target_ns;
+} job_t;
+
+static pthread_barrier_t bar_start, bar_done;
+static job_t jobs[64];
+static volatile int quitting;
+
+static void run_boards(int lo, int hi, uint64_t t_ns)
+{
+    int i;
+    for (i = lo; i < hi; i++) {
+        board_t *b = &boards[i];
+        avr_t *a = b->avr;
+        avr_cycle_count_t target = (avr_cycle_count_t)(b->hz * (double)t_ns * 1e-9);
+        if (!b->on) {
+            a->cycle = target;
+            continue;
+        }
+        while (a->cycle < target) {
+            avr_cycle_count_t c0 = a->cycle;
+            int st = avr_run(a);
+            if (st == cpu_Running)
+                b->active += a->cycle - c0;
+            if (st == cpu_Done || st == cpu_Crashed) {
+                fprintf(stderr, "board %d stopped (state %d) at pc 0x%x\n", i, st, a->pc);
+                b->on = 0;
+                break;
+            }
+        }
+    }
+}
+
+static void *worker(void *arg)
+{
+    job_t *j = arg;
+    for (;;) {
+        pthread_barrier_wait(&bar_start);
+        if (quitting)
+            return NULL;
+        run_boards(j->lo, j->hi, j->target_ns);
+        pthread_barrier_wait(&bar_done);
+    }
+}
+
+static void advance(uint64_t t_ns)
+{
+    int i, k;
+    while (now_ns < t_ns) {
+        uint64_t end = now_ns + SLICE_NS < t_ns ? now_ns + SLICE_NS : t_ns;
+        if (threads > 1) {
+            for (k = 0; k < threads; k++)
+                jobs[k].target_ns = end;
+            pthread_barrier_wait(&bar_start);
+            run_boards(jobs[0].lo, jobs[0].hi, end);
+            pthread_barrier_wait(&bar_done);
+        } else {
+            run_boards(0, NB, end);
+        }
+        for (i = 0; i < NB; i++) {     /* in board order: the same run for any thread count */
+            board_t *b = &boards[i];
+            size_t n;
+            for (n = 0; n + 1 < b->nout; n += 2)
+                deliver(b, b->out[n], b->out[n + 1]);
+            b->nout = 0;
+        }
+        now_ns = end;
+    }
+    if (replay_log) {
+        for (i = 0; i < NB; i++) {
+            if (boards[i].nlog)
+                fwrite(boards[i].log, 1, boards[i].nlog, replay_log);
+            boards[i].nlog = 0;
+        }
+        fflush(replay_log);
+    }
+}
+
+/* ------------------------------------------------------------ commands */
+static int hexval(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static void power(char *list, int on)
+{
+    char *tok, *save = NULL;
+    for (tok = strtok_r(list, ", \n", &save); tok; tok = strtok_r(NULL, ", \n", &save)) {
+        int i = atoi(tok);
+        if (i < 0 || i >= NB)
+            continue;
+        if (on && !boards[i].on)
+            board_start(&boards[i], (avr_cycle_count_t)(boards[i].hz * (double)now_ns * 1e-9));
+        else if (!on)
+            boards[i].on = 0;
+    }
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: simavr_mesh --size W H --cell ADDR --status ADDR [--seed S] [--clock-ppm P] "
+                    "[--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I] [--threads N] "
+                    "[--other I FILE CELL STATUS] [--log FILE] firmware.elf\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    int i, k, miswired[64], nmis = 0;
+    uint64_t seed = 0;
+    double ppm = 0;
+    char line[1 << 16];
+    pthread_t tids[64];
+    struct timespec t0, t1;
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--size") && i + 2 < argc) {
+            W = atoi(argv[++i]);
+            H = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--cell") && i + 1 < argc) {
+            cell_addr = (uint32_t)strtoul(argv[++i], NULL, 0);
+        } else if (!strcmp(argv[i], "--status") && i + 1 < argc) {
+            status_addr = (uint32_t)strtoul(argv[++i], NULL, 0);
+        } else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
+            seed = strtoull(argv[++i], NULL, 0);
+        } else if (!strcmp(argv[i], "--clock-ppm") && i + 1 < argc) {
+            ppm = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--frame-loss") && i + 1 < argc) {
+            frame_loss = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--byte-loss") && i + 1 < argc) {
+            byte_loss = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--byte-corrupt") && i + 1 < argc) {
+            byte_corrupt = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--miswire") && i + 1 < argc && nmis < 64) {
+            miswired[nmis++] = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--other") && i + 4 < argc && nother < 64) {
+            other[nother++] = atoi(argv[++i]);
+            if (elf_read_firmware(argv[++i], &fw_other)) {
+                fprintf(stderr, "cannot read %s\n", argv[i]);
+                return 2;
+            }
+            other_cell = (uint32_t)strtoul(argv[++i], NULL, 0) & 0xFFFF;
+            other_status = (uint32_t)strtoul(argv[++i], NULL, 0) & 0xFFFF;
+        } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            threads = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--log") && i + 1 < argc) {
+            replay_log = fopen(argv[++i], "wb");
+            if (!replay_log) {
+                perror(argv[i]);
+                return 2;
+            }
+        } else if (argv[i][0] != '-' && !elf_path) {
+            elf_path = argv[i];
+        } else {
+            usage();
+        }
+    }
+    if (!elf_path || W <= 0 || H <= 0 || W * H > 65535 || !cell_addr || !status_addr)
+        usage();
+    if (threads < 1 || threads > 64)
+        threads = 1;
+    answers = fdopen(dup(1), "w");
+    if (!answers || dup2(2, 1) < 0) {
+        perror("stdout");
+        return 2;
+    }
+    if (elf_read_firmware(elf_path, &fw)) {
+        fprintf(stderr, "cannot read %s\n", elf_path);
+        return 2;
+    }
+    cell_addr &= 0xFFFF;                /* avr-nm gives 0x80xxxx for data */
+    status_addr &= 0xFFFF;
+    NB = W * H;
+    boards = calloc((size_t)NB, sizeof *boards);
+    for (i = 0; i < NB; i++)
+        board_init(&boards[i], i, ppm, seed);
+    wire_grid(miswired, nmis);
+    if (threads > NB)
+        threads = NB;
+    for (k = 0; k < threads; k++) {
+        jobs[k].lo = NB * k / threads;
+        jobs[k].hi = NB * (k + 1) / threads;
+    }
+    if (threads > 1) {
+        pthread_barrier_init(&bar_start, NULL, (unsigned)threads);
+        pthread_barrier_init(&bar_done, NULL, (unsigned)threads);
+        for (k = 1; k < threads; k++)
+            pthread_create(&tids[k], NULL, worker, &jobs[k]);
+    }
+    setvbuf(answers, NULL, _IOFBF, 1 << 20);
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strncmp(line, "run ", 4)) {
+            uint64_t sim = 0, act = 0;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            advance(strtoull(line + 4, NULL, 10));
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            for (i = 0; i < NB; i++) {
+                sim += boards[i].avr->cycle;
+                act += boards[i].active;
+            }
+            fprintf(answers, "ok %llu %llu %llu %lld\n", (unsigned long long)now_ns, (unsigned long long)sim,
+                   (unsigned long long)act,
+                   (long long)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec)));
+            for (i = 0; i < NB; i++)
+                fwrite(boards[i].avr->data + boards[i].status_addr, 1, STATUS_BYTES, answers);
+        } else if (!strncmp(line, "host ", 5)) {
+            char *p = line + 5;
+            while (hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
+                if (boards[0].on)
+                    avr_raise_irq(boards[0].rx[3], (uint32_t)(hexval(p[0]) * 16 + hexval(p[1])));
+                p += 2;
+            }
+            fprintf(answers, "ok\n");
+        } else if (!strncmp(line, "hostread", 8)) {
+            size_t n;
+            fprintf(answers, "host ");
+            for (n = 0; n < host_nout; n++)
+                fprintf(answers, "%02x", host_out[n]);
+            fprintf(answers, "\n");
+            host_nout = 0;
+        } else if (!strncmp(line, "off ", 4)) {
+            power(line + 4, 0);
+            fprintf(answers, "ok\n");
+        } else if (!strncmp(line, "on ", 3)) {
+            power(line + 3, 1);
+            fprintf(answers, "ok\n");
+        } else if (!strncmp(line, "cut ", 4)) {
+            int b = -1, f = -1;
+            if (sscanf(line + 4, "%d %d", &b, &f) == 2 && b >= 0 && b < NB && f >= 0 && f < FACES) {
+                wire_t *w = &boards[b].wire[f];
+                w->cut = 1;
+                if (w->dst >= 0)
+                    boards[w->dst].wire[w->face].cut = 1;
+            }
+            fprintf(answers, "ok\n");
+        } else if (!strncmp(line, "quit", 4)) {
+            break;
+        } else {
+            fprintf(answers, "error unknown command\n");
+        }
+        fflush(answers);
+    }
+    if (threads > 1) {
+        quitting = 1;
+        pthread_barrier_wait(&bar_start);
+        for (k = 1; k < threads; k++)
+            pthread_join(tids[k], NULL);
+    }
+    if (replay_log)
+        fclose(replay_log);
+    return 0;
+}

@@ -1,0 +1,122 @@
+"""The wired cells: the mesh firmware on a grid of emulated ATmega2560 boards
+(boards/mesh.py, firmware/mesh, firmware/tools/simavr_mesh.c)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from boards import mesh_protocol as MP
+from boards.mesh import Mesh, MeshConfig, MeshError, mesh_firmware
+from boards.protocol import decode_payload
+from codegen.quantize import quantized
+from codegen.toolchain import missing_tools
+from sim.paths import model_path
+from sim.weights import load_model
+
+pytestmark = pytest.mark.skipif(bool(missing_tools("mega2560")), reason="needs gcc-avr, avr-libc, libsimavr-dev")
+
+
+@pytest.fixture(scope="module")
+def q():
+    return quantized(load_model(model_path("lizard_regenerating_ef"))[0])
+
+
+def placed_everywhere(m: Mesh) -> bool:
+    return m.counts()["boards_placed"] == m.width * m.height and m.misplaced() == 0
+
+
+def test_header_is_generated_from_the_protocol():
+    assert MP.HEADER_PATH.read_text() == MP.c_header()
+
+
+def test_an_8x8_grid_learns_its_places_grows_and_replays_bit_exact(q):
+    """Every wake of every board, replayed through the golden model, gives the board's output."""
+    with Mesh(q, 8, 8, seed=3, seed_xy=(4, 4), config=MeshConfig(wake_ms=100)) as m:
+        m.advance(60)
+        c = m.counts()
+        assert placed_everywhere(m)
+        assert c["boards_running"] == 64
+        assert c["corrupt"] == c["refused"] == c["lost"] == c["miswired"] == c["foreign"] == 0
+        alive = (m.float_states()[..., 3] > 0.1).sum()
+        assert alive >= 40                      # grown from one board over the whole small grid
+        wakes, mismatches = m.replay()
+        assert c["wakes"] - 64 <= wakes <= c["wakes"]   # a board may be inside its update
+        assert wakes > 1000
+        assert mismatches == 0
+        # the status block the camera reads is what the board answers on the host port
+        m._command("hostread")
+        m.host(MP.simple_frame("STATUS_GET"))
+        m.advance(m.now + 0.2)
+        raw = bytes.fromhex(m._command("hostread").split()[1].decode())
+        frames = [decode_payload(f) for f in raw.split(b"\x00") if f]
+        status = [f for f in frames if f[0] == MP.MSG["STATUS"]]
+        assert status and MP.parse_status(status[-1][1:])["x"] == 0
+        assert MP.parse_status(status[-1][1:])["wakes"] >= int(m.status["wakes"][0]) - 1
+
+
+def test_runs_replay_the_same_for_any_thread_count(q):
+    runs = []
+    for threads in (1, 2):
+        with Mesh(q, 5, 5, seed=1, seed_xy=(2, 2), config=MeshConfig(threads=threads)) as m:
+            m.advance(20)
+            runs.append(m.status.copy())
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_a_miswired_port_is_detected_and_spoils_no_neighbour(q):
+    """Board 6's N wire on its north neighbour's N face: both refuse each other's frames."""
+    with Mesh(q, 4, 4, seed=0, seed_xy=(1, 2), config=MeshConfig(miswire=(6,))) as m:
+        m.advance(30)
+        flags = m.status["flags"]
+        assert flags[6] & MP.FLAG_MISWIRED and flags[2] & MP.FLAG_MISWIRED
+        assert m.counts()["boards_miswired"] == 2
+        assert m.counts()["miswired"] > 0
+        assert m.misplaced() == 0
+        assert m.replay()[1] == 0
+
+
+def test_a_board_with_another_model_is_refused(q, tmp_path):
+    other = quantized(load_model(model_path("lizard_growing"))[0])
+    assert other.model_hash != q.model_hash
+    elf = mesh_firmware(other).elf
+    cfg = MeshConfig(foreign=((5, elf),))
+    with Mesh(q, 4, 4, seed=0, seed_xy=(1, 1), config=cfg) as m:   # the seed runs the other model
+        m.advance(30)
+        assert m.status["wakes"][5] > 10 and m.counts()["foreign"] > 0
+        # its four neighbours saw the other model's frames, counted and refused them
+        assert set(np.flatnonzero(m.status["flags"] & MP.FLAG_FOREIGN)) == {1, 4, 6, 9}
+        others = np.delete(m.float_states().reshape(16, 16), 5, axis=0)
+        assert not others.any()                 # nothing of it got into a cell
+        assert m.replay(skip=(5,)) == (0, 0)
+
+
+def test_corrupted_bytes_are_counted_and_never_reach_a_cell(q):
+    with Mesh(q, 4, 4, seed=2, seed_xy=(2, 2), config=MeshConfig(byte_corrupt=0.01, frame_loss=0.05)) as m:
+        m.advance(40)
+        c = m.counts()
+        assert c["corrupt"] > 0 and c["lost"] > 0
+        assert placed_everywhere(m)
+        assert m.replay()[1] == 0
+
+
+def test_power_cycled_boards_rejoin(q):
+    with Mesh(q, 5, 5, seed=0, seed_xy=(2, 2)) as m:
+        m.advance(30)
+        before = m.status["wakes"].copy()
+        m.power_cycle(np.array([7, 12]))
+        m.advance(m.now + 0.01)
+        assert m.status["wakes"][7] == 0 and m.status["run"][7] == 0      # restarted from nothing
+        m.advance(60)
+        assert m.status["run"][7] == m.status["run"][0] == 1              # asked a neighbour for the run
+        assert placed_everywhere(m)
+        assert m.status["wakes"][12] > 0 and before[12] > 0
+        assert m.replay()[1] == 0
+
+
+def test_bad_mesh_options_are_errors(q):
+    with pytest.raises(MeshError, match="wake interval"):
+        MeshConfig(wake_ms=0).validate()
+    with pytest.raises(MeshError, match="frame loss"):
+        MeshConfig(frame_loss=1.5).validate()
+    with pytest.raises(MeshError, match="boards a side"):
+        Mesh(q, 1, 300, seed=0, seed_xy=(0, 0))
