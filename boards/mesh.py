@@ -11,7 +11,6 @@ golden model (codegen/golden.py) bit for bit.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -25,17 +24,14 @@ from codegen import emit
 from codegen import formats as F
 from codegen import golden as G
 from codegen.quantize import QModel, quantized
-from codegen.toolchain import make, sources_key
+from codegen.toolchain import elf_symbol, mesh_firmware
 from sim.engines import Engine, RunError
 from sim.errors import UserError
 from sim.model import ALPHA
-from sim.paths import FIRMWARE, cache_dir
 from sim.spec import Params
 
 from . import mesh_protocol as MP
 
-ELF = "nca_mesh_2560.elf"
-EMULATOR = "simavr_mesh"
 REC = np.dtype([("board", "<u2"), ("pad", "<u2"), ("wake", "<u4"), ("state_in", "i1", 16),
                 ("resid_in", "u1", 8), ("inbox", "i1", (8, 16)), ("state_out", "i1", 16),
                 ("resid_out", "u1", 8)])
@@ -50,43 +46,6 @@ BOOT_NS = 20_000_000                 # 20 ms: every board's start-up is over
 
 class MeshError(UserError):
     """The emulated grid cannot run as asked (bad options, a build or emulator failure)."""
-
-
-@dataclass(frozen=True)
-class MeshFirmware:
-    elf: Path
-    emulator: Path
-    cell_addr: int
-    status_addr: int
-
-
-def _symbol(elf: Path, name: str) -> int:
-    out = subprocess.run(["avr-nm", str(elf)], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == name:
-            return int(parts[0], 16)
-    raise MeshError(f"{elf} has no symbol {name}")
-
-
-def mesh_firmware(q: QModel) -> MeshFirmware:
-    """Build (once per model and source version, in the codegen cache) the mesh firmware
-    with q compiled in, and the grid emulator."""
-    root = cache_dir() / f"mesh-{sources_key()}-{q.model_hash:08x}"
-    if not (root / ELF).exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".mesh.", dir=root.parent))
-        try:
-            emit.write_generated(q, tmp / "generated")
-            make(FIRMWARE, "mega2560", variables=("APP=mesh", f"GEN={tmp / 'generated'}", f"BUILD={tmp}"))
-            os.replace(tmp, root)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)   # built meanwhile by another process
-        except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    elf = root / ELF
-    return MeshFirmware(elf, root / EMULATOR, _symbol(elf, "nca_mesh_cell"), _symbol(elf, "nca_mesh_status"))
 
 
 @dataclass(frozen=True)
@@ -150,15 +109,15 @@ class Mesh:
         for i in config.miswire:
             cmd += ["--miswire", str(i)]
         for i, path in config.foreign:
-            cmd += ["--other", str(i), str(path), hex(_symbol(path, "nca_mesh_cell")),
-                    hex(_symbol(path, "nca_mesh_status"))]
+            cmd += ["--other", str(i), str(path), hex(elf_symbol(path, "nca_mesh_cell")),
+                    hex(elf_symbol(path, "nca_mesh_status"))]
         if self.log_path:
             cmd += ["--log", str(self.log_path)]
         self._proc = subprocess.Popen(cmd + [str(fw.elf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
         self.t0_ns = 0
         self.now_ns = 0
-        self.sim_cycles = self.active_cycles = self.wall_ns = 0
+        self.sim_cycles = self.active_cycles = self.wall_ns = self.update_cycles = 0
         self.status = np.zeros(width * height, STATUS)
         self._start(seed_xy)
 
@@ -182,6 +141,7 @@ class Mesh:
         head = self._command(f"run {int(t_ns)}").split()
         self.now_ns, self.sim_cycles, self.active_cycles = int(head[1]), int(head[2]), int(head[3])
         self.wall_ns += int(head[4])
+        self.update_cycles = int(head[5])
         raw = self._proc.stdout.read(self.width * self.height * STATUS.itemsize)  # type: ignore[union-attr]
         self.status = np.frombuffer(raw, STATUS).copy()
 
@@ -343,7 +303,7 @@ class MeshEngine(Engine):
             **m.counts(), "misplaced": m.misplaced(), "wakes_replayed": wakes, "replay_mismatches": mismatches,
             "model_hash": f"{self.q.model_hash:08x}", "wake_ms": c.wake_ms, "unit_ms": c.unit_ns / 1e6,
             "emulated_seconds": (m.now_ns - m.t0_ns) / 1e9, "emulated_cycles": m.sim_cycles,
-            "active_cycles": m.active_cycles, "emulator_seconds": wall,
+            "active_cycles": m.active_cycles, "update_cycles": m.update_cycles, "emulator_seconds": wall,
             "emulated_cycles_per_second": m.sim_cycles / wall if wall else None,
             "active_cycles_per_second": m.active_cycles / wall if wall else None,
             "clock_ppm": c.clock_ppm, "frame_loss": c.frame_loss, "byte_loss": c.byte_loss,

@@ -87,6 +87,8 @@ CELL_STATE_AT, CELL_INBOX_AT, CELL_RESID_AT = 0, 80, 208
 # -ln(x) on the boards: log2 of 1 + i/64, i = 0..64, in Q15 (nca_mesh.c interpolates)
 LOG2_TABLE = tuple(round(math.log2(1 + i / 64) * 32768) for i in range(65))
 LN2_Q16 = round(math.log(2) * 65536)
+# CRC-16/CCITT-FALSE a byte at a time: crc = (crc << 8) ^ CRC16_TABLE[(crc >> 8) ^ byte]
+CRC16_TABLE = tuple(P.crc16(bytes([i]), 0) for i in range(256))
 
 
 def state_frame(model_hash: int, seq: int, face: int, x: int, y: int, run: int, state: bytes,
@@ -157,6 +159,9 @@ def c_header() -> str:
               "/* -ln on the boards: log2(1 + i/64) in Q15, i = 0..64, and ln 2 in Q16 */",
               "#define NCA_MESH_LOG2_TABLE {" + ", ".join(f"{v}u" for v in LOG2_TABLE) + "}",
               f"#define NCA_MESH_LN2_Q16 {LN2_Q16}u", "",
+              "/* CRC-16/CCITT-FALSE (boards/protocol.py) one byte at a time: crc = (crc << 8) ^ "
+              "T[(crc >> 8) ^ byte] */",
+              "#define NCA_CRC16_TABLE {" + ", ".join(f"0x{v:04X}u" for v in CRC16_TABLE) + "}",
               "/* the counter generator (sim/rng.py): streams and constants */",
               f"#define NCA_RNG_WAKE {rng.WAKE}",
               f"#define NCA_RNG_INIT {rng.INIT}",

@@ -3,6 +3,7 @@ or build the board firmware that takes its genome over the cell link.
 
     nca-codegen --model M.npz --target host|cortex-m0|avr|arduino --out DIR [--build] [--report]
     nca-codegen --app link --target host|cortex-m0|avr --out DIR [--report]
+    nca-codegen --app mesh --model M.npz --target mega2560 --out DIR [--report]
 
 DIR receives the generated model (generated/nca_model.h, .c), a copy of the
 hand-written core and of the target's port, and a Makefile (`make` builds it);
@@ -16,6 +17,10 @@ written) is one line on stderr and exit status 2.
 
 --app link builds the link firmware (firmware/PROTOCOL.md) into DIR/build/TARGET:
 no model is compiled in; `nca-flash` then sends a genome over the serial port.
+
+--app mesh builds the firmware of cells wired to each other (firmware/MESH.md) for
+the ATmega2560 with the model compiled in, and the grid emulator, into DIR/build/mega2560;
+--report prints its ROM and RAM.
 """
 from __future__ import annotations
 
@@ -32,10 +37,11 @@ from sim.errors import ArgParser, UserError, cli_entry
 from sim.weights import load, save
 
 from . import emit, formats, toolchain
-from .quantize import quantize
+from .quantize import QModel, quantize
 
 PROG = "nca-codegen"
-APPS = ("harness", "link")
+APPS = ("harness", "link", "mesh")
+MESH_TARGET = "mega2560"
 
 
 def _parser() -> ArgParser:
@@ -43,10 +49,10 @@ def _parser() -> ArgParser:
                    "cell (host, cortex-m0, avr, arduino).")
     ap.add_argument("--app", choices=APPS, default="harness",
                     help="harness: the cell with the model compiled in, behind the test harness; link: the "
-                         "board firmware that takes genomes over the cell link (no --model) "
-                         "(default: %(default)s)")
-    ap.add_argument("--model", help="weights .npz or a shipped model's name (harness only)")
-    ap.add_argument("--target", required=True, choices=emit.TARGETS, help="what to generate for")
+                         "board firmware that takes genomes over the cell link (no --model); mesh: the cell "
+                         "wired to its 4 neighbours, for --target mega2560 (default: %(default)s)")
+    ap.add_argument("--model", help="weights .npz or a shipped model's name (harness and mesh)")
+    ap.add_argument("--target", required=True, choices=(*emit.TARGETS, MESH_TARGET), help="what to generate for")
     ap.add_argument("--out", required=True, help="output folder (created if missing)")
     ap.add_argument("--build", action="store_true", help="build after generating (make)")
     ap.add_argument("--report", action="store_true",
@@ -140,15 +146,33 @@ def _link_app(a: argparse.Namespace) -> int:
     return 0
 
 
+def _mesh_app(a: argparse.Namespace, q: QModel, out: Path) -> int:
+    """--app mesh: build the wired cell's firmware with the model compiled in."""
+    toolchain.check_toolchain(MESH_TARGET)
+    elf = toolchain.build_mesh(q, out / "build" / MESH_TARGET)
+    print(f"{PROG}: built the {MESH_TARGET} mesh firmware: {elf} (model hash {q.model_hash:08x}) and the grid "
+          f"emulator {elf.with_name(toolchain.MESH_EMULATOR)}")
+    if a.report:
+        z = toolchain.link_sizes(elf, "avr")
+        print(f"{MESH_TARGET} mesh firmware: ROM {z['rom']:,} B of 262,144 (code, the genome, constants and "
+              f"initialised data), static RAM {z['ram']:,} B of 8,192 (.data + .bss: the cell, the 4 faces' "
+              f"parsers and rings, the status block; the stack comes on top)")
+    return 0
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.app == "link":
         return _link_app(a)
+    if (a.app == "mesh") != (a.target == MESH_TARGET):
+        raise UserError(f"--app mesh is built for --target {MESH_TARGET}, and {MESH_TARGET} takes --app mesh only")
     if not a.model:
         raise UserError("--model is required (a weights .npz or a shipped model's name; "
                         "--app link needs none)")
     model = load(a.model)
     out = check_output_folder(a.out)
+    if a.app == "mesh":
+        return _mesh_app(a, quantize(model, per_channel=not a.per_tensor), out)
     if a.build or a.report:
         toolchain.check_toolchain(a.target, run=a.report and a.target in ("cortex-m0", "avr"))
     q = quantize(model, per_channel=not a.per_tensor)

@@ -426,3 +426,58 @@ def link_firmware(target: str) -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)     # built meanwhile by another process
     return art
+
+
+# ---------------------------------------------------------------- the mesh firmware (cells wired to each other)
+MESH_ELF = "nca_mesh_2560.elf"
+MESH_EMULATOR = "simavr_mesh"
+
+
+@dataclass(frozen=True)
+class MeshFirmware:
+    """The mesh firmware ELF with one model compiled in, the grid emulator beside it, and
+    the data addresses of the two symbols the emulator's camera and replay read."""
+    elf: Path
+    emulator: Path
+    cell_addr: int
+    status_addr: int
+
+
+def elf_symbol(elf: Path, name: str) -> int:
+    """The address of a symbol of an AVR ELF (avr-nm; data addresses start at 0x800000)."""
+    out = subprocess.run(["avr-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16)
+    raise BuildError(f"{elf} has no symbol {name}")
+
+
+def build_mesh(q: QModel, build_dir: Path) -> Path:
+    """Generate q's model sources and build the mesh firmware and the grid emulator into
+    build_dir; returns the ELF."""
+    emit.write_generated(q, build_dir / "generated")
+    make(FIRMWARE, "mega2560", variables=("APP=mesh", f"GEN={(build_dir / 'generated').resolve()}",
+                                          f"BUILD={Path(build_dir).resolve()}"))
+    return build_dir / MESH_ELF
+
+
+def mesh_firmware(q: QModel) -> MeshFirmware:
+    """Build (once per model and source version, in the codegen cache) the mesh firmware
+    with q compiled in, and the grid emulator."""
+    root = cache_dir() / f"mesh-{sources_key()}-{q.model_hash:08x}"
+    if not (root / MESH_ELF).exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".mesh.", dir=root.parent))
+        try:
+            build_mesh(q, tmp)
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)     # built meanwhile by another process
+    elf = root / MESH_ELF
+    return MeshFirmware(elf, root / MESH_EMULATOR, elf_symbol(elf, "nca_mesh_cell"),
+                        elf_symbol(elf, "nca_mesh_status"))

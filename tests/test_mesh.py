@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from boards import mesh_protocol as MP
-from boards.mesh import Mesh, MeshConfig, MeshError, mesh_firmware
+from boards.mesh import Mesh, MeshConfig, MeshError
 from boards.protocol import decode_payload
 from codegen.quantize import quantized
-from codegen.toolchain import missing_tools
+from codegen.toolchain import mesh_firmware, missing_tools
 from sim.paths import model_path
 from sim.weights import load_model
 

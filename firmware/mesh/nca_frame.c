@@ -1,15 +1,17 @@
 /* nca_frame.c - COBS framing with CRC-16/CCITT-FALSE (nca_frame.h). */
 #include "nca_frame.h"
+#include "nca_mesh_ids.h"
+#include "nca_rom.h"
 
-/* CRC-16/CCITT-FALSE one byte at a time without a table (poly 0x1021): a few
- * shifts per byte rather than eight conditional ones, and no 512-byte table. */
+/* CRC-16/CCITT-FALSE with a 512-byte table in program memory: every byte of every
+ * frame passes through it twice (sender and receiver), and the table is about four
+ * times faster on the AVR than the shift formula. */
+static const uint16_t crc_table[256] NCA_ROM = NCA_CRC16_TABLE;
+
 uint16_t nca_crc16(const uint8_t *p, uint8_t n, uint16_t crc)
 {
-    while (n--) {
-        uint8_t x = (uint8_t)((crc >> 8) ^ *p++);
-        x ^= (uint8_t)(x >> 4);
-        crc = (uint16_t)((crc << 8) ^ ((uint16_t)x << 12) ^ ((uint16_t)x << 5) ^ x);
-    }
+    while (n--)
+        crc = (uint16_t)((crc << 8) ^ (uint16_t)NCA_RD16(&crc_table[(uint8_t)(crc >> 8) ^ *p++]));
     return crc;
 }
 

@@ -26,7 +26,7 @@
  *
  * Commands on stdin, one per line; answers on stdout:
  *   run T          advance to virtual time T ns; answers "ok T sim_cycles active_cycles
- *                  wall_ns" then W*H status blocks (binary, STATUS bytes each)
+ *                  wall_ns update_cycles" then W*H status blocks (binary, STATUS bytes each)
  *   host HEX       bytes to the host port       hostread  "host HEX" (what came back)
  *   off i,j,..     power off boards             on i,j,..  power them on (reset)
  *   cut i FACE     sever board i's wire on that face (both directions)
@@ -94,6 +94,8 @@ struct board {
     uint8_t *log;                       /* finished records since the last flush */
     size_t nlog, caplog;
     uint64_t active;                    /* cycles executed awake */
+    uint64_t slept;                     /* cycles jumped over asleep (from the sleep callback) */
+    uint64_t update_start, update;      /* cycles inside the cell's updates (between the marks) */
     uint32_t cell_addr, status_addr;    /* its firmware's nca_mesh_cell and nca_mesh_status */
 };
 
@@ -154,6 +156,7 @@ static void mark_hook(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *pa
     const uint8_t *cell = avr->data + b->cell_addr;
     (void)addr;
     if (v == MARK_IN) {
+        b->update_start = avr->cycle;
         b->rec[0] = (uint8_t)b->idx;
         b->rec[1] = (uint8_t)(b->idx >> 8);
         b->rec[2] = b->rec[3] = 0;
@@ -162,6 +165,7 @@ static void mark_hook(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *pa
         memcpy(b->rec + 24, cell + CELL_RESID, 8);
         memcpy(b->rec + 32, cell + CELL_INBOX, 128);
     } else if (v == MARK_OUT) {
+        b->update += avr->cycle - b->update_start;
         memcpy(b->rec + 160, cell + CELL_STATE, 16);
         memcpy(b->rec + 176, cell + CELL_RESID, 8);
         if (replay_log)
@@ -169,10 +173,13 @@ static void mark_hook(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *pa
     }
 }
 
+static __thread board_t *running;      /* the board this thread is running */
+
+/* simavr's sleep: no waiting here (the grid keeps virtual time); it counts the cycles slept */
 static void sleep_none(avr_t *avr, avr_cycle_count_t how_long)
 {
     (void)avr;
-    (void)how_long;
+    running->slept += how_long + 1;
 }
 
 /* a timer every slice: bounds how far a sleeping core jumps ahead */
@@ -302,21 +309,21 @@ static void run_boards(int lo, int hi, uint64_t t_ns)
         board_t *b = &boards[i];
         avr_t *a = b->avr;
         avr_cycle_count_t target = (avr_cycle_count_t)(b->hz * (double)t_ns * 1e-9);
+        avr_cycle_count_t c0 = a->cycle, s0 = b->slept;
         if (!b->on) {
             a->cycle = target;
             continue;
         }
+        running = b;
         while (a->cycle < target) {
-            avr_cycle_count_t c0 = a->cycle;
             int st = avr_run(a);
-            if (st == cpu_Running)
-                b->active += a->cycle - c0;
             if (st == cpu_Done || st == cpu_Crashed) {
                 fprintf(stderr, "board %d stopped (state %d) at pc 0x%x\n", i, st, a->pc);
                 b->on = 0;
                 break;
             }
         }
+        b->active += (a->cycle - c0) - (b->slept - s0);
     }
 }
 
@@ -478,17 +485,19 @@ int main(int argc, char **argv)
     setvbuf(answers, NULL, _IOFBF, 1 << 20);
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "run ", 4)) {
-            uint64_t sim = 0, act = 0;
+            uint64_t sim = 0, act = 0, upd = 0;
             clock_gettime(CLOCK_MONOTONIC, &t0);
             advance(strtoull(line + 4, NULL, 10));
             clock_gettime(CLOCK_MONOTONIC, &t1);
             for (i = 0; i < NB; i++) {
                 sim += boards[i].avr->cycle;
                 act += boards[i].active;
+                upd += boards[i].update;
             }
-            fprintf(answers, "ok %llu %llu %llu %lld\n", (unsigned long long)now_ns, (unsigned long long)sim,
+            fprintf(answers, "ok %llu %llu %llu %lld %llu\n", (unsigned long long)now_ns, (unsigned long long)sim,
                    (unsigned long long)act,
-                   (long long)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec)));
+                   (long long)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec)),
+                   (unsigned long long)upd);
             for (i = 0; i < NB; i++)
                 fwrite(boards[i].avr->data + boards[i].status_addr, 1, STATUS_BYTES, answers);
         } else if (!strncmp(line, "host ", 5)) {

@@ -7,8 +7,9 @@
  * links send at once while the cell computes.
  * Time: Timer5 free-running at clk/1024 (64 us ticks, NCA_MESH_TICK_US) with its
  * overflow counted in software; its compare unit A wakes the CPU for the next wake.
- * The CPU sleeps (idle: the USARTs and timers keep running) whenever no byte waits
- * and no wake is due. The watchdog (8 s) resets a board whose main loop stops; the
+ * The CPU sleeps (idle: the USARTs and timers keep running) until a frame is complete
+ * on some face (its 0x00 delimiter) or the wake timer matches: the interrupts of the
+ * other bytes put it straight back to sleep. The watchdog (8 s) resets a board whose main loop stops; the
  * loop runs at least every 4.2 s (the timer's overflow).
  * LED: common-cathode RGB on D6, D7, D8 (PH3 OC4A red, PH4 OC4B green, PH5 OC4C
  * blue), Timer4 8-bit fast PWM at 976 Hz.
@@ -31,6 +32,9 @@ static volatile uint8_t rx_head[NCA_FACES], rx_tail[NCA_FACES];
 static volatile uint8_t tx_ring[NCA_FACES][TX_RING];
 static volatile uint8_t tx_head[NCA_FACES], tx_tail[NCA_FACES];
 static volatile uint16_t ticks_high;
+/* set by the interrupts that may need the loop: a frame's delimiter arrived, the wake
+ * timer matched or overflowed; a byte inside a frame only wakes the CPU to sleep again */
+static volatile uint8_t loop_needed;
 
 static inline void rx_put(uint8_t f, uint8_t c)
 {
@@ -39,6 +43,8 @@ static inline void rx_put(uint8_t f, uint8_t c)
         rx_ring[f][h] = c;
         rx_head[f] = n;
     }
+    if (c == 0)
+        loop_needed = 1;
 }
 
 /* the next byte for face f's data register, or -1: nothing left (disable the interrupt) */
@@ -107,9 +113,13 @@ uint8_t nca_mesh_send(uint8_t face, const uint8_t *bytes, uint8_t n)
 ISR(TIMER5_OVF_vect)
 {
     ticks_high++;
+    loop_needed = 1;
 }
 
-EMPTY_INTERRUPT(TIMER5_COMPA_vect)      /* only wakes the CPU */
+ISR(TIMER5_COMPA_vect)
+{
+    loop_needed = 1;
+}
 
 uint32_t nca_mesh_ticks(void)
 {
@@ -155,15 +165,6 @@ void nca_mesh_mark(uint8_t mark)
 }
 
 /* ------------------------------------------------------------ the loop */
-static uint8_t rx_waiting(void)
-{
-    uint8_t f;
-    for (f = 0; f < NCA_FACES; f++)
-        if (rx_head[f] != rx_tail[f])
-            return 1;
-    return 0;
-}
-
 int main(void)
 {
     uint8_t f;
@@ -182,6 +183,7 @@ int main(void)
         uint32_t next;
         uint8_t due;
         wdt_reset();
+        loop_needed = 0;
         for (f = 0; f < NCA_FACES; f++) {
             while (rx_tail[f] != rx_head[f]) {
                 uint8_t t = rx_tail[f], c = rx_ring[f][t];
@@ -197,11 +199,12 @@ int main(void)
             TIFR5 = _BV(OCF5A);
             due = (int32_t)(nca_mesh_ticks() - next) >= 0;
         }
-        if (!due && !rx_waiting()) {
+        while (!due && !loop_needed) {  /* the bytes of a frame in flight: back to sleep at once */
             sleep_enable();
             sei();                      /* the instruction after sei runs first: no lost wake-up */
             sleep_cpu();
             sleep_disable();
+            cli();
         }
         sei();
     }
