@@ -87,6 +87,19 @@ class MeshConfig:
         return self
 
 
+def start_frames(q: QModel, width: int, height: int, seed: int, seed_xy: tuple[int, int],
+                 config: MeshConfig, run: int = 1) -> list[bytes]:
+    """What the host sends the board it is plugged into (the west face of the grid's
+    (0, 0)) to start a run: that board's place, then the run's parameters with the
+    model's seed cell, which the boards pass on."""
+    state, resid = emit.seed_cell(q)
+    mean_ticks = round(config.wake_ms * 1000 / MP.TICK_US)
+    jitter_ticks = round(config.jitter / config.mean_interval * mean_ticks)
+    return [MP.simple_frame("SET_COORD", bytes([0, 0])),
+            MP.params_frame(run, seed, width, height, seed_xy[0], seed_xy[1], config.clock, mean_ticks,
+                            jitter_ticks, state.tobytes(), resid.tobytes())]
+
+
 class Mesh:
     """One emulated grid. `advance(t)` runs it to time t (time units after the seed board
     started) and returns the camera's status blocks; `power_cycle(indices)` reboots
@@ -146,17 +159,17 @@ class Mesh:
         self.status = np.frombuffer(raw, STATUS).copy()
 
     def host(self, frame: bytes) -> None:
+        """Bytes to the host port (the west face of board (0, 0))."""
         self._command("host " + frame.hex())
 
+    def host_read(self) -> bytes:
+        """What board (0, 0) sent out of its west face since the last call."""
+        return bytes.fromhex(self._command("hostread").decode().split(" ", 1)[1].strip())
+
     def _start(self, seed_xy: tuple[int, int]) -> None:
-        c = self.config
-        state, resid = emit.seed_cell(self.q)
-        mean_ticks = round(c.wake_ms * 1000 / MP.TICK_US)
-        jitter_ticks = round(c.jitter / c.mean_interval * mean_ticks)
         self._run_to(BOOT_NS)                                # the boards start up (a byte before is lost)
-        self.host(MP.simple_frame("SET_COORD", bytes([0, 0])))
-        self.host(MP.params_frame(1, self.seed, self.width, self.height, seed_xy[0], seed_xy[1], c.clock,
-                                  mean_ticks, jitter_ticks, state.tobytes(), resid.tobytes()))
+        for frame in start_frames(self.q, self.width, self.height, self.seed, seed_xy, self.config):
+            self.host(frame)
         seed_i = seed_xy[1] * self.width + seed_xy[0]
         step = 1_000_000                                     # 1 ms: until the seed board runs
         while not self.status["flags"][seed_i] & MP.FLAG_RUNNING:

@@ -2,9 +2,13 @@
 (boards/mesh.py, firmware/mesh, firmware/tools/simavr_mesh.c)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+import sim.run
+from boards import mesh_host
 from boards import mesh_protocol as MP
 from boards.mesh import Mesh, MeshConfig, MeshError
 from boards.protocol import decode_payload
@@ -44,10 +48,10 @@ def test_an_8x8_grid_learns_its_places_grows_and_replays_bit_exact(q):
         assert wakes > 1000
         assert mismatches == 0
         # the status block the camera reads is what the board answers on the host port
-        m._command("hostread")
+        m.host_read()
         m.host(MP.simple_frame("STATUS_GET"))
         m.advance(m.now + 0.2)
-        raw = bytes.fromhex(m._command("hostread").split()[1].decode())
+        raw = m.host_read()
         frames = [decode_payload(f) for f in raw.split(b"\x00") if f]
         status = [f for f in frames if f[0] == MP.MSG["STATUS"]]
         assert status and MP.parse_status(status[-1][1:])["x"] == 0
@@ -120,3 +124,84 @@ def test_bad_mesh_options_are_errors(q):
         MeshConfig(frame_loss=1.5).validate()
     with pytest.raises(MeshError, match="boards a side"):
         Mesh(q, 1, 300, seed=0, seed_xy=(0, 0))
+
+
+# ---------------------------------------------------------------- python -m sim.run --engine mesh
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = sim.run.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_sim_run_engine_mesh_reports_the_boards_and_power_cycles_the_damage(tmp_path, capsys):
+    js = tmp_path / "m.json"
+    rc, out, err = _run(capsys, "--engine", "mesh", "--size", 8, "--steps", 40, "--seed", 2,
+                        "--damage", "circle:4,4,2@30", "--byte-corrupt", 0.002, "--json", js)
+    assert rc == 0, err
+    m = json.loads(js.read_text())
+    b = m["mesh"]
+    assert m["engine"] == "mesh" and m["model"].endswith("lizard_regenerating_ef.npz")
+    assert b["boards_running"] == b["boards_placed"] == 64 and b["misplaced"] == 0
+    assert b["wakes_replayed"] > 500 and b["replay_mismatches"] == 0
+    assert b["corrupt"] > 0 and b["byte_corrupt"] == 0.002
+    assert m["damage"][0]["cells"] > 4 and m["regrowth_mse"] is not None
+    assert b["update_cycles"] > 0 and b["emulated_cycles"] > b["active_cycles"] > b["update_cycles"]
+    assert m["cell_updates"] == b["updates"] > 0
+    assert "mesh: 64 boards running" in out and "0 mismatches" in out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--engine", "mesh", "--latency", "1"], "does not apply to --engine mesh"),
+    (["--engine", "mesh", "--links", "relay"], "does not apply to --engine mesh"),
+    (["--engine", "async", "--wake-ms", "50"], "--wake-ms applies to --engine mesh only"),
+    (["--engine", "mesh", "--wake-ms", "0"], "wake interval must be > 0"),
+    (["--engine", "mesh", "--miswire", "3,0"], "no board with a north neighbour"),
+    (["--engine", "mesh", "--miswire", "a"], "--miswire takes X,Y"),
+    (["--engine", "mesh", "--rotate", "90"], "perceives unrotated"),
+    (["--engine", "mesh", "--frame-loss", "1"], "frame loss must be within"),
+])
+def test_bad_mesh_arguments_are_one_line_errors(argv, words, capsys):
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+class EmulatedPort:
+    """A serial port onto the emulated grid's host port (the grid runs while it is read)."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+
+    def write(self, data: bytes) -> int:
+        self.mesh.host(data)
+        return len(data)
+
+    def read(self, n: int) -> bytes:
+        self.mesh.advance(self.mesh.now + 0.2)
+        return self.mesh.host_read()
+
+    def reset_input_buffer(self) -> None:
+        self.mesh.host_read()
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_host_tool_stops_and_restarts_a_grid(q, monkeypatch, capsys):
+    with Mesh(q, 3, 3, seed=0, seed_xy=(1, 1)) as m:
+        m.advance(10)
+        monkeypatch.setattr(mesh_host, "open_port", lambda port: EmulatedPort(m))
+        assert mesh_host.main(["--port", "emu", "status"]) == 0
+        assert "board (0, 0), run 1, running placed" in capsys.readouterr().out
+        assert mesh_host.main(["--port", "emu", "stop", "--run", "1"]) == 0
+        m.advance(m.now + 2)
+        assert not (m.status["flags"] & MP.FLAG_RUNNING).any()          # the STOP went round the grid
+        woken = m.status["wakes"].copy()
+        m.advance(m.now + 10)
+        assert np.array_equal(m.status["wakes"], woken)
+        assert mesh_host.main(["--port", "emu", "start", "--size", "3x3", "--seed-at", "2,0", "--run", "2",
+                               "--wake-ms", "100"]) == 0
+        m.advance(m.now + 20)
+        assert (m.status["run"] == 2).all() and m.status["wakes"].sum() > woken.sum()
+        assert m.replay()[1] == 0
+        assert mesh_host.main(["--port", "emu", "start", "--size", "3x3", "--seed-at", "5,0"]) == 2
+        assert "outside the 3x3 grid" in capsys.readouterr().err

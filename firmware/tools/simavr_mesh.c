@@ -39,6 +39,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,18 +295,35 @@ static void deliver(board_t *b, int face, uint8_t v)
 
 /* ------------------------------------------------------------ running */
 typedef struct {
-    int lo, hi;
+    int first;
     uint64_t target_ns;
 } job_t;
 
-static pthread_barrier_t bar_start, bar_done;
-static job_t jobs[64];
-static volatile int quitting;
+/* A spinning barrier: a slice's work is a few microseconds, far less than a futex
+ * sleep and wake-up, so the threads wait by polling (yielding after a while, for a
+ * machine with more threads than free cores). */
+static int bar_arrived, bar_phase;
 
-static void run_boards(int lo, int hi, uint64_t t_ns)
+static void barrier(void)
+{
+    int phase = __atomic_load_n(&bar_phase, __ATOMIC_ACQUIRE), spins = 0;
+    if (__atomic_add_fetch(&bar_arrived, 1, __ATOMIC_ACQ_REL) == threads) {
+        __atomic_store_n(&bar_arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&bar_phase, phase + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&bar_phase, __ATOMIC_ACQUIRE) == phase)
+        if (++spins > 4000)
+            sched_yield();
+}
+static job_t jobs[64];
+static int quitting;
+
+/* boards first, first + step, ...: interleaved, so each thread gets a share of the pattern */
+static void run_boards(int first, int step, uint64_t t_ns)
 {
     int i;
-    for (i = lo; i < hi; i++) {
+    for (i = first; i < NB; i += step) {
         board_t *b = &boards[i];
         avr_t *a = b->avr;
         avr_cycle_count_t target = (avr_cycle_count_t)(b->hz * (double)t_ns * 1e-9);
@@ -331,11 +349,11 @@ static void *worker(void *arg)
 {
     job_t *j = arg;
     for (;;) {
-        pthread_barrier_wait(&bar_start);
-        if (quitting)
+        barrier();
+        if (__atomic_load_n(&quitting, __ATOMIC_ACQUIRE))
             return NULL;
-        run_boards(j->lo, j->hi, j->target_ns);
-        pthread_barrier_wait(&bar_done);
+        run_boards(j->first, threads, j->target_ns);
+        barrier();
     }
 }
 
@@ -347,11 +365,11 @@ static void advance(uint64_t t_ns)
         if (threads > 1) {
             for (k = 0; k < threads; k++)
                 jobs[k].target_ns = end;
-            pthread_barrier_wait(&bar_start);
-            run_boards(jobs[0].lo, jobs[0].hi, end);
-            pthread_barrier_wait(&bar_done);
+            barrier();
+            run_boards(0, threads, end);
+            barrier();
         } else {
-            run_boards(0, NB, end);
+            run_boards(0, 1, end);
         }
         for (i = 0; i < NB; i++) {     /* in board order: the same run for any thread count */
             board_t *b = &boards[i];
@@ -472,13 +490,9 @@ int main(int argc, char **argv)
     wire_grid(miswired, nmis);
     if (threads > NB)
         threads = NB;
-    for (k = 0; k < threads; k++) {
-        jobs[k].lo = NB * k / threads;
-        jobs[k].hi = NB * (k + 1) / threads;
-    }
+    for (k = 0; k < threads; k++)
+        jobs[k].first = k;
     if (threads > 1) {
-        pthread_barrier_init(&bar_start, NULL, (unsigned)threads);
-        pthread_barrier_init(&bar_done, NULL, (unsigned)threads);
         for (k = 1; k < threads; k++)
             pthread_create(&tids[k], NULL, worker, &jobs[k]);
     }
@@ -538,8 +552,8 @@ int main(int argc, char **argv)
         fflush(answers);
     }
     if (threads > 1) {
-        quitting = 1;
-        pthread_barrier_wait(&bar_start);
+        __atomic_store_n(&quitting, 1, __ATOMIC_RELEASE);
+        barrier();
         for (k = 1; k < threads; k++)
             pthread_join(tids[k], NULL);
     }
