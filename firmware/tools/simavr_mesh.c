@@ -6,8 +6,8 @@
  * (16 MHz times 1 + e_i, e_i uniform in +-clock_ppm, drawn from the seed: a ceramic
  * resonator's spread), so its cycle c happens at c / f_i. The boards advance in
  * slices of SLICE_NS (under a byte's time at 115200 baud); a byte a board sends in
- * one slice reaches the neighbour's receiver at the start of the next. A cycle timer
- * every slice keeps a sleeping core from running ahead of the others.
+ * one slice reaches the neighbour's receiver at the start of the next. A sleeping core
+ * with nothing due in the slice is not run at all: its clock is moved to the slice's end.
  *
  * Wires: face f of board (x, y) goes to face OPPOSITE(f) of the neighbour behind it
  * (faces N E S W = USART1 2 3 0, firmware/mesh/nca_mesh_ids.h). Unconnected faces send
@@ -48,6 +48,7 @@
 #include <unistd.h>
 #include "sim_avr.h"
 #include "sim_elf.h"
+#include "sim_interrupts.h"
 #include "sim_io.h"
 #include "avr_uart.h"
 
@@ -183,12 +184,18 @@ static void sleep_none(avr_t *avr, avr_cycle_count_t how_long)
     running->slept += how_long + 1;
 }
 
-/* a timer every slice: bounds how far a sleeping core jumps ahead */
-static avr_cycle_count_t slice_tick(avr_t *avr, avr_cycle_count_t when, void *param)
+/* A sleeping core wakes only for a cycle timer (a timer compare, a byte's end on a
+ * USART) or a pending interrupt. When neither falls before `target`, simavr would only
+ * count cycles up to there: the clock is moved instead. This is what makes a grid of
+ * mostly dormant boards cheap, and it keeps a sleeping core from jumping past the
+ * slice (a byte delivered at the slice's end would otherwise arrive late). */
+static int asleep_until(avr_t *a, avr_cycle_count_t target)
 {
-    board_t *b = param;
-    (void)avr;
-    return when + (avr_cycle_count_t)(b->hz * SLICE_NS * 1e-9);
+    avr_cycle_timer_slot_p next = a->cycle_timers.timer;
+    if (a->state != cpu_Sleeping || avr_has_pending_interrupts(a) || (next && next->when <= target))
+        return 0;
+    a->cycle = target;
+    return 1;
 }
 
 /* ------------------------------------------------------------ boards */
@@ -200,7 +207,6 @@ static void board_start(board_t *b, avr_cycle_count_t at)
     memset(a->data + 0x200, 0, a->ramend + 1 - 0x200);
     a->cycle = at;
     a->sleep = sleep_none;
-    avr_cycle_timer_register(a, (avr_cycle_count_t)(b->hz * SLICE_NS * 1e-9), slice_tick, b);
     b->on = 1;
 }
 
@@ -333,7 +339,7 @@ static void run_boards(int first, int step, uint64_t t_ns)
             continue;
         }
         running = b;
-        while (a->cycle < target) {
+        while (a->cycle < target && !asleep_until(a, target)) {
             int st = avr_run(a);
             if (st == cpu_Done || st == cpu_Crashed) {
                 fprintf(stderr, "board %d stopped (state %d) at pc 0x%x\n", i, st, a->pc);
