@@ -38,7 +38,8 @@ REC = np.dtype([("board", "<u2"), ("pad", "<u2"), ("wake", "<u4"), ("state_in", 
 STATUS = np.dtype([("state", "i1", 16), ("resid", "u1", 8), ("x", "u1"), ("y", "u1"), ("run", "u1"),
                    ("flags", "u1")] + [(c, "<u4") for c in MP.COUNTERS[:7]]
                   + [(c, "<u2") for c in MP.COUNTERS[7:]])
-assert STATUS.itemsize == MP.STATUS_STRUCT.size and REC.itemsize == 184
+assert STATUS.itemsize == MP.STATUS_STRUCT.size and REC.itemsize == MP.RECORD_BYTES
+assert STATUS.fields["wakes"][1] == MP.WAKES_AT
 
 
 BOOT_NS = 20_000_000                 # 20 ms: every board's start-up is over

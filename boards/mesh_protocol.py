@@ -83,6 +83,11 @@ FLAG_RUNNING, FLAG_COORDS, FLAG_MISWIRED, FLAG_FOREIGN, FLAG_ASLEEP = 1, 2, 4, 8
 MARK_WAKE_IN, MARK_WAKE_OUT = 0x10, 0x11
 # the cell core's struct as the marks see it (core/nca_cell.h, AVR: no padding)
 CELL_STATE_AT, CELL_INBOX_AT, CELL_RESID_AT = 0, 80, 208
+# One replay record (the emulator writes them, boards.mesh reads them): board u16, pad
+# u16, the wake counter u32 (the status block's), in: state 16 + remainders 8 + inbox
+# 128, out: state 16 + remainders 8.
+RECORD_BYTES = 8 + 24 + 128 + 24
+WAKES_AT = STATUS_STRUCT.size - 2 * 2 - 7 * 4          # the status block's wake counter
 
 # -ln(x) on the boards: log2 of 1 + i/64, i = 0..64, in Q15 (nca_mesh.c interpolates)
 LOG2_TABLE = tuple(round(math.log2(1 + i / 64) * 32768) for i in range(65))
@@ -149,7 +154,12 @@ def c_header() -> str:
                                                              ("ASLEEP", FLAG_ASLEEP))]
     lines += ["", "/* replay marks (GPIOR0 on AVR) */",
               f"#define NCA_MESH_MARK_WAKE_IN 0x{MARK_WAKE_IN:02X}",
-              f"#define NCA_MESH_MARK_WAKE_OUT 0x{MARK_WAKE_OUT:02X}", "",
+              f"#define NCA_MESH_MARK_WAKE_OUT 0x{MARK_WAKE_OUT:02X}",
+              f"#define NCA_MESH_CELL_STATE_AT {CELL_STATE_AT}",
+              f"#define NCA_MESH_CELL_INBOX_AT {CELL_INBOX_AT}",
+              f"#define NCA_MESH_CELL_RESID_AT {CELL_RESID_AT}",
+              f"#define NCA_MESH_STATUS_WAKES_AT {WAKES_AT}",
+              f"#define NCA_MESH_RECORD_BYTES {RECORD_BYTES}", "",
               "/* inbox slot of each face's state and of the relayed W and E states (-1: none) */",
               "#define NCA_FACE_SLOTS {" + ", ".join(map(str, FACE_SLOT)) + "}",
               "#define NCA_RELAY_W_SLOTS {" + ", ".join(map(str, RELAY_W_SLOT)) + "}",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from codegen.toolchain import missing_tools
 from sim.model import PARAM_SHAPES
 from sim.weights import load
 
@@ -71,6 +72,19 @@ def test_codegen_builds_a_shipped_model_by_name_and_the_link_firmware(installed)
     assert "built host" in r.stdout and (work / "gen" / "build" / "host" / "libnca.so").is_file()
     r = _run([str(bindir / "nca-codegen"), "--app", "link", "--target", "host", "--out", "link"], work, env)
     assert (work / "link" / "build" / "host" / "libnca_link.so").is_file(), r.stdout
+
+
+@pytest.mark.skipif(bool(missing_tools("mega2560")), reason="needs gcc-avr, avr-libc, libsimavr-dev")
+def test_the_mesh_firmware_builds_and_a_grid_of_boards_runs_from_the_wheel(installed):
+    bindir, work, env = installed
+    r = _run([str(bindir / "nca-codegen"), "--app", "mesh", "--model", "lizard_regenerating_ef", "--target",
+              "mega2560", "--out", "mesh", "--report"], work, env)
+    assert "mega2560 mesh firmware: ROM" in r.stdout
+    assert (work / "mesh" / "build" / "mega2560" / "nca_mesh_2560.hex").is_file()
+    _run([str(bindir / "python"), "-m", "sim.run", "--engine", "mesh", "--size", "4", "--steps", "10",
+          "--json", "mesh.json"], work, env)
+    m = json.loads((work / "mesh.json").read_text())["mesh"]
+    assert m["boards_running"] == 16 and m["wakes_replayed"] > 0 and m["replay_mismatches"] == 0
 
 
 def test_the_other_commands_start(installed):

@@ -1,4 +1,5 @@
 /* nca_mesh.c - the wired cell (nca_mesh.h). */
+#include <stddef.h>
 #include <string.h>
 #include "nca_frame.h"
 #include "nca_mesh.h"
@@ -6,6 +7,13 @@
 
 NCA_MESH_ASSERT(status_bytes, sizeof(nca_mesh_status_t) == NCA_MESH_STATUS_BYTES);
 NCA_MESH_ASSERT(frame_fits, NCA_MESH_RX_BUFFER <= NCA_FRAME_MAX);
+/* where the emulator's replay taps read (nca_mesh_ids.h) */
+NCA_MESH_ASSERT(wakes_at, offsetof(nca_mesh_status_t, wakes) == NCA_MESH_STATUS_WAKES_AT);
+NCA_MESH_ASSERT(cell_state_at, offsetof(nca_cell_t, state) == NCA_MESH_CELL_STATE_AT);
+NCA_MESH_ASSERT(cell_inbox_at, offsetof(nca_cell_t, inbox) == NCA_MESH_CELL_INBOX_AT);
+#if NCA_HAS_RESID
+NCA_MESH_ASSERT(cell_resid_at, offsetof(nca_cell_t, resid) == NCA_MESH_CELL_RESID_AT);
+#endif
 
 nca_mesh_status_t nca_mesh_status;
 nca_cell_t nca_mesh_cell;

@@ -43,6 +43,11 @@
 /* replay marks (GPIOR0 on AVR) */
 #define NCA_MESH_MARK_WAKE_IN 0x10
 #define NCA_MESH_MARK_WAKE_OUT 0x11
+#define NCA_MESH_CELL_STATE_AT 0
+#define NCA_MESH_CELL_INBOX_AT 80
+#define NCA_MESH_CELL_RESID_AT 208
+#define NCA_MESH_STATUS_WAKES_AT 28
+#define NCA_MESH_RECORD_BYTES 184
 
 /* inbox slot of each face's state and of the relayed W and E states (-1: none) */
 #define NCA_FACE_SLOTS {1, 4, 6, 3}

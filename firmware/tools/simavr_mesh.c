@@ -51,19 +51,21 @@
 #include "sim_interrupts.h"
 #include "sim_io.h"
 #include "avr_uart.h"
+#include "nca_mesh_ids.h"
 
 #define FACES 4
 #define SLICE_NS 40000ull               /* 40 us: under the 86.8 us of a byte at 115200 baud */
 #define GPIOR0_ADDR 0x3E
-#define MARK_IN 0x10
-#define MARK_OUT 0x11
-#define STATUS_BYTES 60
-#define CELL_STATE 0
-#define CELL_INBOX 80
-#define CELL_RESID 208
-#define WAKES_AT 28                     /* the status block's wake counter */
-/* one replay record: board u16, pad u16, wake u32, in: state 16 + resid 8 + inbox 128, out: 16 + 8 */
-#define REC_BYTES (8 + 24 + 128 + 24)
+/* the marks, the status block, the cell's layout and the replay record: nca_mesh_ids.h
+ * (boards/mesh_protocol.py) */
+#define MARK_IN NCA_MESH_MARK_WAKE_IN
+#define MARK_OUT NCA_MESH_MARK_WAKE_OUT
+#define STATUS_BYTES NCA_MESH_STATUS_BYTES
+#define CELL_STATE NCA_MESH_CELL_STATE_AT
+#define CELL_INBOX NCA_MESH_CELL_INBOX_AT
+#define CELL_RESID NCA_MESH_CELL_RESID_AT
+#define WAKES_AT NCA_MESH_STATUS_WAKES_AT
+#define REC_BYTES NCA_MESH_RECORD_BYTES
 
 static const char FACE_USART[FACES] = {'1', '2', '3', '0'};
 static const int DX[FACES] = {0, 1, 0, -1}, DY[FACES] = {-1, 0, 1, 0};
