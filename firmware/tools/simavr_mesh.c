@@ -101,13 +101,14 @@ struct board {
     uint64_t slept;                     /* cycles jumped over asleep (from the sleep callback) */
     uint64_t update_start, update;      /* cycles inside the cell's updates (between the marks) */
     uint32_t cell_addr, status_addr;    /* its firmware's nca_mesh_cell and nca_mesh_status */
+    double idle_until_ns;               /* asleep with nothing due before then: not run */
 };
 
 static board_t *boards;
 static int W, H, NB, threads = 1;
 static uint32_t cell_addr, status_addr;   /* the firmware's (every board's but --other's) */
 static double frame_loss, byte_loss, byte_corrupt;
-static uint64_t now_ns;
+static uint64_t now_ns, slice_end_ns;   /* slice_end_ns: the slice being delivered */
 static FILE *replay_log;
 static uint8_t host_out[65536];
 static size_t host_nout;
@@ -191,13 +192,25 @@ static void sleep_none(avr_t *avr, avr_cycle_count_t how_long)
  * count cycles up to there: the clock is moved instead. This is what makes a grid of
  * mostly dormant boards cheap, and it keeps a sleeping core from jumping past the
  * slice (a byte delivered at the slice's end would otherwise arrive late). */
-static int asleep_until(avr_t *a, avr_cycle_count_t target)
+static int asleep_until(board_t *b, avr_cycle_count_t target)
 {
+    avr_t *a = b->avr;
     avr_cycle_timer_slot_p next = a->cycle_timers.timer;
     if (a->state != cpu_Sleeping || avr_has_pending_interrupts(a) || (next && next->when <= target))
         return 0;
     a->cycle = target;
+    /* nothing happens to it before its next timer (or a byte: deliver() wakes it) */
+    b->idle_until_ns = next ? (double)next->when / b->hz * 1e9 : 1e300;
     return 1;
+}
+
+/* an idle board's clock brought to time t (it was not run while idle) */
+static void catch_up(board_t *b, uint64_t t_ns)
+{
+    avr_cycle_count_t c = (avr_cycle_count_t)(b->hz * (double)t_ns * 1e-9);
+    if (b->avr->cycle < c)
+        b->avr->cycle = c;
+    b->idle_until_ns = 0;
 }
 
 /* ------------------------------------------------------------ boards */
@@ -209,6 +222,7 @@ static void board_start(board_t *b, avr_cycle_count_t at)
     memset(a->data + 0x200, 0, a->ramend + 1 - 0x200);
     a->cycle = at;
     a->sleep = sleep_none;
+    b->idle_until_ns = 0;
     b->on = 1;
 }
 
@@ -290,6 +304,8 @@ static void deliver(board_t *b, int face, uint8_t v)
     }
     if (w->dst < 0 || w->cut || !boards[w->dst].on)
         return;
+    if (boards[w->dst].idle_until_ns > 0)
+        catch_up(&boards[w->dst], slice_end_ns);
     if (start)
         w->dropping = frame_loss > 0 && next_uniform(&w->rng) < frame_loss;
     if (w->dropping)
@@ -335,13 +351,17 @@ static void run_boards(int first, int step, uint64_t t_ns)
         board_t *b = &boards[i];
         avr_t *a = b->avr;
         avr_cycle_count_t target = (avr_cycle_count_t)(b->hz * (double)t_ns * 1e-9);
-        avr_cycle_count_t c0 = a->cycle, s0 = b->slept;
+        avr_cycle_count_t c0, s0 = b->slept;
         if (!b->on) {
             a->cycle = target;
             continue;
         }
+        if ((double)t_ns <= b->idle_until_ns)
+            continue;
+        b->idle_until_ns = 0;         /* its clock stayed where it fell asleep: the next timer is due */
+        c0 = a->cycle;
         running = b;
-        while (a->cycle < target && !asleep_until(a, target)) {
+        while (a->cycle < target && !asleep_until(b, target)) {
             int st = avr_run(a);
             if (st == cpu_Done || st == cpu_Crashed) {
                 fprintf(stderr, "board %d stopped (state %d) at pc 0x%x\n", i, st, a->pc);
@@ -379,6 +399,7 @@ static void advance(uint64_t t_ns)
         } else {
             run_boards(0, 1, end);
         }
+        slice_end_ns = end;
         for (i = 0; i < NB; i++) {     /* in board order: the same run for any thread count */
             board_t *b = &boards[i];
             size_t n;
@@ -388,6 +409,9 @@ static void advance(uint64_t t_ns)
         }
         now_ns = end;
     }
+    for (i = 0; i < NB; i++)           /* the idle boards' clocks, for the cycle counts */
+        if (boards[i].on && boards[i].idle_until_ns > 0)
+            catch_up(&boards[i], now_ns);
     if (replay_log) {
         for (i = 0; i < NB; i++) {
             if (boards[i].nlog)
@@ -524,6 +548,8 @@ int main(int argc, char **argv)
                 fwrite(boards[i].avr->data + boards[i].status_addr, 1, STATUS_BYTES, answers);
         } else if (!strncmp(line, "host ", 5)) {
             char *p = line + 5;
+            if (boards[0].idle_until_ns > 0)
+                catch_up(&boards[0], now_ns);
             while (hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
                 if (boards[0].on)
                     avr_raise_irq(boards[0].rx[3], (uint32_t)(hexval(p[0]) * 16 + hexval(p[1])));
