@@ -66,6 +66,8 @@ PARAMS_STRUCT = struct.Struct("<BBBBBIBBBBBII16s8s")
 CLOCK_EXPONENTIAL, CLOCK_PERIODIC = rules.CLOCK_EXPONENTIAL, rules.CLOCK_PERIODIC   # as the simulators'
 
 TICK_US = 64                     # the wake timer's tick: 16 MHz / 1024
+PARAMS_RESENDS = 3               # a board sends a run's PARAMS out of every face again, 3 times,
+PARAMS_RESEND_TICKS = 1563       # 100 ms apart (a flood on lossy wires can die out)
 MAX_PAYLOAD = STATE_HEAD.size + 3 * 16         # the largest frame: a relaying STATE
 RX_BUFFER = MAX_PAYLOAD + 2
 
@@ -146,6 +148,8 @@ def c_header() -> str:
               f"#define NCA_MESH_STATUS_BYTES {STATUS_STRUCT.size}",
               f"#define NCA_MESH_RESID_BYTES {F.RESID_BYTES}",
               f"#define NCA_MESH_TICK_US {TICK_US}",
+              f"#define NCA_MESH_PARAMS_RESENDS {PARAMS_RESENDS}",
+              f"#define NCA_MESH_PARAMS_RESEND_TICKS {PARAMS_RESEND_TICKS}u",
               f"#define NCA_MESH_CLOCK_EXPONENTIAL {CLOCK_EXPONENTIAL}",
               f"#define NCA_MESH_CLOCK_PERIODIC {CLOCK_PERIODIC}", "",
               "/* status flags */"]

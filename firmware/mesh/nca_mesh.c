@@ -52,6 +52,8 @@ static struct {
     uint32_t next_wake;           /* its tick */
     uint16_t seq;                 /* the next STATE frame's */
     uint8_t scheduled;            /* next_wake is valid */
+    uint8_t resends;              /* PARAMS still to send again (nothing acknowledges them) */
+    uint32_t resend_at;           /* ... at this tick */
 } m;
 
 static uint8_t frame[NCA_MESH_MAX_PAYLOAD];
@@ -270,15 +272,33 @@ static void wake(void)
     m.next_wake += interval(m.wake_k);
 }
 
+/* The run's parameters spread by flooding, and a flood on lossy wires can die out where
+ * every copy is lost: a board sends them out of every face again a few times. */
+static void resend_params(void)
+{
+    uint8_t g;
+    for (g = 0; g < NCA_FACES; g++)
+        send_params(g);
+    m.resends--;
+    m.resend_at += NCA_MESH_PARAMS_RESEND_TICKS;
+}
+
 void nca_mesh_poll(void)
 {
-    if (m.scheduled && (int32_t)(nca_mesh_ticks() - m.next_wake) >= 0)
+    uint32_t now = nca_mesh_ticks();
+    if (m.resends && (int32_t)(now - m.resend_at) >= 0)
+        resend_params();
+    if (m.scheduled && (int32_t)(now - m.next_wake) >= 0)
         wake();
 }
 
 uint8_t nca_mesh_next_wake(uint32_t *tick)
 {
     *tick = m.next_wake;
+    if (m.resends && (!m.scheduled || (int32_t)(m.resend_at - m.next_wake) < 0)) {
+        *tick = m.resend_at;
+        return 1;
+    }
     return m.scheduled;
 }
 
@@ -376,6 +396,8 @@ static void on_params(uint8_t f, const uint8_t *b)
     for (g = 0; g < NCA_FACES; g++)   /* pass it on */
         if (g != f)
             send_params(g);
+    m.resends = NCA_MESH_PARAMS_RESENDS;
+    m.resend_at = nca_mesh_ticks() + NCA_MESH_PARAMS_RESEND_TICKS;
 }
 
 static void on_frame(uint8_t f, const uint8_t *b, uint8_t n)
@@ -398,6 +420,7 @@ static void on_frame(uint8_t f, const uint8_t *b, uint8_t n)
             uint8_t g;
             FLAGS &= (uint8_t)~NCA_MESH_FLAG_RUNNING;
             m.scheduled = 0;
+            m.resends = 0;
             for (g = 0; g < NCA_FACES; g++) {   /* pass it on */
                 frame[0] = NCA_MESH_STOP;
                 frame[1] = nca_mesh_status.run;
