@@ -28,6 +28,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -406,18 +407,16 @@ def link_sizes(elf: Path, target: str) -> dict[str, int]:
     return {"rom": sec.get(".text", 0) + data, "ram": data + bss}
 
 
-def link_firmware(target: str) -> Path:
-    """Build (once per source version, in the codegen cache) the link firmware of a target
-    and return its artefact: libnca_link.so (host), nca_link_m0.elf or nca_link_avr.elf."""
-    mk_target = "host" if target == "fuzz" else target
-    root = cache_dir() / f"link-{sources_key()}" / mk_target
-    art = root / ARTEFACTS[target]
+def cached_build(root: Path, artefact: str, build: Callable[[Path], Any]) -> Path:
+    """root / artefact, built once into the cache: build(folder) runs in a fresh folder
+    beside root, which then takes root's name whole (a failed build leaves nothing)."""
+    art = root / artefact
     if art.exists():
         return art
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{mk_target}.", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        build_link(target, tmp)
+        build(tmp)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -426,6 +425,14 @@ def link_firmware(target: str) -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)     # built meanwhile by another process
     return art
+
+
+def link_firmware(target: str) -> Path:
+    """Build (once per source version, in the codegen cache) the link firmware of a target
+    and return its artefact: libnca_link.so (host), nca_link_m0.elf or nca_link_avr.elf."""
+    mk_target = "host" if target == "fuzz" else target
+    return cached_build(cache_dir() / f"link-{sources_key()}" / mk_target, ARTEFACTS[target],
+                        lambda folder: build_link(target, folder))
 
 
 # ---------------------------------------------------------------- the mesh firmware (cells wired to each other)
@@ -465,19 +472,7 @@ def build_mesh(q: QModel, build_dir: Path) -> Path:
 def mesh_firmware(q: QModel) -> MeshFirmware:
     """Build (once per model and source version, in the codegen cache) the mesh firmware
     with q compiled in, and the grid emulator."""
-    root = cache_dir() / f"mesh-{sources_key()}-{q.model_hash:08x}"
-    if not (root / MESH_ELF).exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".mesh.", dir=root.parent))
-        try:
-            build_mesh(q, tmp)
-        except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)     # built meanwhile by another process
-    elf = root / MESH_ELF
-    return MeshFirmware(elf, root / MESH_EMULATOR, elf_symbol(elf, "nca_mesh_cell"),
+    elf = cached_build(cache_dir() / f"mesh-{sources_key()}-{q.model_hash:08x}", MESH_ELF,
+                       lambda folder: build_mesh(q, folder))
+    return MeshFirmware(elf, elf.with_name(MESH_EMULATOR), elf_symbol(elf, "nca_mesh_cell"),
                         elf_symbol(elf, "nca_mesh_status"))
