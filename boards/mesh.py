@@ -27,7 +27,7 @@ from codegen.quantize import QModel, quantized
 from codegen.toolchain import elf_symbol, mesh_firmware
 from sim.engines import Engine, RunError
 from sim.errors import UserError
-from sim.model import ALPHA
+from sim.model import ALPHA, NEIGHBOUR_OFFSETS
 from sim.spec import Params
 
 from . import mesh_protocol as MP
@@ -60,7 +60,9 @@ class MeshConfig:
     frame_loss: float = 0.0          # whole frames lost, per frame and wire
     byte_loss: float = 0.0
     byte_corrupt: float = 0.0        # a byte with one bit flipped
-    miswire: tuple[int, ...] = ()    # boards whose N wire lands on the north board's N face
+    copies: int = 1                  # each STATE frame sent this many times back to back
+    miswire: tuple[int, ...] = ()    # boards whose N wire lands on the north board's W port
+    mount: str = ""                  # one of 0-7 a board (rotation, +4 mirrored; board 0: 0); "": straight
     foreign: tuple[tuple[int, Path], ...] = ()   # boards running another firmware ELF
     threads: int = 2
 
@@ -83,9 +85,24 @@ class MeshConfig:
             raise MeshError(f"the clock error must be within [0, 100000) ppm, got {self.clock_ppm}")
         if self.clock == MP.CLOCK_PERIODIC and not 0 <= self.jitter < self.mean_interval:
             raise MeshError("a periodic clock needs 0 <= jitter < the mean interval")
+        if not 1 <= self.copies <= MP.MAX_COPIES:
+            raise MeshError(f"a STATE frame goes out 1 to {MP.MAX_COPIES} times, not {self.copies}")
         if not 1 <= self.threads <= 64:
             raise MeshError(f"threads must be within [1, 64], got {self.threads}")
+        if self.mount and (set(self.mount) - set("01234567") or self.mount[0] != "0"):
+            raise MeshError("a mount is one of 0-7 a board (the rotation in quarter turns, +4 mirrored), "
+                            "and the host's board (0, 0) is mounted straight")
         return self
+
+
+def random_mounts(width: int, height: int, seed: int, mirrored: tuple[int, ...] = ()) -> str:
+    """Every board but the host's (0, 0) turned by a random quarter turn (seeded), and the
+    boards in `mirrored` mounted mirrored too."""
+    rots = np.random.default_rng([seed, 0x4D4F554E]).integers(0, 4, width * height)
+    rots[0] = 0
+    for i in mirrored:
+        rots[i] |= MP.MOUNT_MIRRORED
+    return "".join(map(str, rots))
 
 
 def start_frames(q: QModel, width: int, height: int, seed: int, seed_xy: tuple[int, int],
@@ -98,7 +115,7 @@ def start_frames(q: QModel, width: int, height: int, seed: int, seed_xy: tuple[i
     jitter_ticks = round(config.jitter / config.mean_interval * mean_ticks)
     return [MP.simple_frame("SET_COORD", bytes([0, 0])),
             MP.params_frame(run, seed, width, height, seed_xy[0], seed_xy[1], config.clock, mean_ticks,
-                            jitter_ticks, state.tobytes(), resid.tobytes())]
+                            jitter_ticks, state.tobytes(), resid.tobytes(), config.copies)]
 
 
 class Mesh:
@@ -120,8 +137,12 @@ class Mesh:
                "--clock-ppm", repr(config.clock_ppm), "--frame-loss", repr(config.frame_loss),
                "--byte-loss", repr(config.byte_loss), "--byte-corrupt", repr(config.byte_corrupt),
                "--threads", str(config.threads)]
+        if config.mount and len(config.mount) != width * height:
+            raise MeshError(f"the mount has {len(config.mount)} boards, the grid {width * height}")
         for i in config.miswire:
             cmd += ["--miswire", str(i)]
+        if config.mount:
+            cmd += ["--mount", config.mount]
         for i, path in config.foreign:
             cmd += ["--other", str(i), str(path), hex(elf_symbol(path, "nca_mesh_cell")),
                     hex(elf_symbol(path, "nca_mesh_status"))]
@@ -133,6 +154,7 @@ class Mesh:
         self.now_ns = 0
         self.sim_cycles = self.active_cycles = self.wall_ns = self.update_cycles = 0
         self.status = np.zeros(width * height, STATUS)
+        self.seed_xy = seed_xy
         self._start(seed_xy)
 
     # ---------------------------------------------------------------- the emulator's commands
@@ -198,6 +220,7 @@ class Mesh:
         self._command(f"on {ids}")
 
     def cut(self, board: int, face: int) -> None:
+        """Sever board's wire on that grid face, both ways."""
         self._command(f"cut {int(board)} {int(face)}")
 
     def own_states(self) -> np.ndarray:
@@ -214,7 +237,15 @@ class Mesh:
         out["boards_placed"] = int(((self.status["flags"] & MP.FLAG_COORDS) > 0).sum())
         out["boards_miswired"] = int(((self.status["flags"] & MP.FLAG_MISWIRED) > 0).sum())
         out["boards_foreign"] = int(((self.status["flags"] & MP.FLAG_FOREIGN) > 0).sum())
+        out["boards_mirrored"] = int(((self.status["flags"] & MP.FLAG_MIRRORED) > 0).sum())
         return out
+
+    def mounts(self) -> np.ndarray:
+        """Each board's mount as it found it (rotation, +4 mirrored; -1: not placed yet)."""
+        flags = self.status["flags"].astype(np.int16)
+        found = ((flags & MP.FLAG_ROT_MASK) >> MP.FLAG_ROT_SHIFT) | np.where(flags & MP.FLAG_MIRRORED,
+                                                                           MP.MOUNT_MIRRORED, 0)
+        return np.where(flags & MP.FLAG_COORDS, found, -1)
 
     def misplaced(self) -> int:
         """Boards whose learned place is not where they are (a placed board only)."""
@@ -241,6 +272,38 @@ class Mesh:
                        G.rotation_array(None), codes)
         want = F.join_own(recs["state_out"], recs["resid_out"], ef)
         return len(recs), int(np.any(xs.astype(np.int64) != want, axis=1).sum())
+
+    def inbox_mismatches(self, skip: tuple[int, ...] = ()) -> int:
+        """Inbox entries, over every logged wake, that the neighbour in that slot (the grid's
+        NW N NE W E SW S SE) never had as its state: 0 when every board maps its ports, relays
+        included, onto the right neighbours whichever way it is mounted. An entry may be
+        zero (nothing heard yet, a restart) or the seed board's seed."""
+        if self.log_path is None or not self.log_path.exists():
+            return 0
+        recs = np.fromfile(self.log_path, REC)
+        if skip:
+            recs = recs[~np.isin(recs["board"], np.asarray(skip))]
+        if len(recs) == 0:
+            return 0
+
+        def key(board: np.ndarray, states: np.ndarray) -> np.ndarray:
+            halves = np.ascontiguousarray(states, np.int8).view(np.uint64).reshape(len(states), 2)
+            return (halves[:, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ (halves[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)) \
+                ^ (board.astype(np.uint64) * np.uint64(0x165667B19E3779F9))
+
+        seed_i = self.seed_xy[1] * self.width + self.seed_xy[0]
+        had = np.concatenate([key(recs["board"], recs["state_out"]),
+                              key(np.array([seed_i]), emit.seed_cell(self.q)[0][None])])
+        ys, xs = np.divmod(recs["board"].astype(np.int64), self.width)
+        bad = 0
+        for s, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+            ny, nx = ys + dy, xs + dx
+            inside = (ny >= 0) & (ny < self.height) & (nx >= 0) & (nx < self.width)
+            got = recs["inbox"][:, s]
+            heard = got.any(axis=1)
+            known = np.isin(key(np.where(inside, ny * self.width + nx, 0), got), had)
+            bad += int((heard & ~(inside & known)).sum())
+        return bad
 
     def close(self) -> None:
         p = self._proc
@@ -312,17 +375,23 @@ class MeshEngine(Engine):
         m = self.mesh
         c = m.config
         wakes, mismatches = m.replay()
+        other = tuple(i for i, _ in c.foreign)
         wall = m.wall_ns / 1e9
         return {"mesh": {
             **m.counts(), "misplaced": m.misplaced(), "wakes_replayed": wakes, "replay_mismatches": mismatches,
+            "inbox_mismatches": m.inbox_mismatches(skip=other),
             "model_hash": f"{self.q.model_hash:08x}", "wake_ms": c.wake_ms, "unit_ms": c.unit_ns / 1e6,
             "emulated_seconds": (m.now_ns - m.t0_ns) / 1e9, "emulated_cycles": m.sim_cycles,
             "active_cycles": m.active_cycles, "update_cycles": m.update_cycles, "emulator_seconds": wall,
             "emulated_cycles_per_second": m.sim_cycles / wall if wall else None,
             "active_cycles_per_second": m.active_cycles / wall if wall else None,
             "clock_ppm": c.clock_ppm, "frame_loss": c.frame_loss, "byte_loss": c.byte_loss,
-            "byte_corrupt": c.byte_corrupt, "miswired_boards": list(c.miswire),
-            "foreign_boards": [i for i, _ in c.foreign], "threads": c.threads}}
+            "byte_corrupt": c.byte_corrupt, "copies": c.copies, "miswired_boards": list(c.miswire),
+            "mounted_turned": sum(ch not in "04" for ch in c.mount),
+            "mounted_mirrored": [i for i, ch in enumerate(c.mount) if int(ch) & MP.MOUNT_MIRRORED],
+            "mounts_found_wrong": int((m.mounts() != np.array([int(ch) for ch in c.mount or "0" * m.mounts().size]))
+                                      [m.mounts() >= 0].sum()),
+            "foreign_boards": list(other), "threads": c.threads}}
 
     def close(self) -> None:
         self.mesh.close()

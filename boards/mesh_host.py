@@ -69,6 +69,8 @@ def _parser() -> ArgParser:
                                    "its seed cell")
     s.add_argument("--seed", type=int, default=0, help="the counter generator's seed (default: 0)")
     s.add_argument("--wake-ms", type=float, default=500.0, help="mean wake interval (default: 500)")
+    s.add_argument("--copies", type=int, default=1, help="each state frame sent this many times back to "
+                   "back, 1 to 3, for noisy wires (default: 1)")
     s.add_argument("--run", type=int, default=1, help="the run's number, 1..255 (default: 1)")
     sub.add_parser("status", help="print the host's board's status block")
     t = sub.add_parser("stop", help="stop the run (the boards pass it on)")
@@ -89,7 +91,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--seed-at {x},{y} is outside the {w}x{h} grid")
         model, _ = load_model(a.model or BOARD_MODEL)
         q = quantized(Params.from_model(model))
-        cfg = MeshConfig(wake_ms=a.wake_ms).validate()
+        cfg = MeshConfig(wake_ms=a.wake_ms, copies=a.copies).validate()
         try:
             frames = start_frames(q, w, h, a.seed, (x, y), cfg, run=a.run)
         except ValueError as e:
@@ -106,7 +108,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         ser.close()
     flags = [n for n, bit in (("running", MP.FLAG_RUNNING), ("placed", MP.FLAG_COORDS),
                               ("miswired", MP.FLAG_MISWIRED), ("foreign", MP.FLAG_FOREIGN),
-                              ("asleep", MP.FLAG_ASLEEP)) if st["flags"] & bit]
+                              ("asleep", MP.FLAG_ASLEEP), ("MIRRORED", MP.FLAG_MIRRORED)) if st["flags"] & bit]
+    if st["flags"] & MP.FLAG_COORDS:
+        flags.append(f"turned {90 * ((st['flags'] & MP.FLAG_ROT_MASK) >> MP.FLAG_ROT_SHIFT)} deg")
     print(f"board ({st['x']}, {st['y']}), run {st['run']}, {' '.join(flags) or 'idle'}; " +
           ", ".join(f"{c} {st[c]}" for c in MP.COUNTERS))
     return 0

@@ -10,11 +10,17 @@ Frame on the wire, as the cell link's: COBS(payload || crc16_le) || 0x00, with
 payload = type u8 | body (no sequence byte: nothing is acknowledged). Every frame
 between boards is unacknowledged and latest-wins.
 
-Faces are N E S W (0..3). A frame sent out of face f arrives on the neighbour's
-face OPPOSITE[f]; a frame that arrives on face g from a sender face other than
-OPPOSITE[g] is miswired and refused. A STATE frame sent north or south also carries
-the sender's latest W and E states (the diagonals, relayed): the receiver stores
-them at its NW/NE (from its N face) or SW/SE (from its S face) inbox slots.
+Faces are N E S W (0..3) of the grid; ports are N E S W of the board as printed on
+it. A board may be mounted turned by quarter turns: port q faces grid face
+(q + rot) % 4. Every frame between boards names the grid face it left by (the
+sender's), so the port it arrives on faces the opposite one: a board learns its
+rotation from its neighbours' frames (the board the host plugs into defines north),
+by majority. A port that disagrees with the majority is miswired and its frames are
+refused; ports whose order only a mirror image explains (port q facing (rot - q) % 4)
+make the board report MIRRORED and stay an empty cell that still relays. A STATE
+frame sent north or south also carries the sender's latest W and E states (the
+diagonals, relayed): the receiver stores them at its NW/NE (from its N face) or
+SW/SE (from its S face) inbox slots.
 """
 from __future__ import annotations
 
@@ -43,16 +49,24 @@ RELAY_E_SLOT = (2, -1, 7, -1)
 # the UART of each face on the ATmega2560 (Arduino Mega): USART0 is also the USB
 # link, so a board on the grid's west edge is where the host plugs in
 FACE_USART = (1, 2, 3, 0)
-UNKNOWN = 0xFF                   # a coordinate not yet learned
+UNKNOWN = 0xFF                   # a coordinate (or face) not yet learned
+MOUNT_MIRRORED = 4               # mount = rot | MOUNT_MIRRORED: port q faces (rot - q) % 4
+
+
+def face_of(mount: int, port: int) -> int:
+    """The grid face port `port` of a board mounted `mount` faces."""
+    rot = mount & 3
+    return (rot - port) % 4 if mount & MOUNT_MIRRORED else (port + rot) % 4
 
 # ---------------------------------------------------------------- message types
 # (name, id, body)
 MESSAGES: tuple[tuple[str, int, str], ...] = (
-    ("STATE", 0x30, ("model hash u32, seq u16, face u8 (sender's), x u8, y u8, run u8, relay u8 "
+    ("STATE", 0x30, ("model hash u32, seq u16, face u8 (the grid face it left by), x u8, y u8, run u8, relay u8 "
                     "(1: W and E follow), state 16 x i8, [W state 16 x i8, E state 16 x i8]")),
-    ("PARAMS", 0x31, ("face u8, x u8, y u8 (sender's), run u8, seed u32, width u8, height u8, "
+    ("PARAMS", 0x31, ("face u8 (grid face it left by, UNKNOWN: the host's), x u8, y u8 (sender's), run u8, seed u32, width u8, height u8, "
                      "seed x u8, seed y u8, clock u8 (0 exponential, 1 periodic), mean ticks u32, "
-                     "jitter ticks u32, seed state 16 x i8, seed remainders 8 x u8")),
+                     "jitter ticks u32, seed state 16 x i8, seed remainders 8 x u8, copies u8 (each STATE "
+                     "frame sent this many times back to back, 1..MAX_COPIES)")),
     ("STOP", 0x32, "run u8"),
     ("PARAMS_REQ", 0x33, "- (the neighbour answers with PARAMS)"),
     ("SET_COORD", 0x34, "x u8, y u8 (the host tells the board it is plugged into its place)"),
@@ -62,7 +76,8 @@ MESSAGES: tuple[tuple[str, int, str], ...] = (
 MSG = {name: mid for name, mid, _ in MESSAGES}
 
 STATE_HEAD = struct.Struct("<BIHBBBBB")        # type, hash, seq, face, x, y, run, relay
-PARAMS_STRUCT = struct.Struct("<BBBBBIBBBBBII16s8s")
+PARAMS_STRUCT = struct.Struct("<BBBBBIBBBBBII16s8sB")
+MAX_COPIES = 3                   # three relaying STATE frames fit a port's 256-byte TX ring
 CLOCK_EXPONENTIAL, CLOCK_PERIODIC = rules.CLOCK_EXPONENTIAL, rules.CLOCK_PERIODIC   # as the simulators'
 
 TICK_US = 64                     # the wake timer's tick: 16 MHz / 1024
@@ -73,12 +88,15 @@ RX_BUFFER = MAX_PAYLOAD + 2
 
 # The status block: what a board knows of itself, in RAM (the emulator's camera reads
 # it there) and in the STATUS reply. Flags: bit 0 running, 1 coordinates known, 2 a
-# miswired frame seen, 3 a frame of another model seen, 4 asleep (dormant, no wake due).
+# port disagrees with the board's mount (miswired, now), 3 a frame of another model seen, 4 asleep (dormant, no wake due),
+# 5 mounted mirrored (an empty cell that relays), 6-7 the board's rotation (quarter turns
+# clockwise, valid with coordinates).
 STATUS_FIELDS = ("state", "resid", "x", "y", "run", "flags", "wakes", "updates", "sent", "received",
                  "corrupt", "refused", "lost", "miswired", "foreign")
 STATUS_STRUCT = struct.Struct("<16s8sBBBBIIIIIIIHH")
 COUNTERS = ("wakes", "updates", "sent", "received", "corrupt", "refused", "lost", "miswired", "foreign")
-FLAG_RUNNING, FLAG_COORDS, FLAG_MISWIRED, FLAG_FOREIGN, FLAG_ASLEEP = 1, 2, 4, 8, 16
+FLAG_RUNNING, FLAG_COORDS, FLAG_MISWIRED, FLAG_FOREIGN, FLAG_ASLEEP, FLAG_MIRRORED = 1, 2, 4, 8, 16, 32
+FLAG_ROT_SHIFT, FLAG_ROT_MASK = 6, 0xC0
 
 # Replay marks: the board writes these to GPIOR0 just before and after each wake's
 # update; the emulator copies the cell (state, remainders, inbox) at each.
@@ -108,16 +126,18 @@ def state_frame(model_hash: int, seq: int, face: int, x: int, y: int, run: int, 
 
 
 def params_frame(run: int, seed: int, width: int, height: int, seed_x: int, seed_y: int, clock: int,
-                 mean_ticks: int, jitter_ticks: int, seed_state: bytes, seed_resid: bytes,
-                 face: int = W, x: int = UNKNOWN, y: int = UNKNOWN) -> bytes:
+                 mean_ticks: int, jitter_ticks: int, seed_state: bytes, seed_resid: bytes, copies: int = 1,
+                 face: int = UNKNOWN, x: int = UNKNOWN, y: int = UNKNOWN) -> bytes:
     """The wire bytes of a PARAMS frame (the host's: the sender's face and place unknown)."""
     if not (0 < width <= 254 and 0 < height <= 254):
         raise ValueError(f"a mesh is at most 254 boards a side, not {width}x{height}")
     if not (0 <= seed_x < width and 0 <= seed_y < height):
         raise ValueError(f"the seed board ({seed_x}, {seed_y}) is outside the {width}x{height} grid")
+    if not 1 <= copies <= MAX_COPIES:
+        raise ValueError(f"a STATE frame goes out 1 to {MAX_COPIES} times, not {copies}")
     return P.encode_payload(PARAMS_STRUCT.pack(MSG["PARAMS"], face, x, y, run, seed & 0xFFFFFFFF, width, height,
                                                seed_x, seed_y, clock, mean_ticks, jitter_ticks,
-                                               seed_state, seed_resid))
+                                               seed_state, seed_resid, copies))
 
 
 def simple_frame(name: str, body: bytes = b"") -> bytes:
@@ -138,7 +158,8 @@ def c_header() -> str:
              "#ifndef NCA_MESH_IDS_H", "#define NCA_MESH_IDS_H", "",
              f"#define NCA_MESH_VERSION {MESH_VERSION}", "", "/* faces */"]
     lines += [f"#define NCA_FACE_{f} {i}" for i, f in enumerate(FACES)]
-    lines += ["#define NCA_FACES 4", f"#define NCA_MESH_UNKNOWN 0x{UNKNOWN:02X}", "", "/* message types */"]
+    lines += ["#define NCA_FACES 4", f"#define NCA_MESH_UNKNOWN 0x{UNKNOWN:02X}",
+              f"#define NCA_MESH_MOUNT_MIRRORED {MOUNT_MIRRORED}", "", "/* message types */"]
     lines += [f"#define NCA_MESH_{name} 0x{mid:02X}" for name, mid, _ in MESSAGES]
     lines += ["", "/* sizes */",
               f"#define NCA_MESH_STATE_HEAD {STATE_HEAD.size}",
@@ -149,13 +170,15 @@ def c_header() -> str:
               f"#define NCA_MESH_RESID_BYTES {F.RESID_BYTES}",
               f"#define NCA_MESH_TICK_US {TICK_US}",
               f"#define NCA_MESH_PARAMS_RESENDS {PARAMS_RESENDS}",
+              f"#define NCA_MESH_MAX_COPIES {MAX_COPIES}",
               f"#define NCA_MESH_PARAMS_RESEND_TICKS {PARAMS_RESEND_TICKS}u",
               f"#define NCA_MESH_CLOCK_EXPONENTIAL {CLOCK_EXPONENTIAL}",
               f"#define NCA_MESH_CLOCK_PERIODIC {CLOCK_PERIODIC}", "",
               "/* status flags */"]
     lines += [f"#define NCA_MESH_FLAG_{n} {v}" for n, v in (("RUNNING", FLAG_RUNNING), ("COORDS", FLAG_COORDS),
                                                              ("MISWIRED", FLAG_MISWIRED), ("FOREIGN", FLAG_FOREIGN),
-                                                             ("ASLEEP", FLAG_ASLEEP))]
+                                                             ("ASLEEP", FLAG_ASLEEP), ("MIRRORED", FLAG_MIRRORED))]
+    lines += [f"#define NCA_MESH_FLAG_ROT_SHIFT {FLAG_ROT_SHIFT}", f"#define NCA_MESH_FLAG_ROT_MASK 0x{FLAG_ROT_MASK:02X}"]
     lines += ["", "/* replay marks (GPIOR0 on AVR) */",
               f"#define NCA_MESH_MARK_WAKE_IN 0x{MARK_WAKE_IN:02X}",
               f"#define NCA_MESH_MARK_WAKE_OUT 0x{MARK_WAKE_OUT:02X}",

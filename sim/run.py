@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boards.mesh import MeshConfig
+from boards.mesh import MeshConfig, random_mounts
 from boards.swarm import parse_board_spec
 
 from . import paths
@@ -46,7 +46,8 @@ ASYNC_ONLY = ("latency", "latency_dist", "latency_high", "msg_loss", "burst", "m
               "clock", "jitter", "drift", "links")
 GRID_ONLY = ("fire_rate",)   # sync and lockstep
 MESH_CLOCK = ("mean_interval", "clock", "jitter")   # the event engines' options the mesh takes too
-MESH_ONLY = ("wake_ms", "frame_loss", "byte_loss", "byte_corrupt", "clock_ppm", "miswire", "mesh_threads")
+MESH_ONLY = ("wake_ms", "frame_loss", "byte_loss", "byte_corrupt", "copies", "clock_ppm", "miswire", "mount",
+             "mirror", "mesh_threads")
 NOT_LIVE = ("damage", "rotate_at", "save_png", "save_strip", "save_state", "json", "save_gif",
             "save_mp4", "save_plots")
 
@@ -131,8 +132,15 @@ def _parser() -> ArgParser:
     g.add_argument("--byte-loss", type=float, help="probability that a byte is lost on a wire (0..1)")
     g.add_argument("--byte-corrupt", type=float, help="probability that a byte arrives with a bit "
                                                       "flipped (0..1)")
+    g.add_argument("--copies", type=int, help="each board sends every state frame this many times back "
+                   "to back, 1 to 3: a receiver keeps the first good copy (default: 1)")
     g.add_argument("--miswire", action="append", metavar="X,Y", help="board (X,Y)'s north wire lands "
-                   "on its north neighbour's north face (repeatable): detected and reported")
+                   "on its north neighbour's west port (repeatable): detected and reported")
+    g.add_argument("--mount", choices=("straight", "random"), help="random: every board but the host's "
+                   "(0,0) mounted turned by a random quarter turn (seeded); the boards find their rotation "
+                   "(default: straight)")
+    g.add_argument("--mirror", action="append", metavar="X,Y", help="board (X,Y) mounted mirrored "
+                   "(repeatable): reported, and it stays an empty cell")
     g.add_argument("--mesh-threads", type=int, help="emulator threads (default: 2)")
     g = ap.add_argument_group("hardware in the loop (simpy engine)")
     g.add_argument("--board", action="append", default=[], metavar="X,Y=URL",
@@ -283,20 +291,30 @@ def mesh_config_from(a: argparse.Namespace) -> MeshConfig | None:
     """The MeshConfig of parsed mesh options (None for another engine); its errors are one line."""
     if a.engine != MESH_ENGINE:
         return None
-    miswire = []
-    for spec in a.miswire or []:
+
+    def board(flag: str, spec: str, first_row: int = 0) -> int:
         try:
             x, y = (int(v) for v in spec.split(","))
         except ValueError:
-            raise UserError(f"--miswire takes X,Y (a board's column and row), got {spec!r}") from None
-        if not (0 <= x < a.size and 0 < y < a.size):
-            raise UserError(f"--miswire {spec}: no board with a north neighbour there on the "
-                            f"{a.size}x{a.size} grid")
-        miswire.append(y * a.size + x)
+            raise UserError(f"{flag} takes X,Y (a board's column and row), got {spec!r}") from None
+        if not (0 <= x < a.size and first_row <= y < a.size):
+            what = "board with a north neighbour" if first_row else "such board"
+            raise UserError(f"{flag} {spec}: no {what} there on the {a.size}x{a.size} grid")
+        if flag == "--mirror" and x == y == 0:
+            raise UserError("--mirror 0,0: the host's board (0,0) defines north, it cannot be mirrored")
+        return y * a.size + x
+
+    miswire = [board("--miswire", spec, 1) for spec in a.miswire or []]
+    mirrored = tuple(board("--mirror", spec) for spec in a.mirror or [])
+    if a.mount == "random":
+        mount = random_mounts(a.size, a.size, a.seed, mirrored)
+    else:
+        mount = "".join("4" if i in mirrored else "0" for i in range(a.size * a.size)) if mirrored else ""
     cfg = MeshConfig(wake_ms=100.0 if a.wake_ms is None else a.wake_ms,
                      clock_ppm=5000.0 if a.clock_ppm is None else a.clock_ppm,
                      frame_loss=a.frame_loss or 0.0, byte_loss=a.byte_loss or 0.0,
-                     byte_corrupt=a.byte_corrupt or 0.0, miswire=tuple(miswire),
+                     byte_corrupt=a.byte_corrupt or 0.0, copies=1 if a.copies is None else a.copies,
+                     miswire=tuple(miswire), mount=mount,
                      threads=2 if a.mesh_threads is None else a.mesh_threads)
     return cfg.validate()
 
@@ -348,6 +366,11 @@ def _summary(r: Result, model_path: str, written: list[str]) -> str:
                      f"refused ({b['miswired']} miswired, {b['foreign']} of another model); replay of "
                      f"{b['wakes_replayed']} wakes: {b['replay_mismatches']} mismatches; "
                      f"{b['emulated_seconds']:.1f} s emulated in {b['emulator_seconds']:.1f} s")
+        if b["mounted_turned"] or b["mounted_mirrored"]:
+            lines.append(f"mounts: {b['mounted_turned']} boards turned, {len(b['mounted_mirrored'])} mirrored; "
+                         f"{b['boards_mirrored']} boards report a mirror; {b['mounts_found_wrong']} placed "
+                         f"boards found their mount wrong; {b['inbox_mismatches']} inbox entries from the "
+                         f"wrong neighbour")
     lines.append("wrote " + ", ".join(written) if written else "wrote no files (see --save-png, "
                  "--save-strip, --save-gif, --save-plots, --save-state, --json)")
     return "\n".join(lines)

@@ -7,6 +7,8 @@
 
 NCA_MESH_ASSERT(status_bytes, sizeof(nca_mesh_status_t) == NCA_MESH_STATUS_BYTES);
 NCA_MESH_ASSERT(frame_fits, NCA_MESH_RX_BUFFER <= NCA_FRAME_MAX);
+/* a relaying STATE frame's copies fit a port's transmit ring (the port's, 256 bytes on AVR) */
+NCA_MESH_ASSERT(copies_fit, NCA_MESH_MAX_COPIES * NCA_FRAME_ENCODED(NCA_MESH_MAX_PAYLOAD) < 256);
 /* where the emulator's replay taps read (nca_mesh_ids.h) */
 NCA_MESH_ASSERT(wakes_at, offsetof(nca_mesh_status_t, wakes) == NCA_MESH_STATUS_WAKES_AT);
 NCA_MESH_ASSERT(cell_state_at, offsetof(nca_cell_t, state) == NCA_MESH_CELL_STATE_AT);
@@ -27,11 +29,15 @@ static const uint16_t log2_table[65] NCA_ROM = NCA_MESH_LOG2_TABLE;
 #define OPPOSITE(f) ((uint8_t)(((f) + 2) & 3))
 #define SLOT_W 3
 #define SLOT_E 4
+static const uint8_t mirrored_rgb[3] = {255, 0, 255};   /* the LED of a board mounted mirrored */
 
+/* One per port: the board's own N E S W (USART1 2 3 0), whichever way it is mounted. */
 typedef struct {
     nca_frame_rx_t rx;
+    uint8_t faces;                /* the grid face this port faces, as its neighbour's last
+                                     frame implies (NCA_MESH_UNKNOWN: none yet) */
     uint16_t last_seq;
-    uint8_t seen;                 /* a STATE frame arrived on this face since the run began */
+    uint8_t seen;                 /* a STATE frame arrived on this port since the run began */
     uint8_t asked;                /* PARAMS_REQ sent, no PARAMS yet */
 } port_t;
 
@@ -39,6 +45,7 @@ typedef struct {
 typedef struct {
     uint32_t seed, mean_ticks, jitter_ticks;
     uint8_t width, height, seed_x, seed_y, clock;
+    uint8_t copies;               /* each STATE frame goes out this many times, back to back */
     int8_t seed_state[NCA_CHANNELS];
     uint8_t seed_resid[NCA_MESH_RESID_BYTES];
 } params_t;
@@ -46,6 +53,10 @@ typedef struct {
 static struct {
     port_t port[NCA_FACES];
     params_t p;
+    uint8_t mount;                /* port q faces grid face (q + rot) & 3, or (rot - q) & 3
+                                     mirrored: rot | NCA_MESH_MOUNT_MIRRORED */
+    uint8_t oriented;             /* mount is known (from a neighbour, or set by the host) */
+    uint8_t fixed;                /* ... set by the host: the grid's north is this board's */
     uint64_t key;                 /* the counter generator's (seed, WAKE, cell) prefix */
     uint64_t init_key;            /* ... and (seed, INIT, cell)'s */
     uint32_t wake_k;              /* the next wake's number */
@@ -113,11 +124,37 @@ static uint32_t interval(uint32_t k)
     return (uint32_t)(((uint64_t)m.p.mean_ticks * neg_ln_q16(u ? u : 1)) >> 16);
 }
 
+/* ------------------------------------------------------------ orientation */
+#define MIRRORED(mount) ((mount) & NCA_MESH_MOUNT_MIRRORED)
+
+static uint8_t face_of(uint8_t mount, uint8_t q)
+{
+    return (uint8_t)((MIRRORED(mount) ? (mount - q) : (mount + q)) & 3);
+}
+
+static uint8_t port_of(uint8_t f)
+{
+    return (uint8_t)((MIRRORED(m.mount) ? (m.mount - f) : (f - m.mount)) & 3);
+}
+
+/* the grid face of port q, or NCA_MESH_UNKNOWN while the board does not know its mount */
+static uint8_t face(uint8_t q)
+{
+    return m.oriented ? face_of(m.mount, q) : NCA_MESH_UNKNOWN;
+}
+
+/* a frame on port q disagrees with the mount (e.g. N wired to W) */
+static uint8_t disagrees(uint8_t q)
+{
+    uint8_t g = m.port[q].faces;
+    return (uint8_t)(m.oriented && g != NCA_MESH_UNKNOWN && g != face_of(m.mount, q));
+}
+
 /* ------------------------------------------------------------ sending */
-static void send_payload(uint8_t face, uint8_t n)
+static void send_payload(uint8_t q, uint8_t n)
 {
     uint8_t len = nca_frame_encode(frame, n, wire);
-    if (nca_mesh_send(face, wire, len))
+    if (nca_mesh_send(q, wire, len))
         nca_mesh_status.sent++;
 }
 
@@ -134,9 +171,12 @@ static uint32_t get32(const uint8_t *p)
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
+/* to every grid face (the port that faces it), in the run's number of copies: on a
+ * line that corrupts bytes a long frame fails its CRC often, and one of the copies
+ * gets through (the receiver keeps the first good one) */
 static void send_state(void)
 {
-    uint8_t f;
+    uint8_t f, c, len;
     for (f = 0; f < NCA_FACES; f++) {
         uint8_t relay = (uint8_t)(f == NCA_FACE_N || f == NCA_FACE_S), n = NCA_MESH_STATE_HEAD;
         frame[0] = NCA_MESH_STATE;
@@ -155,16 +195,19 @@ static void send_state(void)
             memcpy(frame + n + NCA_CHANNELS, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_E, NCA_CHANNELS);
             n += 2 * NCA_CHANNELS;
         }
-        send_payload(f, n);
+        len = nca_frame_encode(frame, n, wire);
+        for (c = 0; c < m.p.copies; c++)
+            if (nca_mesh_send(port_of(f), wire, len))
+                nca_mesh_status.sent++;
     }
     m.seq++;
 }
 
-static void send_params(uint8_t face)
+static void send_params(uint8_t q)
 {
     uint8_t *b = frame;
     b[0] = NCA_MESH_PARAMS;
-    b[1] = face;
+    b[1] = face(q);
     b[2] = nca_mesh_status.x;
     b[3] = nca_mesh_status.y;
     b[4] = nca_mesh_status.run;
@@ -178,7 +221,8 @@ static void send_params(uint8_t face)
     put32(b + 18, m.p.jitter_ticks);
     memcpy(b + 22, m.p.seed_state, NCA_CHANNELS);
     memcpy(b + 38, m.p.seed_resid, NCA_MESH_RESID_BYTES);
-    send_payload(face, NCA_MESH_PARAMS_BYTES);
+    b[46] = m.p.copies;
+    send_payload(q, NCA_MESH_PARAMS_BYTES);
 }
 
 /* ------------------------------------------------------------ the run */
@@ -192,17 +236,26 @@ static void show(void)
 #if NCA_HAS_RESID
     memcpy(nca_mesh_status.resid, nca_mesh_cell.resid, NCA_MESH_RESID_BYTES);
 #endif
+    if (HAS(MIRRORED)) {
+        nca_mesh_led(mirrored_rgb);
+        return;
+    }
     nca_cell_rgb(nca_mesh_cell.state, rgb);
     nca_mesh_led(rgb);
 }
 
-static uint8_t all_zero(void)
+static uint8_t zero(const int8_t *v, uint8_t n)
 {
     uint8_t c;
-    for (c = 0; c < NCA_CHANNELS; c++)
-        if (nca_mesh_cell.state[c])
+    for (c = 0; c < n; c++)
+        if (v[c])
             return 0;
     return 1;
+}
+
+static uint8_t all_zero(void)
+{
+    return zero(nca_mesh_cell.state, NCA_CHANNELS);
 }
 
 /* schedule wake k from `from`, when the board runs and knows where it is */
@@ -237,6 +290,8 @@ static void place(void)
 
 static void set_coords(uint8_t x, uint8_t y)
 {
+    if (HAS(COORDS) && x == nca_mesh_status.x && y == nca_mesh_status.y)
+        return;
     nca_mesh_status.x = x;
     nca_mesh_status.y = y;
     FLAGS |= NCA_MESH_FLAG_COORDS;
@@ -244,17 +299,87 @@ static void set_coords(uint8_t x, uint8_t y)
         place();
 }
 
-/* learn the place from a neighbour's: it is behind face f */
+/* learn the place from a neighbour's: it is behind grid face f */
 static void learn_coords(uint8_t f, uint8_t sx, uint8_t sy)
 {
-    if (HAS(COORDS) || sx == NCA_MESH_UNKNOWN || sy == NCA_MESH_UNKNOWN)
+    if (HAS(COORDS) || f == NCA_MESH_UNKNOWN || sx == NCA_MESH_UNKNOWN || sy == NCA_MESH_UNKNOWN)
         return;
     set_coords((uint8_t)(sx - face_dx[f]), (uint8_t)(sy - face_dy[f]));
+}
+
+static uint8_t votes(uint8_t mount)
+{
+    uint8_t q, n = 0;
+    for (q = 0; q < NCA_FACES; q++)
+        n = (uint8_t)(n + (m.port[q].faces == face_of(mount, q)));
+    return n;
+}
+
+/* The mount that the most neighbours agree on (a tie keeps the one the board has, else
+ * the unmirrored one): every neighbour's frame says which grid face it came out of, so
+ * the port it arrived on faces the opposite one. A port that disagrees is miswired; a
+ * mount that only a mirror image explains (the ports' order reversed) is reported, and
+ * the board takes no part in the pattern: it stays an empty cell that still relays. */
+static void orient(void)
+{
+    uint8_t h, best = m.mount, most = m.oriented ? votes(m.mount) : 0;
+    for (h = 0; h < 8; h++) {
+        uint8_t mount = (uint8_t)((h & 3) | (h & 4 ? NCA_MESH_MOUNT_MIRRORED : 0)), n = votes(mount);
+        if (n > most) {
+            best = mount;
+            most = n;
+        }
+    }
+    if (!most || (m.oriented && best == m.mount))
+        return;
+    if (m.oriented) {             /* what it learned through the old mount is wrong */
+        memset(nca_mesh_cell.inbox, 0, sizeof nca_mesh_cell.inbox);
+        FLAGS &= (uint8_t)~NCA_MESH_FLAG_COORDS;
+        nca_mesh_status.x = nca_mesh_status.y = NCA_MESH_UNKNOWN;
+        m.scheduled = 0;
+    }
+    m.mount = best;
+    m.oriented = 1;
+    FLAGS = (uint8_t)((FLAGS & ~(NCA_MESH_FLAG_MIRRORED | NCA_MESH_FLAG_ROT_MASK)) |
+                      ((best & 3) << NCA_MESH_FLAG_ROT_SHIFT) | (MIRRORED(best) ? NCA_MESH_FLAG_MIRRORED : 0));
+    if (HAS(MIRRORED)) {
+        memset(nca_mesh_cell.state, 0, NCA_CHANNELS);
+#if NCA_HAS_RESID
+        memset(nca_mesh_cell.resid, 0, NCA_MESH_RESID_BYTES);
+#endif
+        show();
+    }
+}
+
+/* a frame on port q came out of the sender's grid face sf */
+static void observe(uint8_t q, uint8_t sf)
+{
+    uint8_t g;
+    if (sf >= NCA_FACES)
+        return;
+    m.port[q].faces = OPPOSITE(sf);
+    if (!m.fixed)
+        orient();
+    FLAGS &= (uint8_t)~NCA_MESH_FLAG_MISWIRED;   /* the flag says what the wires are now */
+    for (g = 0; g < NCA_FACES; g++)
+        if (disagrees(g))
+            FLAGS |= NCA_MESH_FLAG_MISWIRED;
 }
 
 static void wake(void)
 {
     uint8_t r;
+    if (HAS(MIRRORED)) {          /* an empty cell: it only relays, while a neighbour lives */
+        if (zero(nca_mesh_cell.inbox, sizeof nca_mesh_cell.inbox)) {
+            m.scheduled = 0;
+            FLAGS |= NCA_MESH_FLAG_ASLEEP;
+            return;
+        }
+        send_state();
+        m.wake_k++;
+        m.next_wake += interval(m.wake_k);
+        return;
+    }
     nca_mesh_status.wakes++;
     nca_mesh_mark(NCA_MESH_MARK_WAKE_IN);
     r = nca_cell_update(&nca_mesh_cell, NULL);
@@ -308,11 +433,19 @@ static void refuse(void)
     nca_mesh_status.refused++;
 }
 
-static void on_state(uint8_t f, const uint8_t *b, uint8_t n)
+static void miswired(void)
 {
-    port_t *p = &m.port[f];
+    nca_mesh_status.miswired++;
+    FLAGS |= NCA_MESH_FLAG_MISWIRED;
+    refuse();
+}
+
+/* a STATE frame on port q */
+static void on_state(uint8_t q, const uint8_t *b, uint8_t n)
+{
+    port_t *p = &m.port[q];
     uint16_t seq = (uint16_t)(b[5] | ((uint16_t)b[6] << 8));
-    uint8_t relay = b[11];
+    uint8_t relay = b[11], f;
     if (n != NCA_MESH_STATE_HEAD + NCA_CHANNELS * (relay ? 3 : 1)) {
         nca_mesh_status.corrupt++;
         return;
@@ -323,12 +456,14 @@ static void on_state(uint8_t f, const uint8_t *b, uint8_t n)
         refuse();
         return;
     }
-    if (b[7] != OPPOSITE(f) || (relay && f != NCA_FACE_N && f != NCA_FACE_S)) {   /* e.g. N wired to N */
-        nca_mesh_status.miswired++;
-        FLAGS |= NCA_MESH_FLAG_MISWIRED;
-        refuse();
+    observe(q, b[7]);
+    f = face(q);
+    if (f == NCA_MESH_UNKNOWN || disagrees(q) || (relay && f != NCA_FACE_N && f != NCA_FACE_S)) {
+        miswired();
         return;
     }
+    if (p->seen && seq == p->last_seq)
+        return;                   /* a copy of the frame it has */
     if (p->seen && seq != 0 && (int16_t)(seq - p->last_seq) <= 0) {   /* stale (seq 0: it rebooted) */
         refuse();
         return;
@@ -350,7 +485,7 @@ static void on_state(uint8_t f, const uint8_t *b, uint8_t n)
         if (!p->asked) {
             p->asked = 1;
             frame[0] = NCA_MESH_PARAMS_REQ;
-            send_payload(f, 1);
+            send_payload(q, 1);
         }
         return;
     }
@@ -358,17 +493,19 @@ static void on_state(uint8_t f, const uint8_t *b, uint8_t n)
         schedule(nca_mesh_ticks());
 }
 
-static void on_params(uint8_t f, const uint8_t *b)
+/* a PARAMS frame on port q (the host's: the sender's face unknown) */
+static void on_params(uint8_t q, const uint8_t *b)
 {
     uint8_t g;
-    if (HAS(RUNNING) && b[4] == nca_mesh_status.run)
-        return;                   /* the flood came back: already running it */
-    if (b[1] != OPPOSITE(f) && b[2] != NCA_MESH_UNKNOWN) {   /* a board's (the host's face is unknown) */
-        nca_mesh_status.miswired++;
-        FLAGS |= NCA_MESH_FLAG_MISWIRED;
-        refuse();
+    observe(q, b[1]);
+    if (disagrees(q)) {
+        miswired();
         return;
     }
+    if (!HAS(COORDS))
+        learn_coords(face(q), b[2], b[3]);
+    if (HAS(RUNNING) && b[4] == nca_mesh_status.run)
+        return;                   /* the flood came back: already running it */
     nca_mesh_status.run = b[4];
     m.p.seed = get32(b + 5);
     m.p.width = b[9];
@@ -380,6 +517,7 @@ static void on_params(uint8_t f, const uint8_t *b)
     m.p.jitter_ticks = get32(b + 18);
     memcpy(m.p.seed_state, b + 22, NCA_CHANNELS);
     memcpy(m.p.seed_resid, b + 38, NCA_MESH_RESID_BYTES);
+    m.p.copies = b[46] < 1 ? 1 : b[46] > NCA_MESH_MAX_COPIES ? NCA_MESH_MAX_COPIES : b[46];
     memset(&nca_mesh_cell, 0, sizeof nca_mesh_cell);
     for (g = 0; g < NCA_FACES; g++) {
         m.port[g].seen = 0;
@@ -391,27 +529,25 @@ static void on_params(uint8_t f, const uint8_t *b)
     show();
     if (HAS(COORDS))
         place();
-    else
-        learn_coords(f, b[2], b[3]);   /* places the board, if it learns where it is now */
     for (g = 0; g < NCA_FACES; g++)   /* pass it on */
-        if (g != f)
+        if (g != q)
             send_params(g);
     m.resends = NCA_MESH_PARAMS_RESENDS;
     m.resend_at = nca_mesh_ticks() + NCA_MESH_PARAMS_RESEND_TICKS;
 }
 
-static void on_frame(uint8_t f, const uint8_t *b, uint8_t n)
+static void on_frame(uint8_t q, const uint8_t *b, uint8_t n)
 {
     switch (b[0]) {
     case NCA_MESH_STATE:
         if (n >= NCA_MESH_STATE_HEAD)
-            on_state(f, b, n);
+            on_state(q, b, n);
         else
             nca_mesh_status.corrupt++;
         return;
     case NCA_MESH_PARAMS:
         if (n == NCA_MESH_PARAMS_BYTES)
-            on_params(f, b);
+            on_params(q, b);
         else
             nca_mesh_status.corrupt++;
         return;
@@ -424,35 +560,39 @@ static void on_frame(uint8_t f, const uint8_t *b, uint8_t n)
             for (g = 0; g < NCA_FACES; g++) {   /* pass it on */
                 frame[0] = NCA_MESH_STOP;
                 frame[1] = nca_mesh_status.run;
-                if (g != f)
+                if (g != q)
                     send_payload(g, 2);
             }
         }
         return;
     case NCA_MESH_PARAMS_REQ:
         if (HAS(RUNNING))
-            send_params(f);
+            send_params(q);
         return;
-    case NCA_MESH_SET_COORD:
-        if (n == 3)
+    case NCA_MESH_SET_COORD:      /* the host's board: its north is the grid's */
+        if (n == 3) {
+            m.mount = 0;
+            m.oriented = m.fixed = 1;
+            FLAGS &= (uint8_t)~(NCA_MESH_FLAG_MIRRORED | NCA_MESH_FLAG_ROT_MASK);
             set_coords(b[1], b[2]);
+        }
         return;
     case NCA_MESH_STATUS_GET:
         frame[0] = NCA_MESH_STATUS;
         memcpy(frame + 1, &nca_mesh_status, NCA_MESH_STATUS_BYTES);
-        send_payload(f, 1 + NCA_MESH_STATUS_BYTES);
+        send_payload(q, 1 + NCA_MESH_STATUS_BYTES);
         return;
     default:
         refuse();
     }
 }
 
-void nca_mesh_rx(uint8_t face, uint8_t byte)
+void nca_mesh_rx(uint8_t q, uint8_t byte)
 {
-    nca_frame_rx_t *rx = &m.port[face].rx;
+    nca_frame_rx_t *rx = &m.port[q].rx;
     uint8_t r = nca_frame_rx(rx, byte);
     if (r == NCA_FRAME_OK)
-        on_frame(face, rx->buf, rx->len);
+        on_frame(q, rx->buf, rx->len);
     else if (r == NCA_FRAME_BAD)
         nca_mesh_status.corrupt++;
 }
@@ -465,7 +605,9 @@ void nca_mesh_init(void)
     memset(&nca_mesh_status, 0, sizeof nca_mesh_status);
     nca_mesh_status.x = NCA_MESH_UNKNOWN;
     nca_mesh_status.y = NCA_MESH_UNKNOWN;
-    for (f = 0; f < NCA_FACES; f++)
+    for (f = 0; f < NCA_FACES; f++) {
         nca_frame_rx_reset(&m.port[f].rx);
+        m.port[f].faces = NCA_MESH_UNKNOWN;
+    }
     show();
 }

@@ -4,7 +4,8 @@
  * It wakes on its own timer, runs the cell core on what it last received from each
  * neighbour, and pushes its int8 state out of every face (unacknowledged, latest
  * wins); frames sent north and south also carry its latest W and E states, which
- * gives the receiver its diagonals. It learns its grid coordinates from its
+ * gives the receiver its diagonals. It learns its grid coordinates and its mount
+ * (which way round it is: every frame names the grid face it left by) from its
  * neighbours, and the run's parameters reach it through the grid.
  * Frames and ids: nca_mesh_ids.h (generated from boards/mesh_protocol.py);
  * firmware/MESH.md tells the whole protocol.
@@ -37,15 +38,15 @@ extern nca_cell_t nca_mesh_cell;
 
 /* ---- provided by the port */
 uint32_t nca_mesh_ticks(void);                                 /* a free-running NCA_MESH_TICK_US timer */
-/* queue one encoded frame out of a face; 0 if it does not fit (the frame is dropped:
- * latest wins, the next wake sends a newer one) */
-uint8_t nca_mesh_send(uint8_t face, const uint8_t *bytes, uint8_t n);
+/* queue one encoded frame out of port q (the board's own N E S W, NCA_FACE_*); 0 if it
+ * does not fit (the frame is dropped: latest wins, the next wake sends a newer one) */
+uint8_t nca_mesh_send(uint8_t q, const uint8_t *bytes, uint8_t n);
 void nca_mesh_led(const uint8_t *rgb);                         /* the cell's colour, after each wake */
 void nca_mesh_mark(uint8_t mark);                              /* NCA_MESH_MARK_*: the replay's taps */
 
 /* ---- the cell */
 void nca_mesh_init(void);
-void nca_mesh_rx(uint8_t face, uint8_t byte);
+void nca_mesh_rx(uint8_t q, uint8_t byte);      /* a byte that arrived on port q */
 void nca_mesh_poll(void);              /* runs the wake when it is due */
 /* 1 and the tick of the next wake, or 0 while no wake is scheduled (stopped, asleep) */
 uint8_t nca_mesh_next_wake(uint32_t *tick);

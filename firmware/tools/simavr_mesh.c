@@ -9,13 +9,18 @@
  * one slice reaches the neighbour's receiver at the start of the next. A sleeping core
  * with nothing due in the slice is not run at all: its clock is moved to the slice's end.
  *
- * Wires: face f of board (x, y) goes to face OPPOSITE(f) of the neighbour behind it
- * (faces N E S W = USART1 2 3 0, firmware/mesh/nca_mesh_ids.h). Unconnected faces send
+ * Wires: grid face f of board (x, y) goes to grid face OPPOSITE(f) of the neighbour
+ * behind it. A board's ports N E S W (USART1 2 3 0, firmware/mesh/nca_mesh_ids.h) face
+ * the grid's N E S W, unless --mount gives it a mount: port q then faces (q + rot) & 3,
+ * or (rot - q) & 3 mirrored (one character a board, in board order: 0-3 the rotation,
+ * 4-7 mirrored; board 0, the host's, is always 0). Unconnected ports send
  * nowhere and receive nothing. The west face of board (0, 0) is the host port (stdin
  * command `host`, output collected for `hostread`). Per directed wire, seeded: a whole
  * frame (from a 0x00 delimiter to the next) lost with --frame-loss, each byte lost with
  * --byte-loss or one of its bits flipped with --byte-corrupt; `cut` severs a wire both
- * ways; --miswire i lands board i's N wire on its north neighbour's N face (both ways).
+ * ways; --miswire i lands board i's north wire on its north neighbour's west port (that
+ * board's own west wire goes dead). (A north wire on the north neighbour's north port is
+ * how a board mounted mirrored is wired: --mount.)
  * Power: `off` stops a board (its wires go dead), `on` resets it (the firmware starts
  * from nothing, as after a power cut).
  *
@@ -29,10 +34,11 @@
  *                  wall_ns update_cycles" then W*H status blocks (binary, STATUS bytes each)
  *   host HEX       bytes to the host port       hostread  "host HEX" (what came back)
  *   off i,j,..     power off boards             on i,j,..  power them on (reset)
- *   cut i FACE     sever board i's wire on that face (both directions)
+ *   cut i FACE     sever board i's wire on that grid face (both directions)
  *   quit
  * Usage: simavr_mesh --size W H --cell ADDR --status ADDR [--seed S] [--clock-ppm P]
- *        [--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I]... [--threads N]
+ *        [--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I]... [--mount MOUNTS]
+ *        [--threads N]
  *        [--other I FILE CELL STATUS]... [--log FILE] firmware.elf
  * (--other: board I runs another firmware, e.g. another model's, with its own addresses.)
  * (ADDR: data-space addresses of nca_mesh_cell and nca_mesh_status, from avr-nm.)
@@ -72,7 +78,7 @@ static const int DX[FACES] = {0, 1, 0, -1}, DY[FACES] = {-1, 0, 1, 0};
 #define OPPOSITE(f) (((f) + 2) & 3)
 
 typedef struct {
-    int dst, face;                      /* board and face a wire lands on (-1: nowhere) */
+    int dst, face;                      /* board and port a wire lands on (-1: nowhere) */
     int cut;
     int dropping;                       /* inside a lost frame */
     int at_start;                       /* the next byte starts a frame */
@@ -88,6 +94,7 @@ typedef struct {
 struct board {
     avr_t *avr;
     int idx, on;
+    int mount;                          /* rot | NCA_MESH_MOUNT_MIRRORED */
     double hz;
     avr_irq_t *rx[FACES];
     tap_t tap[FACES];
@@ -268,26 +275,36 @@ static void board_init(board_t *b, int idx, double ppm, uint64_t seed)
     board_start(b, 0);
 }
 
+/* the port of board i that faces grid face f */
+static int port_of(int i, int f)
+{
+    int mount = boards[i].mount, rot = mount & 3;
+    return ((mount & NCA_MESH_MOUNT_MIRRORED) ? rot - f : f - rot) & 3;
+}
+
 static void wire_grid(const int *miswired, int nmis)
 {
     int i, f, k;
     for (i = 0; i < NB; i++) {
         int x = i % W, y = i / W;
         for (f = 0; f < FACES; f++) {
-            int xx = x + DX[f], yy = y + DY[f];
-            wire_t *w = &boards[i].wire[f];
-            w->dst = (xx >= 0 && xx < W && yy >= 0 && yy < H) ? yy * W + xx : -1;
-            w->face = OPPOSITE(f);
+            int xx = x + DX[f], yy = y + DY[f], j = yy * W + xx;
+            wire_t *w = &boards[i].wire[port_of(i, f)];
+            w->dst = (xx >= 0 && xx < W && yy >= 0 && yy < H) ? j : -1;
+            w->face = w->dst >= 0 ? port_of(j, OPPOSITE(f)) : 0;
         }
     }
-    for (k = 0; k < nmis; k++) {       /* board i's N wire lands on the north board's N face */
-        int i2 = miswired[k], n = boards[i2].wire[0].dst;
+    for (k = 0; k < nmis; k++) {       /* board i's N wire lands on the north board's W port */
+        int i2 = miswired[k], q = port_of(i2, 0), n = boards[i2].wire[q].dst, nw;
         if (n < 0)
             continue;
-        boards[i2].wire[0].face = 0;
-        boards[n].wire[2].dst = -1;    /* the north board's S face is left unconnected ... */
-        boards[n].wire[0].dst = i2;    /* ... and its N face talks to board i's N face */
-        boards[n].wire[0].face = 0;
+        nw = boards[n].wire[port_of(n, 3)].dst;  /* the wire it displaces goes dead */
+        if (nw >= 0)
+            boards[nw].wire[port_of(nw, 1)].dst = -1;
+        boards[n].wire[port_of(n, 2)].dst = -1;   /* the north board's S port is left unconnected */
+        boards[n].wire[port_of(n, 3)].dst = i2;
+        boards[n].wire[port_of(n, 3)].face = q;
+        boards[i2].wire[q].face = port_of(n, 3);
     }
 }
 
@@ -445,7 +462,8 @@ static void power(char *list, int on)
 static void usage(void)
 {
     fprintf(stderr, "usage: simavr_mesh --size W H --cell ADDR --status ADDR [--seed S] [--clock-ppm P] "
-                    "[--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I] [--threads N] "
+                    "[--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I] [--mount MOUNTS] "
+                    "[--threads N] "
                     "[--other I FILE CELL STATUS] [--log FILE] firmware.elf\n");
     exit(2);
 }
@@ -453,6 +471,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     int i, k, miswired[64], nmis = 0;
+    const char *mounts = NULL;
     uint64_t seed = 0;
     double ppm = 0;
     char line[1 << 16];
@@ -478,6 +497,8 @@ int main(int argc, char **argv)
             byte_corrupt = atof(argv[++i]);
         } else if (!strcmp(argv[i], "--miswire") && i + 1 < argc && nmis < 64) {
             miswired[nmis++] = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--mount") && i + 1 < argc) {
+            mounts = argv[++i];
         } else if (!strcmp(argv[i], "--other") && i + 4 < argc && nother < 64) {
             other[nother++] = atoi(argv[++i]);
             if (elf_read_firmware(argv[++i], &fw_other)) {
@@ -502,6 +523,11 @@ int main(int argc, char **argv)
     }
     if (!elf_path || W <= 0 || H <= 0 || W * H > 65535 || !cell_addr || !status_addr)
         usage();
+    if (mounts && (strlen(mounts) != (size_t)(W * H) || mounts[0] != '0' ||
+                   strspn(mounts, "01234567") != strlen(mounts))) {
+        fprintf(stderr, "--mount: one of 0-7 for each of the %d boards, board 0 (the host's) 0\n", W * H);
+        return 2;
+    }
     if (threads < 1 || threads > 64)
         threads = 1;
     answers = fdopen(dup(1), "w");
@@ -517,8 +543,10 @@ int main(int argc, char **argv)
     status_addr &= 0xFFFF;
     NB = W * H;
     boards = calloc((size_t)NB, sizeof *boards);
-    for (i = 0; i < NB; i++)
+    for (i = 0; i < NB; i++) {
         board_init(&boards[i], i, ppm, seed);
+        boards[i].mount = mounts ? mounts[i] - '0' : 0;
+    }
     wire_grid(miswired, nmis);
     if (threads > NB)
         threads = NB;
@@ -572,7 +600,7 @@ int main(int argc, char **argv)
         } else if (!strncmp(line, "cut ", 4)) {
             int b = -1, f = -1;
             if (sscanf(line + 4, "%d %d", &b, &f) == 2 && b >= 0 && b < NB && f >= 0 && f < FACES) {
-                wire_t *w = &boards[b].wire[f];
+                wire_t *w = &boards[b].wire[port_of(b, f)];
                 w->cut = 1;
                 if (w->dst >= 0)
                     boards[w->dst].wire[w->face].cut = 1;

@@ -25,7 +25,7 @@
 
 #define RX_RING 256u                /* powers of two: the indices wrap with a mask; 256 holds the
                                        * 80 bytes a face receives during an update, and more */
-#define TX_RING 128u
+#define TX_RING 256u                /* a STATE frame's copies, sent back to back */
 
 static volatile uint8_t rx_ring[NCA_FACES][RX_RING];
 static volatile uint8_t rx_head[NCA_FACES], rx_tail[NCA_FACES];
