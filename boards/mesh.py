@@ -247,6 +247,12 @@ class Mesh:
                                                                            MP.MOUNT_MIRRORED, 0)
         return np.where(flags & MP.FLAG_COORDS, found, -1)
 
+    def mounts_found_wrong(self) -> int:
+        """Placed boards whose mount as found is not the one they were mounted with."""
+        given = np.array([int(ch) for ch in self.config.mount or "0" * (self.width * self.height)])
+        found = self.mounts()
+        return int(((found >= 0) & (found != given)).sum())
+
     def misplaced(self) -> int:
         """Boards whose learned place is not where they are (a placed board only)."""
         ys, xs = np.divmod(np.arange(self.width * self.height), self.width)
@@ -389,8 +395,7 @@ class MeshEngine(Engine):
             "byte_corrupt": c.byte_corrupt, "copies": c.copies, "miswired_boards": list(c.miswire),
             "mounted_turned": sum(ch not in "04" for ch in c.mount),
             "mounted_mirrored": [i for i, ch in enumerate(c.mount) if int(ch) & MP.MOUNT_MIRRORED],
-            "mounts_found_wrong": int((m.mounts() != np.array([int(ch) for ch in c.mount or "0" * m.mounts().size]))
-                                      [m.mounts() >= 0].sum()),
+            "mounts_found_wrong": m.mounts_found_wrong(),
             "foreign_boards": list(other), "threads": c.threads}}
 
     def close(self) -> None:

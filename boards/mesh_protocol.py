@@ -61,9 +61,10 @@ def face_of(mount: int, port: int) -> int:
 # ---------------------------------------------------------------- message types
 # (name, id, body)
 MESSAGES: tuple[tuple[str, int, str], ...] = (
-    ("STATE", 0x30, ("model hash u32, seq u16, face u8 (the grid face it left by), x u8, y u8, run u8, relay u8 "
-                    "(1: W and E follow), state 16 x i8, [W state 16 x i8, E state 16 x i8]")),
-    ("PARAMS", 0x31, ("face u8 (grid face it left by, UNKNOWN: the host's), x u8, y u8 (sender's), run u8, seed u32, width u8, height u8, "
+    ("STATE", 0x30, ("model hash u32, seq u16, face u8 (the grid face it left by), x u8, y u8, run u8, "
+                    "relay u8 (1: W and E follow), state 16 x i8, [W state 16 x i8, E state 16 x i8]")),
+    ("PARAMS", 0x31, ("face u8 (the grid face it left by; UNKNOWN: the host's), x u8, y u8 (sender's), "
+                     "run u8, seed u32, width u8, height u8, "
                      "seed x u8, seed y u8, clock u8 (0 exponential, 1 periodic), mean ticks u32, "
                      "jitter ticks u32, seed state 16 x i8, seed remainders 8 x u8, copies u8 (each STATE "
                      "frame sent this many times back to back, 1..MAX_COPIES)")),
@@ -88,9 +89,9 @@ RX_BUFFER = MAX_PAYLOAD + 2
 
 # The status block: what a board knows of itself, in RAM (the emulator's camera reads
 # it there) and in the STATUS reply. Flags: bit 0 running, 1 coordinates known, 2 a
-# port disagrees with the board's mount (miswired, now), 3 a frame of another model seen, 4 asleep (dormant, no wake due),
-# 5 mounted mirrored (an empty cell that relays), 6-7 the board's rotation (quarter turns
-# clockwise, valid with coordinates).
+# port disagrees with the board's mount now (miswired), 3 a frame of another model
+# seen, 4 asleep (dormant, no wake due), 5 mounted mirrored (an empty cell that
+# relays), 6-7 the board's rotation (quarter turns clockwise, valid with coordinates).
 STATUS_FIELDS = ("state", "resid", "x", "y", "run", "flags", "wakes", "updates", "sent", "received",
                  "corrupt", "refused", "lost", "miswired", "foreign")
 STATUS_STRUCT = struct.Struct("<16s8sBBBBIIIIIIIHH")
