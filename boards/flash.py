@@ -3,6 +3,7 @@
     nca-flash --port URL_OR_DEVICE --model M.npz [--baud N] [--reset dtr|rts] [--force]
     nca-flash --list
     nca-flash --image FW --board uno|microbit --port /dev/ttyACM0 [--model M.npz]
+    nca-flash --mesh --port /dev/ttyACM0 --model M.npz     (a grid of wired cells, MESH.md)
 
 The genome goes into the board's inactive flash slot in chunks (each acknowledged,
 retransmitted on loss), is verified by CRC32 and only then activated, so an
@@ -37,6 +38,8 @@ from sim.weights import load
 from . import protocol
 from .client import Board
 from .errors import BoardRefused, LinkError, NoWriter
+from .mesh_host import push_genome
+from .transport import open_port
 
 PROG = "nca-flash"
 
@@ -160,6 +163,11 @@ def _parser() -> ArgParser:
     ap.add_argument("--board", choices=tuple(UPLOADERS), help="the board of --image: uno (avrdude), "
                     "microbit (openocd)")
     ap.add_argument("--dry-run", action="store_true", help="with --image: print the uploader command only")
+    ap.add_argument("--mesh", action="store_true", help="the board is the host's board of a grid of wired "
+                    "cells (the mesh firmware): the genome goes in as a neighbour would pass it on, and the "
+                    "boards spread it through the grid (python -m boards.mesh_host census counts them)")
+    ap.add_argument("--keep-state", action="store_true", help="with --mesh: the boards keep their states when "
+                    "they activate the genome")
     return ap
 
 
@@ -188,6 +196,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
         model = load(a.model)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read model {a.model}: {e}") from None
+    if a.keep_state and not a.mesh:
+        raise UserError("--keep-state is for a grid of wired cells: --mesh")
+    if a.mesh:
+        q = quantized(model)
+        ser = open_port(a.port, a.baud)
+        try:
+            gen = push_genome(ser, q, a.keep_state)
+        finally:
+            ser.close()
+        print(f"{PROG}: the host's board at {a.port} runs model 0x{q.model_hash:08x}, generation {gen}; "
+              f"the grid passes it on")
+        return 0
     image = protocol.image_of(quantized(model))
     bar = Progress(len(image.genome), "B") if Progress.wanted(a.progress) else None
     last: Exception | None = None

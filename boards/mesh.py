@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -23,26 +24,30 @@ import numpy as np
 from codegen import emit
 from codegen import formats as F
 from codegen import golden as G
+from codegen.image import image_of
 from codegen.quantize import QModel, quantized
 from codegen.toolchain import elf_symbol, mesh_firmware
 from sim.engines import Engine, RunError
 from sim.errors import UserError
 from sim.model import ALPHA, NEIGHBOUR_OFFSETS
 from sim.spec import Params
+from sim.weights import load_model
 
 from . import mesh_protocol as MP
 
-REC = np.dtype([("board", "<u2"), ("pad", "<u2"), ("wake", "<u4"), ("state_in", "i1", 16),
+REC = np.dtype([("board", "<u2"), ("pad", "<u2"), ("wake", "<u4"), ("model_hash", "<u4"), ("state_in", "i1", 16),
                 ("resid_in", "u1", 8), ("inbox", "i1", (8, 16)), ("state_out", "i1", 16),
                 ("resid_out", "u1", 8)])
 STATUS = np.dtype([("state", "i1", 16), ("resid", "u1", 8), ("x", "u1"), ("y", "u1"), ("run", "u1"),
                    ("flags", "u1")] + [(c, "<u4") for c in MP.COUNTERS[:7]]
-                  + [(c, "<u2") for c in MP.COUNTERS[7:]])
+                  + [(c, "<u2") for c in MP.COUNTERS[7:]]
+                  + [("generation", "<u4"), ("model_hash", "<u4"), ("genome_bytes", "<u2"), ("activations", "<u2")])
 assert STATUS.itemsize == MP.STATUS_STRUCT.size and REC.itemsize == MP.RECORD_BYTES
-assert STATUS.fields["wakes"][1] == MP.WAKES_AT
+assert STATUS.fields["wakes"][1] == MP.WAKES_AT and STATUS.fields["model_hash"][1] == MP.HASH_AT
 
 
 BOOT_NS = 20_000_000                 # 20 ms: every board's start-up is over
+HOST_STEP_NS = 5_000_000             # the host answers the board it is plugged into this often
 
 
 class MeshError(UserError):
@@ -65,6 +70,8 @@ class MeshConfig:
     mount: str = ""                  # one of 0-7 a board (rotation, +4 mirrored; board 0: 0); "": straight
     foreign: tuple[tuple[int, Path], ...] = ()   # boards running another firmware ELF
     threads: int = 2
+    reflash: tuple[tuple[float, str, bool], ...] = ()  # (time, model, keep state): a genome through the host port
+    flash_cuts: int = -1             # this board loses power at every flash operation of its updates
 
     @property
     def unit_ns(self) -> float:
@@ -115,7 +122,7 @@ def start_frames(q: QModel, width: int, height: int, seed: int, seed_xy: tuple[i
     jitter_ticks = round(config.jitter / config.mean_interval * mean_ticks)
     return [MP.simple_frame("SET_COORD", bytes([0, 0])),
             MP.params_frame(run, seed, width, height, seed_xy[0], seed_xy[1], config.clock, mean_ticks,
-                            jitter_ticks, state.tobytes(), resid.tobytes(), config.copies)]
+                            jitter_ticks, state.tobytes(), resid.tobytes(), q.model_hash, config.copies)]
 
 
 class Mesh:
@@ -126,6 +133,14 @@ class Mesh:
     def __init__(self, q: QModel, width: int, height: int, seed: int, seed_xy: tuple[int, int],
                  config: MeshConfig = MeshConfig(), log: bool = True):
         self.q, self.width, self.height, self.seed = q, width, height, seed
+        self.models = {q.model_hash: q}      # the genomes the grid was given, by hash
+        self.run = 1
+        self.spread: dict[str, Any] | None = None   # the last reflash: when it reached every board
+        self._arrived = np.zeros(0)                 # ... when each board first ran it
+        self.flash_cut: dict[str, Any] | None = None     # the flash cuts under way ...
+        self.flash_cuts_done: dict[str, Any] | None = None   # ... and over
+        self._host_buf = b""                        # a frame from the host's board still arriving
+        self._census_id = 0
         self.config = config.validate()
         if not (2 <= width <= 254 and 2 <= height <= 254):
             raise MeshError(f"a mesh is 2 to 254 boards a side, not {width}x{height}")
@@ -137,6 +152,8 @@ class Mesh:
                "--clock-ppm", repr(config.clock_ppm), "--frame-loss", repr(config.frame_loss),
                "--byte-loss", repr(config.byte_loss), "--byte-corrupt", repr(config.byte_corrupt),
                "--threads", str(config.threads)]
+        if not -1 <= config.flash_cuts < width * height:
+            raise MeshError(f"--flash-cuts names board {config.flash_cuts}; the grid has {width * height}")
         if config.mount and len(config.mount) != width * height:
             raise MeshError(f"the mount has {len(config.mount)} boards, the grid {width * height}")
         for i in config.miswire:
@@ -150,6 +167,11 @@ class Mesh:
             cmd += ["--log", str(self.log_path)]
         self._proc = subprocess.Popen(cmd + [str(fw.elf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
+        # what the emulator reports on the way (a breach of the chip's self-programming
+        # rules: "board I: FAIL: ..."), read as it comes so that the pipe never fills
+        self.reports: list[str] = []
+        self._reader = threading.Thread(target=self._read_reports, daemon=True)
+        self._reader.start()
         self.t0_ns = 0
         self.now_ns = 0
         self.sim_cycles = self.active_cycles = self.wall_ns = self.update_cycles = 0
@@ -157,8 +179,17 @@ class Mesh:
         self.seed_xy = seed_xy
         self._start(seed_xy)
 
+    def _read_reports(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self.reports.append(line.decode(errors="replace").rstrip())
+
+    def flash_rule_breaches(self) -> list[str]:
+        """The emulator's reports of a board breaking the chip's self-programming rules."""
+        return [r for r in self.reports if "FAIL" in r]
+
     # ---------------------------------------------------------------- the emulator's commands
-    def _command(self, line: str) -> bytes:
+    def _command(self, line: str, answers: tuple[bytes, ...] = (b"ok", b"host")) -> bytes:
         p = self._proc
         assert p.stdin is not None and p.stdout is not None
         try:
@@ -167,19 +198,37 @@ class Mesh:
             answer = p.stdout.readline()
         except BrokenPipeError:
             answer = b""
-        if not answer.startswith((b"ok", b"host")):
-            err = (p.stderr.read().decode(errors="replace").strip() if p.poll() is not None and p.stderr
-                   else answer.decode(errors="replace").strip())
+        if not answer.startswith(answers):
+            if p.poll() is not None:
+                self._reader.join(timeout=5)
+            err = "; ".join(self.reports[-3:]) if p.poll() is not None else answer.decode(errors="replace").strip()
             raise MeshError(f"the grid emulator failed on {line.split()[0]!r}: {err or 'no answer'}")
         return answer
 
     def _run_to(self, t_ns: int) -> None:
+        """Run to t_ns: in short slices while a board's flash cuts need tending."""
+        while self.flash_cut is not None and self.now_ns + HOST_STEP_NS < t_ns:
+            self._run_slice(self.now_ns + HOST_STEP_NS)
+        self._run_slice(t_ns)
+
+    def _run_slice(self, t_ns: int) -> None:
         head = self._command(f"run {int(t_ns)}").split()
         self.now_ns, self.sim_cycles, self.active_cycles = int(head[1]), int(head[2]), int(head[3])
         self.wall_ns += int(head[4])
         self.update_cycles = int(head[5])
         raw = self._proc.stdout.read(self.width * self.height * STATUS.itemsize)  # type: ignore[union-attr]
         self.status = np.frombuffer(raw, STATUS).copy()
+        sp = self.spread
+        if sp is not None and sp["all_boards_s"] is None:
+            t = (self.now_ns - sp["at_ns"]) / 1e9
+            on = self.status["generation"] == sp["generation"]
+            self._arrived[on & np.isnan(self._arrived)] = t
+            if on.all():
+                sp["all_boards_s"] = t
+                sp["half_of_the_boards_s"], sp["nine_tenths_s"] = (float(v) for v in
+                                                                   np.quantile(self._arrived, [0.5, 0.9]))
+        if self.flash_cut is not None:
+            self._tend_flash_cuts()
 
     def host(self, frame: bytes) -> None:
         """Bytes to the host port (the west face of board (0, 0))."""
@@ -188,6 +237,13 @@ class Mesh:
     def host_read(self) -> bytes:
         """What board (0, 0) sent out of its west face since the last call."""
         return bytes.fromhex(self._command("hostread").decode().split(" ", 1)[1].strip())
+
+    def host_payloads(self) -> list[bytes]:
+        """The frames board (0, 0) completed on the host port since the last call (a frame
+        still arriving waits for the next)."""
+        self._host_buf += self.host_read()
+        done, _, self._host_buf = self._host_buf.rpartition(b"\x00")
+        return MP.payloads(done)
 
     def _start(self, seed_xy: tuple[int, int]) -> None:
         self._run_to(BOOT_NS)                                # the boards start up (a byte before is lost)
@@ -224,12 +280,101 @@ class Mesh:
         self._command(f"cut {int(board)} {int(face)}")
 
     def own_states(self) -> np.ndarray:
-        """(H, W, 16) own states in 2^-ef_bits steps, as the golden model holds them."""
+        """(H, W, 16) own states in 2^-ef_bits steps of the current genome's formats."""
         own = F.join_own(self.status["state"], self.status["resid"], self.q.fmt.ef_bits)
         return own.reshape(self.height, self.width, 16)
 
     def float_states(self) -> np.ndarray:
-        return F.dequantize_fine(self.own_states(), self.q.fmt)
+        """(H, W, 16) the boards' states in floats, each in the formats of the genome it runs
+        (a board on a genome nobody gave the grid reads as empty)."""
+        out = np.zeros((self.width * self.height, 16), np.float32)
+        for h, q in self.models.items():
+            on = self.status["model_hash"] == h
+            own = F.join_own(self.status["state"][on], self.status["resid"][on], q.fmt.ef_bits)
+            out[on] = F.dequantize_fine(own, q.fmt)
+        return out.reshape(self.height, self.width, 16)
+
+    # ---------------------------------------------------------------- genomes
+    def generations(self) -> dict[str, int]:
+        """How many boards run each genome, by the camera: {"generation/hash": boards}."""
+        keys = [f"{g}/{h:08x}" for g, h in zip(self.status["generation"], self.status["model_hash"])]
+        return {k: keys.count(k) for k in sorted(set(keys))}
+
+    def reflash(self, q: QModel, keep_state: bool = False, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Flash q through the host port, as `nca-flash`'s mesh push does on real boards:
+        the host offers the genome (one generation above the grid's newest) to the board it
+        is plugged into and answers its chunk requests until that board runs it; then a new
+        run starts with q's seed (the seed board waits until the genome reaches it), unless
+        the genome says the boards keep their state (`keep_state`: the run goes on). The
+        boards pass it on by themselves; `spread` records when every board runs it."""
+        gen = int(self.status["generation"].max()) + 1
+        server = MP.GenomeServer(image_of(q, keep_state), gen)
+        self.models[q.model_hash] = q
+        t0 = self.now_ns
+        self.host_payloads()
+        self.host(server.offer())
+        while self.status["generation"][0] != gen:
+            if self.now_ns - t0 > timeout_s * 1e9:
+                raise MeshError(f"the host's board did not take the genome within {timeout_s:g} s "
+                                f"({server.chunks_sent} chunks sent)")
+            self._run_slice(self.now_ns + HOST_STEP_NS)
+            for p in self.host_payloads():
+                reply = server.answer(p)
+                if reply is not None:
+                    self.host(reply)
+        self.q = q
+        if not keep_state:
+            self.run += 1
+            for frame in start_frames(q, self.width, self.height, self.seed, self.seed_xy, self.config,
+                                      self.run)[1:]:
+                self.host(frame)
+        self._arrived = np.full(self.width * self.height, np.nan)
+        self.spread = {"generation": gen, "model_hash": f"{q.model_hash:08x}", "keep_state": keep_state, "at_ns": t0,
+                       "host_board_s": (self.now_ns - t0) / 1e9, "chunks_from_host": server.chunks_sent,
+                       "all_boards_s": None}
+        return self.spread
+
+    def census(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Ask the grid, through the host port, how many boards run which genome."""
+        self._census_id = (self._census_id + 1) & 0xFF
+        t0 = self.now_ns
+        self.host_payloads()
+        self.host(MP.census_req_frame(self._census_id, 0, 0))
+        while self.now_ns - t0 < timeout_s * 1e9:
+            self._run_slice(self.now_ns + 20 * HOST_STEP_NS)
+            for p in self.host_payloads():
+                if p[0] == MP.MSG["CENSUS"] and p[1] == self._census_id:
+                    self.host(MP.simple_frame("CENSUS_ACK", bytes([self._census_id])))
+                    _, boards, entries = MP.parse_census(p)
+                    return {"boards": boards, "seconds": (self.now_ns - t0) / 1e9,
+                            "genomes": {f"{g}/{h:08x}": n for g, h, n in entries}}
+        raise MeshError(f"no census came back within {timeout_s:g} s")
+
+    def cut_at_every_flash_operation(self, board: int) -> None:
+        """From now on `board` loses power at its flash operations, one update attempt each:
+        the k-th attempt at its k-th operation (torn halfway when k is odd), until an attempt
+        completes; each time the power comes back at once (the board reboots). `boots`
+        records the genome (generation, hash) the board ran before each cut and at the end."""
+        self.flash_cut = {"board": int(board), "k": 1, "cuts": 0, "boots": []}
+        self._command(f"flashcut {int(board)} 1 1")
+
+    def _tend_flash_cuts(self) -> None:
+        c = self.flash_cut
+        assert c is not None
+        b = c["board"]
+        _, _, ops, fired = self._command(f"flashops {b}", (b"flashops",)).split()
+        ran = (int(self.status["generation"][b]), int(self.status["model_hash"][b]))
+        if int(fired):
+            c["boots"].append(ran)
+            c["cuts"] += 1
+            c["k"] += 1
+            self._command(f"on {b}")
+            self._command(f"flashcut {b} {c['k']} {c['k'] % 2}")
+        elif self.spread is not None and ran[0] == self.spread["generation"] and not self.status["genome_bytes"][b]:
+            c["boots"].append(ran)
+            self.flash_cuts_done = dict(c, ops=int(ops))
+            self._command(f"flashcut {b} {2 ** 62} 0")      # never: the cuts are over
+            self.flash_cut = None
 
     def counts(self) -> dict[str, int]:
         out = {c: int(self.status[c].sum()) for c in MP.COUNTERS}
@@ -259,36 +404,44 @@ class Mesh:
         placed = (self.status["flags"] & MP.FLAG_COORDS) > 0
         return int((placed & ((self.status["x"] != xs) | (self.status["y"] != ys))).sum())
 
+    def _records(self, skip: tuple[int, ...] = ()) -> np.ndarray:
+        """The replay log's records (but the boards in `skip`), read once for as long as the
+        log does not grow (replay and inbox_mismatches both read it)."""
+        if self.log_path is None or not self.log_path.exists():
+            return np.zeros(0, REC)
+        size = self.log_path.stat().st_size
+        if getattr(self, "_log_cache", (None,))[0] != size:
+            self._log_cache = (size, np.fromfile(self.log_path, REC))
+        recs = self._log_cache[1]
+        return recs[~np.isin(recs["board"], np.asarray(skip))] if skip else recs
+
     def replay(self, skip: tuple[int, ...] = ()) -> tuple[int, int]:
         """(wakes replayed, mismatches): every logged wake through the golden model (but
         the boards in `skip`, e.g. those running another model)."""
-        if self.log_path is None or not self.log_path.exists():
-            return 0, 0
-        recs = np.fromfile(self.log_path, REC)
-        if skip:
-            recs = recs[~np.isin(recs["board"], np.asarray(skip))]
+        recs = self._records(skip)
         if len(recs) == 0:
             return 0, 0
-        ef = self.q.fmt.ef_bits
-        own = F.join_own(recs["state_in"], recs["resid_in"], ef)
-        xs = own.astype(np.int16 if ef else np.int8)
-        codes = np.zeros(len(recs), np.int64)
-        w1, b1, w2, b2, mult, tsh, consts = self.q.arrays()
-        G.update_batch(xs, np.ascontiguousarray(recs["inbox"]), w1, b1, w2, b2, mult, tsh, consts,
-                       G.rotation_array(None), codes)
-        want = F.join_own(recs["state_out"], recs["resid_out"], ef)
-        return len(recs), int(np.any(xs.astype(np.int64) != want, axis=1).sum())
+        bad = int((~np.isin(recs["model_hash"], np.array(list(self.models), np.uint32))).sum())
+        for h, q in self.models.items():      # each wake through the genome the board ran
+            r = recs[recs["model_hash"] == h]
+            if len(r) == 0:
+                continue
+            ef = q.fmt.ef_bits
+            xs = F.join_own(r["state_in"], r["resid_in"], ef).astype(np.int16 if ef else np.int8)
+            codes = np.zeros(len(r), np.int64)
+            w1, b1, w2, b2, mult, tsh, consts = q.arrays()
+            G.update_batch(xs, np.ascontiguousarray(r["inbox"]), w1, b1, w2, b2, mult, tsh, consts,
+                           G.rotation_array(None), codes)
+            want = F.join_own(r["state_out"], r["resid_out"], ef)
+            bad += int(np.any(xs.astype(np.int64) != want, axis=1).sum())
+        return len(recs), bad
 
     def inbox_mismatches(self, skip: tuple[int, ...] = ()) -> int:
         """Inbox entries, over every logged wake, that the neighbour in that slot (the grid's
         NW N NE W E SW S SE) never had as its state: 0 when every board maps its ports, relays
         included, onto the right neighbours whichever way it is mounted. An entry may be
         zero (nothing heard yet, a restart) or the seed board's seed."""
-        if self.log_path is None or not self.log_path.exists():
-            return 0
-        recs = np.fromfile(self.log_path, REC)
-        if skip:
-            recs = recs[~np.isin(recs["board"], np.asarray(skip))]
+        recs = self._records(skip)
         if len(recs) == 0:
             return 0
 
@@ -298,8 +451,8 @@ class Mesh:
                 ^ (board.astype(np.uint64) * np.uint64(0x165667B19E3779F9))
 
         seed_i = self.seed_xy[1] * self.width + self.seed_xy[0]
-        had = np.concatenate([key(recs["board"], recs["state_out"]),
-                              key(np.array([seed_i]), emit.seed_cell(self.q)[0][None])])
+        had = np.concatenate([key(recs["board"], recs["state_out"])]
+                             + [key(np.array([seed_i]), emit.seed_cell(q)[0][None]) for q in self.models.values()])
         ys, xs = np.divmod(recs["board"].astype(np.int64), self.width)
         bad = 0
         for s, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
@@ -350,10 +503,23 @@ class MeshEngine(Engine):
         h, w = state.shape[:2]
         self._params = params
         self.q = quantized(params)
+        self._reflash = [(float(t), quantized(load_model(name)[0]), keep) for t, name, keep in sorted(config.reflash)]
+        self.reflashes: list[dict[str, Any]] = []
         self.mesh = Mesh(self.q, w, h, seed, (int(alive[0][1]), int(alive[0][0])), config)
 
     def advance(self, t: float) -> None:
-        self.mesh.advance(t)
+        m = self.mesh
+        while self._reflash and self._reflash[0][0] <= t:
+            at, q, keep = self._reflash.pop(0)
+            m.advance(at)
+            spread = m.reflash(q, keep)    # filled in as the genome spreads
+            spread["step"] = at
+            self.reflashes.append(spread)
+            if m.config.flash_cuts >= 0:
+                m.cut_at_every_flash_operation(m.config.flash_cuts)
+        while m.spread is not None and m.spread["all_boards_s"] is None and m.now + 1 < t:
+            m.advance(m.now + 1)       # one unit at a time while the genome spreads: its time
+        m.advance(t)
 
     def damage(self, mask: np.ndarray) -> None:
         self.mesh.power_cycle(np.flatnonzero(np.asarray(mask, bool).ravel()))
@@ -396,7 +562,17 @@ class MeshEngine(Engine):
             "mounted_turned": sum(ch not in "04" for ch in c.mount),
             "mounted_mirrored": [i for i, ch in enumerate(c.mount) if int(ch) & MP.MOUNT_MIRRORED],
             "mounts_found_wrong": m.mounts_found_wrong(),
-            "foreign_boards": list(other), "threads": c.threads}}
+            "foreign_boards": list(other), "threads": c.threads, **self._genome_metrics()}}
+
+    def _genome_metrics(self) -> dict[str, Any]:
+        m = self.mesh
+        out: dict[str, Any] = {"genomes": m.generations(), "flash_rule_breaches": len(m.flash_rule_breaches())}
+        if self.reflashes:
+            out["reflash"] = [{k: v for k, v in r.items() if k != "at_ns"} for r in self.reflashes]
+            out["census"] = m.census()
+            if m.config.flash_cuts >= 0:
+                out["flash_cuts"] = m.flash_cuts_done or dict(m.flash_cut or {}, done=False)
+        return out
 
     def close(self) -> None:
         self.mesh.close()

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from codegen import formats as F
+from codegen.image import Image
 from sim import rng, rules
 from sim.paths import FIRMWARE
 
@@ -67,24 +68,63 @@ MESSAGES: tuple[tuple[str, int, str], ...] = (
                      "run u8, seed u32, width u8, height u8, "
                      "seed x u8, seed y u8, clock u8 (0 exponential, 1 periodic), mean ticks u32, "
                      "jitter ticks u32, seed state 16 x i8, seed remainders 8 x u8, copies u8 (each STATE "
-                     "frame sent this many times back to back, 1..MAX_COPIES)")),
+                     "frame sent this many times back to back, 1..MAX_COPIES), seed hash u32 (the model whose "
+                     "formats the seed state is in: a seed board running another genome waits for it)")),
     ("STOP", 0x32, "run u8"),
     ("PARAMS_REQ", 0x33, "- (the neighbour answers with PARAMS)"),
     ("SET_COORD", 0x34, "x u8, y u8 (the host tells the board it is plugged into its place)"),
     ("STATUS_GET", 0x35, "-"),
     ("STATUS", 0xB5, "the status block (STATUS_STRUCT)"),
+    ("OFFER", 0x36, ("face u8 (the grid face it left by; UNKNOWN: the host's), the header of the sender's "
+                     "active genome (32 B, as committed: generation, model hash, genome CRC32)")),
+    ("CHUNK_REQ", 0x37, "generation u32, model hash u32, offset u16 (a multiple of CHUNK)"),
+    ("CHUNK", 0x38, "generation u32, model hash u32, offset u16, genome bytes (CHUNK, or the rest)"),
+    ("CENSUS_REQ", 0x39, "census u8 (a new number starts a new census), host x u8, host y u8"),
+    ("CENSUS", 0x3A, ("census u8, boards u16 (that reported, the sender's subtree), then up to "
+                      "CENSUS_ENTRIES x (generation u32, model hash u32, boards u16)")),
+    ("CENSUS_ACK", 0x3B, "census u8 (the parent, or the host, has the report: the sender stops sending it)"),
 )
 MSG = {name: mid for name, mid, _ in MESSAGES}
 
 STATE_HEAD = struct.Struct("<BIHBBBBB")        # type, hash, seq, face, x, y, run, relay
-PARAMS_STRUCT = struct.Struct("<BBBBBIBBBBBII16s8sB")
+PARAMS_STRUCT = struct.Struct("<BBBBBIBBBBBII16s8sBI")
+OFFER_HEAD = struct.Struct("<BB")               # type, face; the 32-byte genome header follows
+CHUNK_HEAD = struct.Struct("<BIIH")             # type, generation, hash, offset
+CENSUS_REQ_STRUCT = struct.Struct("<BBBB")      # type, census, host x, host y
+CENSUS_HEAD = struct.Struct("<BBH")             # type, census, boards
+CENSUS_ENTRY = struct.Struct("<IIH")            # generation, hash, boards
+CENSUS_ENTRIES = 4
 MAX_COPIES = 3                   # three relaying STATE frames fit a port's 256-byte TX ring
 CLOCK_EXPONENTIAL, CLOCK_PERIODIC = rules.CLOCK_EXPONENTIAL, rules.CLOCK_PERIODIC   # as the simulators'
 
 TICK_US = 64                     # the wake timer's tick: 16 MHz / 1024
 PARAMS_RESENDS = 3               # a board sends a run's PARAMS out of every face again, 3 times,
 PARAMS_RESEND_TICKS = 1563       # 100 ms apart (a flood on lossy wires can die out)
-MAX_PAYLOAD = STATE_HEAD.size + 3 * 16         # the largest frame: a relaying STATE
+# Genome gossip: a board offers the newest genome it has out of every face when it starts
+# pulling it and when it activates it, OFFER_BURST times OFFER_BURST_TICKS apart (an offer
+# may be lost, and a dormant neighbour sends nothing that would bring another), then every
+# OFFER_TICKS, and back to a port whose neighbour runs another genome (its STATE or
+# OFFER), at most every OFFER_BACK_TICKS per port; a neighbour with an older one pulls it
+# CHUNK by CHUNK (asking again after CHUNK_TIMEOUT_TICKS, from the last port that offered
+# it), writes it to its inactive slot, verifies it and activates it. A request for a chunk
+# the board has not got yet waits there (one per port) and is answered when it arrives.
+CHUNK = P.CHUNK
+OFFER_TICKS = 125000             # 8 s
+OFFER_BURST = 4
+OFFER_BURST_TICKS = 7813         # 0.5 s
+OFFER_BACK_TICKS = 15625         # 1 s
+CHUNK_TIMEOUT_TICKS = 1563       # 100 ms
+CHUNK_GIVE_UP = 20               # requests unanswered in a row: wait for the next offer
+# A census: the request floods; each board reports its subtree (the boards whose path to
+# the host runs through it: along its row towards the host's column, then along that
+# column) to its parent, when every child has reported or CENSUS_WAIT_TICKS per hop of
+# its subtree's depth have passed, and sends it again every CENSUS_RESEND_TICKS until the
+# parent acknowledges it (CENSUS_ACK), at most CENSUS_RESENDS times: a lost report would
+# lose a whole subtree.
+CENSUS_WAIT_TICKS = 1563         # 100 ms per hop
+CENSUS_RESEND_TICKS = 782        # 50 ms
+CENSUS_RESENDS = 8
+MAX_PAYLOAD = CHUNK_HEAD.size + CHUNK            # the largest frame: a CHUNK
 RX_BUFFER = MAX_PAYLOAD + 2
 
 # The status block: what a board knows of itself, in RAM (the emulator's camera reads
@@ -93,8 +133,9 @@ RX_BUFFER = MAX_PAYLOAD + 2
 # seen, 4 asleep (dormant, no wake due), 5 mounted mirrored (an empty cell that
 # relays), 6-7 the board's rotation (quarter turns clockwise, valid with coordinates).
 STATUS_FIELDS = ("state", "resid", "x", "y", "run", "flags", "wakes", "updates", "sent", "received",
-                 "corrupt", "refused", "lost", "miswired", "foreign")
-STATUS_STRUCT = struct.Struct("<16s8sBBBBIIIIIIIHH")
+                 "corrupt", "refused", "lost", "miswired", "foreign", "generation", "model_hash", "genome_bytes",
+                 "activations")
+STATUS_STRUCT = struct.Struct("<16s8sBBBBIIIIIIIHHIIHH")
 COUNTERS = ("wakes", "updates", "sent", "received", "corrupt", "refused", "lost", "miswired", "foreign")
 FLAG_RUNNING, FLAG_COORDS, FLAG_MISWIRED, FLAG_FOREIGN, FLAG_ASLEEP, FLAG_MIRRORED = 1, 2, 4, 8, 16, 32
 FLAG_ROT_SHIFT, FLAG_ROT_MASK = 6, 0xC0
@@ -105,10 +146,11 @@ MARK_WAKE_IN, MARK_WAKE_OUT = 0x10, 0x11
 # the cell core's struct as the marks see it (core/nca_cell.h, AVR: no padding)
 CELL_STATE_AT, CELL_INBOX_AT, CELL_RESID_AT = 0, 80, 208
 # One replay record (the emulator writes them, boards.mesh reads them): board u16, pad
-# u16, the wake counter u32 (the status block's), in: state 16 + remainders 8 + inbox
-# 128, out: state 16 + remainders 8.
-RECORD_BYTES = 8 + 24 + 128 + 24
-WAKES_AT = STATUS_STRUCT.size - 2 * 2 - 7 * 4          # the status block's wake counter
+# u16, the wake counter u32 and the model hash u32 (the status block's), in: state 16 +
+# remainders 8 + inbox 128, out: state 16 + remainders 8.
+RECORD_BYTES = 12 + 24 + 128 + 24
+WAKES_AT = 16 + 8 + 4                                  # the status block's wake counter
+HASH_AT = WAKES_AT + 7 * 4 + 2 * 2 + 4                 # ... and model hash
 
 # -ln(x) on the boards: log2 of 1 + i/64, i = 0..64, in Q15 (nca_mesh.c interpolates)
 LOG2_TABLE = tuple(round(math.log2(1 + i / 64) * 32768) for i in range(65))
@@ -127,8 +169,8 @@ def state_frame(model_hash: int, seq: int, face: int, x: int, y: int, run: int, 
 
 
 def params_frame(run: int, seed: int, width: int, height: int, seed_x: int, seed_y: int, clock: int,
-                 mean_ticks: int, jitter_ticks: int, seed_state: bytes, seed_resid: bytes, copies: int = 1,
-                 face: int = UNKNOWN, x: int = UNKNOWN, y: int = UNKNOWN) -> bytes:
+                 mean_ticks: int, jitter_ticks: int, seed_state: bytes, seed_resid: bytes, seed_hash: int,
+                 copies: int = 1, face: int = UNKNOWN, x: int = UNKNOWN, y: int = UNKNOWN) -> bytes:
     """The wire bytes of a PARAMS frame (the host's: the sender's face and place unknown)."""
     if not (0 < width <= 254 and 0 < height <= 254):
         raise ValueError(f"a mesh is at most 254 boards a side, not {width}x{height}")
@@ -138,7 +180,65 @@ def params_frame(run: int, seed: int, width: int, height: int, seed_x: int, seed
         raise ValueError(f"a STATE frame goes out 1 to {MAX_COPIES} times, not {copies}")
     return P.encode_payload(PARAMS_STRUCT.pack(MSG["PARAMS"], face, x, y, run, seed & 0xFFFFFFFF, width, height,
                                                seed_x, seed_y, clock, mean_ticks, jitter_ticks,
-                                               seed_state, seed_resid, copies))
+                                               seed_state, seed_resid, copies, seed_hash))
+
+
+def offer_frame(header: bytes) -> bytes:
+    """The host's OFFER of a genome (its committed header: generation set)."""
+    return P.encode_payload(OFFER_HEAD.pack(MSG["OFFER"], UNKNOWN) + header)
+
+
+def chunk_frame(generation: int, model_hash: int, offset: int, data: bytes) -> bytes:
+    return P.encode_payload(CHUNK_HEAD.pack(MSG["CHUNK"], generation, model_hash, offset) + data)
+
+
+def census_req_frame(census: int, host_x: int, host_y: int) -> bytes:
+    return P.encode_payload(CENSUS_REQ_STRUCT.pack(MSG["CENSUS_REQ"], census & 0xFF, host_x, host_y))
+
+
+def parse_census(payload: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """A CENSUS payload -> (census, boards, [(generation, hash, boards), ...])."""
+    _, census, boards = CENSUS_HEAD.unpack_from(payload)
+    rest = payload[CENSUS_HEAD.size:]
+    entries = [CENSUS_ENTRY.unpack_from(rest, i) for i in range(0, len(rest) - CENSUS_ENTRY.size + 1,
+                                                                   CENSUS_ENTRY.size)]
+    return census, boards, entries
+
+
+class GenomeServer:
+    """The host's side of a genome push (the emulated grid's and a real grid's host alike):
+    it offers the image's genome with `generation` to the board it is plugged into and
+    answers that board's CHUNK_REQs, as a neighbour board would."""
+
+    def __init__(self, image: Image, generation: int):
+        self.image, self.generation = image, generation
+        self.header = image.header(generation)
+        self.chunks_sent = 0
+
+    def offer(self) -> bytes:
+        return offer_frame(self.header)
+
+    def answer(self, payload: bytes) -> bytes | None:
+        """The CHUNK for a CHUNK_REQ of this genome (None for anything else)."""
+        if len(payload) != CHUNK_HEAD.size or payload[0] != MSG["CHUNK_REQ"]:
+            return None
+        _, gen, model_hash, off = CHUNK_HEAD.unpack(payload)
+        if (gen, model_hash) != (self.generation, self.image.model_hash) or off % CHUNK or off >= len(self.image.genome):
+            return None
+        self.chunks_sent += 1
+        return chunk_frame(gen, model_hash, off, self.image.genome[off:off + CHUNK])
+
+
+def payloads(raw: bytes) -> list[bytes]:
+    """The readable frames' payloads in bytes read from a port (unreadable ones dropped)."""
+    out = []
+    for f in raw.split(b"\x00"):
+        if f:
+            try:
+                out.append(P.decode_payload(f))
+            except P.FrameError:
+                pass
+    return out
 
 
 def simple_frame(name: str, body: bytes = b"") -> bytes:
@@ -165,6 +265,22 @@ def c_header() -> str:
     lines += ["", "/* sizes */",
               f"#define NCA_MESH_STATE_HEAD {STATE_HEAD.size}",
               f"#define NCA_MESH_PARAMS_BYTES {PARAMS_STRUCT.size}",
+              f"#define NCA_MESH_OFFER_BYTES {OFFER_HEAD.size + P.HEADER_BYTES}",
+              f"#define NCA_MESH_CHUNK_HEAD {CHUNK_HEAD.size}",
+              f"#define NCA_MESH_CHUNK_REQ_BYTES {CHUNK_HEAD.size}",
+              f"#define NCA_MESH_CENSUS_REQ_BYTES {CENSUS_REQ_STRUCT.size}",
+              f"#define NCA_MESH_CENSUS_HEAD {CENSUS_HEAD.size}",
+              f"#define NCA_MESH_CENSUS_ENTRY {CENSUS_ENTRY.size}",
+              f"#define NCA_MESH_CENSUS_ENTRIES {CENSUS_ENTRIES}",
+              f"#define NCA_MESH_OFFER_TICKS {OFFER_TICKS}ul",
+              f"#define NCA_MESH_OFFER_BACK_TICKS {OFFER_BACK_TICKS}u",
+              f"#define NCA_MESH_OFFER_BURST {OFFER_BURST}",
+              f"#define NCA_MESH_OFFER_BURST_TICKS {OFFER_BURST_TICKS}u",
+              f"#define NCA_MESH_CHUNK_TIMEOUT_TICKS {CHUNK_TIMEOUT_TICKS}u",
+              f"#define NCA_MESH_CHUNK_GIVE_UP {CHUNK_GIVE_UP}",
+              f"#define NCA_MESH_CENSUS_WAIT_TICKS {CENSUS_WAIT_TICKS}u",
+              f"#define NCA_MESH_CENSUS_RESEND_TICKS {CENSUS_RESEND_TICKS}u",
+              f"#define NCA_MESH_CENSUS_RESENDS {CENSUS_RESENDS}",
               f"#define NCA_MESH_MAX_PAYLOAD {MAX_PAYLOAD}",
               f"#define NCA_MESH_RX_BUFFER {RX_BUFFER}",
               f"#define NCA_MESH_STATUS_BYTES {STATUS_STRUCT.size}",
@@ -187,6 +303,7 @@ def c_header() -> str:
               f"#define NCA_MESH_CELL_INBOX_AT {CELL_INBOX_AT}",
               f"#define NCA_MESH_CELL_RESID_AT {CELL_RESID_AT}",
               f"#define NCA_MESH_STATUS_WAKES_AT {WAKES_AT}",
+              f"#define NCA_MESH_STATUS_HASH_AT {HASH_AT}",
               f"#define NCA_MESH_RECORD_BYTES {RECORD_BYTES}", "",
               "/* inbox slot of each face's state and of the relayed W and E states (-1: none) */",
               "#define NCA_FACE_SLOTS {" + ", ".join(map(str, FACE_SLOT)) + "}",

@@ -1,7 +1,7 @@
 """The cell link protocol between a host and a cell board: the one definition.
 
 Everything both sides must agree on lives here: message ids, error codes,
-limits, the frame format, the CRCs and the genome image layout.  The firmware's
+limits, the frame format and the CRCs (the genome image's layout: codegen/image.py).  The firmware's
 `nca_link_ids.h` is generated from this module (`c_header()`; a test checks the
 committed file equals it) and firmware/PROTOCOL.md describes the same facts in
 prose.
@@ -19,13 +19,13 @@ inside a frame, so a receiver resynchronises at the next delimiter after garbage
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cobs import cobs
 
 from codegen import formats as F
+from codegen import image
 from sim.paths import FIRMWARE
 
 PROTOCOL_VERSION = 2               # 2: states carry the error-feedback remainders
@@ -85,26 +85,11 @@ BOARDS = {1: "host", 2: "cortex-m0", 3: "avr"}
 WRITERS = {0: "none", 1: "native", 2: "boot", 3: "optiboot"}
 
 # ---------------------------------------------------------------- limits
-CHUNK = 128                      # genome bytes per FLASH_WRITE (one AVR page)
 STATE_BYTES = 16 + F.RESID_BYTES  # a cell's own state: int8 channels, then the packed remainders
 INBOX_BYTES = 128
 STEP_BODY = 7                    # op, fire, rot, cos i16, sin i16
 MAX_PAYLOAD = 2 + STATE_BYTES + INBOX_BYTES + STEP_BODY   # the largest request: CELL
 RX_BUFFER = MAX_PAYLOAD + 2      # payload + CRC16, decoded
-
-# ---------------------------------------------------------------- genome image
-IMAGE_MAGIC = 0x4743414E         # "NCAG" little-endian
-IMAGE_VERSION = 1
-HEADER_BYTES = 32
-# magic u32, image version u8, format version u8, grad/hidden/bias/acc shifts 4 x u8,
-# error-feedback bits u8 (0 or formats.EF_BITS), reserved u8 (0xFF), genome length u32,
-# model hash u32, genome CRC32 u32,
-# generation u32 (written by the board on activation), header CRC32 u32 (of bytes 0..27)
-HEADER_STRUCT = struct.Struct("<IBB4BBBIIIII")
-assert HEADER_STRUCT.size == HEADER_BYTES
-SLOT_GENOME_OFFSET = 0           # the genome first, the header (the commit record) after it
-SLOT_HEADER_OFFSET = ((F.GENOME_BYTES + CHUNK - 1) // CHUNK) * CHUNK   # page-aligned: 8,448
-SLOT_BYTES = SLOT_HEADER_OFFSET + CHUNK                                # 8,576
 SESSION_RESUME = 1
 HELLO_BYTES = 25                 # HELLO reply after the status byte (a board before the writer byte: 24)
 # what a board accepts in an image header and genome (ModelFormat.check's ranges; T of out_mt)
@@ -113,17 +98,18 @@ SHIFT_LIMITS = {name: (min(r), max(r)) for name, r in (
     ("OUT", range(F.OUT_SHIFT_MIN, F.OUT_SHIFT_MAX + 1)))}
 # M in [2^14, 2^15) (formats.multiplier_q15): what keeps acc*M + 2^(T-1) inside int32
 MULT_HIGH_BYTE = ((1 << (F.MULT_FRAC - 1)) >> 8, ((1 << F.MULT_FRAC) - 1) >> 8)
+# the genome image the link carries (magic, header, slot layout, CRC32) is codegen/image.py's;
+# its names here too, for the link's users
+CHUNK, HEADER_BYTES, HEADER_STRUCT = image.CHUNK, image.HEADER_BYTES, image.HEADER_STRUCT
+IMAGE_MAGIC, IMAGE_VERSION = image.IMAGE_MAGIC, image.IMAGE_VERSION
+SLOT_BYTES, SLOT_GENOME_OFFSET, SLOT_HEADER_OFFSET = image.SLOT_BYTES, image.SLOT_GENOME_OFFSET, image.SLOT_HEADER_OFFSET
+Image, crc32, image_of = image.Image, image.crc32, image.image_of
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     """CRC-16/CCITT-FALSE, the per-frame check (binascii.crc_hqx is the same function)."""
     import binascii
     return binascii.crc_hqx(data, crc)
-
-
-def crc32(data: bytes) -> int:
-    """CRC-32 (zlib/IEEE), the whole-genome check."""
-    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------- frames
@@ -164,37 +150,6 @@ def decode_frame(raw: bytes) -> tuple[int, int, bytes]:
     if len(payload) < 2:
         raise FrameError(f"frame of {len(payload) + 2} B is too short")
     return payload[0], payload[1], payload[2:]
-
-
-# ---------------------------------------------------------------- genome image
-@dataclass(frozen=True)
-class Image:
-    """A genome with its header: what nca-flash writes into a slot."""
-    genome: bytes
-    shifts: tuple[int, int, int, int]     # grad, hidden, bias, acc
-    model_hash: int
-    format_version: int = F.FORMAT_VERSION
-    ef_bits: int = 0                      # the cell's error feedback (formats.ModelFormat.ef_bits)
-
-    @property
-    def crc(self) -> int:
-        return crc32(self.genome)
-
-    def header(self, generation: int = 0xFFFFFFFF) -> bytes:
-        """The 32-byte header; the board fills in the generation (and the header CRC) on activation."""
-        head = HEADER_STRUCT.pack(IMAGE_MAGIC, IMAGE_VERSION, self.format_version, *self.shifts, self.ef_bits, 0xFF,
-                                  len(self.genome), self.model_hash, self.crc, generation, 0)
-        return head[:-4] + struct.pack("<I", crc32(head[:-4]))
-
-    def chunks(self) -> list[tuple[int, bytes]]:
-        return [(o, self.genome[o:o + CHUNK]) for o in range(0, len(self.genome), CHUNK)]
-
-
-def image_of(q) -> Image:
-    """The Image of a quantised model (codegen.quantize.QModel)."""
-    f = q.fmt
-    return Image(q.genome(), (f.grad_shift, f.hidden_shift, f.bias_shift, f.acc_shift), q.model_hash,
-                 ef_bits=f.ef_bits)
 
 
 @dataclass(frozen=True)
@@ -257,6 +212,7 @@ def c_header() -> str:
               f"#define NCA_IMAGE_MAGIC 0x{IMAGE_MAGIC:08X}u",
               f"#define NCA_IMAGE_VERSION {IMAGE_VERSION}",
               f"#define NCA_HEADER_BYTES {HEADER_BYTES}",
+              f"#define NCA_HEADER_KEEP_STATE 0x{image.KEEP_STATE:02X}   /* flags bit: cleared, a wired cell keeps its state */",
               f"#define NCA_SLOT_GENOME_OFFSET {SLOT_GENOME_OFFSET}",
               f"#define NCA_SLOT_HEADER_OFFSET {SLOT_HEADER_OFFSET}",
               f"#define NCA_SLOT_BYTES {SLOT_BYTES}", "",

@@ -147,16 +147,17 @@ def _link_app(a: argparse.Namespace) -> int:
 
 
 def _mesh_app(a: argparse.Namespace, q: QModel, out: Path) -> int:
-    """--app mesh: build the wired cell's firmware with the model compiled in."""
+    """--app mesh: build the wired cell's firmware, the model's genome in its slot A."""
     toolchain.check_toolchain(MESH_TARGET)
     elf = toolchain.build_mesh(q, out / "build" / MESH_TARGET)
     print(f"{PROG}: built the {MESH_TARGET} mesh firmware: {elf} (model hash {q.model_hash:08x}) and the grid "
           f"emulator {elf.with_name(toolchain.MESH_EMULATOR)}")
     if a.report:
-        z = toolchain.link_sizes(elf, "avr")
-        print(f"{MESH_TARGET} mesh firmware: ROM {z['rom']:,} B of 262,144 (code, the genome, constants and "
-              f"initialised data), static RAM {z['ram']:,} B of 8,192 (.data + .bss: the cell, the 4 faces' "
-              f"parsers and rings, the status block; the stack comes on top)")
+        z = toolchain.mesh_sizes(elf)
+        print(f"{MESH_TARGET} mesh firmware: application {z['app']:,} B of 32,768 (code, constants and initialised "
+              f"data, below genome slot A), genome slots {z['slots']:,} B, boot-section routine {z['boot']:,} B "
+              f"of 8,192; static RAM {z['ram']:,} B of 8,192 (.data + .bss: the cell, the 4 faces' parsers and "
+              f"rings, the status block, the genome pull and the census; the stack comes on top)")
     return 0
 
 

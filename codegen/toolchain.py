@@ -375,7 +375,7 @@ def measure(b: Build) -> dict[str, Any]:
 # ---------------------------------------------------------------- builds of the link firmware
 def sources_key() -> str:
     h = hashlib.sha1()
-    for sub in ("core", "link", "mesh", "ports/host", "ports/cortex-m0", "ports/avr", "ports/mega2560", "tools"):
+    for sub in ("core", "store", "link", "mesh", "ports/host", "ports/cortex-m0", "ports/avr", "ports/mega2560", "tools"):
         for f in sorted((FIRMWARE / sub).glob("*")):
             if f.is_file() and f.suffix in (".c", ".h", ".S", ".ld"):
                 h.update(f.name.encode())
@@ -405,6 +405,15 @@ def link_sizes(elf: Path, target: str) -> dict[str, int]:
     sec = _size_sections({"cortex-m0": "arm-none-eabi-size", "avr": "avr-size"}[target], elf)
     data, bss = sec.get(".data", 0), sec.get(".bss", 0)
     return {"rom": sec.get(".text", 0) + data, "ram": data + bss}
+
+
+def mesh_sizes(elf: Path) -> dict[str, int]:
+    """The mesh firmware's flash and RAM: the application (.text + .data, which must stay
+    below slot A), the two genome slots, the boot-section routine, static RAM."""
+    sec = _size_sections("avr-size", elf)
+    data, bss = sec.get(".data", 0), sec.get(".bss", 0)
+    return {"app": sec.get(".text", 0) + data, "slots": sec.get(".nca_slot0", 0) + sec.get(".nca_slot1", 0),
+            "boot": sec.get(".bootloader", 0), "ram": data + bss}
 
 
 def cached_build(root: Path, artefact: str, build: Callable[[Path], Any]) -> Path:
@@ -442,7 +451,7 @@ MESH_EMULATOR = "simavr_mesh"
 
 @dataclass(frozen=True)
 class MeshFirmware:
-    """The mesh firmware ELF with one model compiled in, the grid emulator beside it, and
+    """The mesh firmware ELF with one model's genome in its slot A, the grid emulator beside it, and
     the data addresses of the two symbols the emulator's camera and replay read."""
     elf: Path
     emulator: Path
@@ -463,7 +472,7 @@ def elf_symbol(elf: Path, name: str) -> int:
 def build_mesh(q: QModel, build_dir: Path) -> Path:
     """Generate q's model sources and build the mesh firmware and the grid emulator into
     build_dir; returns the ELF."""
-    emit.write_generated(q, build_dir / "generated")
+    emit.write_mesh_generated(q, build_dir / "generated")
     make(FIRMWARE, "mega2560", variables=("APP=mesh", f"GEN={(build_dir / 'generated').resolve()}",
                                           f"BUILD={Path(build_dir).resolve()}"))
     return build_dir / MESH_ELF

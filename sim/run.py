@@ -47,7 +47,7 @@ ASYNC_ONLY = ("latency", "latency_dist", "latency_high", "msg_loss", "burst", "m
 GRID_ONLY = ("fire_rate",)   # sync and lockstep
 MESH_CLOCK = ("mean_interval", "clock", "jitter")   # the event engines' options the mesh takes too
 MESH_ONLY = ("wake_ms", "frame_loss", "byte_loss", "byte_corrupt", "copies", "clock_ppm", "miswire", "mount",
-             "mirror", "mesh_threads")
+             "mirror", "mesh_threads", "reflash", "flash_cuts")
 NOT_LIVE = ("damage", "rotate_at", "save_png", "save_strip", "save_state", "json", "save_gif",
             "save_mp4", "save_plots")
 
@@ -141,6 +141,13 @@ def _parser() -> ArgParser:
                    "(default: straight)")
     g.add_argument("--mirror", action="append", metavar="X,Y", help="board (X,Y) mounted mirrored "
                    "(repeatable): reported, and it stays an empty cell")
+    g.add_argument("--reflash", action="append", metavar="MODEL@STEP[:keep]", help="at STEP, flash MODEL's "
+                   "genome into the host's board (0,0) through its host port and start a new run with its seed "
+                   "(:keep: the genome says the boards keep their states, and the run goes on): the boards pass "
+                   "the genome on (genome gossip); the JSON says when every board ran it and what the grid's "
+                   "census counted")
+    g.add_argument("--flash-cuts", metavar="X,Y", help="board (X,Y) loses power at every flash operation of "
+                   "its update in turn (one per attempt, torn halfway every other time) after --reflash")
     g.add_argument("--mesh-threads", type=int, help="emulator threads (default: 2)")
     g = ap.add_argument_group("hardware in the loop (simpy engine)")
     g.add_argument("--board", action="append", default=[], metavar="X,Y=URL",
@@ -305,6 +312,23 @@ def mesh_config_from(a: argparse.Namespace) -> MeshConfig | None:
         return y * a.size + x
 
     miswire = [board("--miswire", spec, 1) for spec in a.miswire or []]
+    reflash = []
+    for spec in a.reflash or []:
+        name, _, when = spec.rpartition("@")
+        step, colon, keep = when.partition(":")
+        try:
+            at = float(step)
+        except ValueError:
+            raise UserError(f"--reflash takes MODEL@STEP[:keep], got {spec!r}") from None
+        if colon and keep != "keep":
+            raise UserError(f"--reflash takes MODEL@STEP[:keep], got {spec!r}")
+        if not name or not 0 <= at <= a.steps:
+            raise UserError(f"--reflash {spec}: name a model and a step within the run's 0..{a.steps}")
+        load_model(name)            # a missing or bad model is its one-line error now
+        reflash.append((at, name, bool(colon)))
+    if a.flash_cuts and not reflash:
+        raise UserError("--flash-cuts needs --reflash (the cuts fall on the update it starts)")
+    cuts = board("--flash-cuts", a.flash_cuts) if a.flash_cuts else -1
     mirrored = tuple(board("--mirror", spec) for spec in a.mirror or [])
     if a.mount == "random":
         mount = random_mounts(a.size, a.size, a.seed, mirrored)
@@ -314,7 +338,7 @@ def mesh_config_from(a: argparse.Namespace) -> MeshConfig | None:
                      clock_ppm=5000.0 if a.clock_ppm is None else a.clock_ppm,
                      frame_loss=a.frame_loss or 0.0, byte_loss=a.byte_loss or 0.0,
                      byte_corrupt=a.byte_corrupt or 0.0, copies=1 if a.copies is None else a.copies,
-                     miswire=tuple(miswire), mount=mount,
+                     miswire=tuple(miswire), mount=mount, reflash=tuple(reflash), flash_cuts=cuts,
                      threads=2 if a.mesh_threads is None else a.mesh_threads)
     return cfg.validate()
 
@@ -371,6 +395,15 @@ def _summary(r: Result, model_path: str, written: list[str]) -> str:
                          f"{b['boards_mirrored']} boards report a mirror; {b['mounts_found_wrong']} placed "
                          f"boards found their mount wrong; {b['inbox_mismatches']} inbox entries from the "
                          f"wrong neighbour")
+        for r in b.get("reflash", []):
+            every = r["all_boards_s"]
+            lines.append(f"reflash at step {r['step']:g}: generation {r['generation']} (model {r['model_hash']}) "
+                         f"in the host's board after {r['host_board_s']:.1f} s, on every board "
+                         + (f"after {every:.1f} s" if every is not None else "not by the end of the run"))
+        if "census" in b:
+            c = b["census"]
+            lines.append(f"census: {c['boards']} boards reported ("
+                         + ", ".join(f"{n} on {k}" for k, n in c["genomes"].items()) + ")")
     lines.append("wrote " + ", ".join(written) if written else "wrote no files (see --save-png, "
                  "--save-strip, --save-gif, --save-plots, --save-state, --json)")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """Shared fixtures: the synthetic blob model (sim.fixture) as engine Params, a tiny
-training target."""
+training target, the check of `python -m sim.run`'s one-line errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +8,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import sim.run
 from sim.fixture import blob_model
 from sim.spec import Params
 from sim.weights import Model, save
+
+
+@pytest.fixture
+def one_line_error(capsys):
+    """check(argv, words): `python -m sim.run argv` exits 2 with one line naming `words`,
+    and no traceback."""
+    def check(argv, words: str) -> None:
+        rc = sim.run.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert rc == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return check
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,7 @@ def test_the_mesh_firmware_builds_and_a_grid_of_boards_runs_from_the_wheel(insta
     bindir, work, env = installed
     r = _run([str(bindir / "nca-codegen"), "--app", "mesh", "--model", "lizard_regenerating_ef", "--target",
               "mega2560", "--out", "mesh", "--report"], work, env)
-    assert "mega2560 mesh firmware: ROM" in r.stdout
+    assert "mega2560 mesh firmware: application" in r.stdout and "genome slots 17,280 B" in r.stdout
     assert (work / "mesh" / "build" / "mega2560" / "nca_mesh_2560.hex").is_file()
     _run([str(bindir / "python"), "-m", "sim.run", "--engine", "mesh", "--size", "4", "--steps", "10",
           "--json", "mesh.json"], work, env)

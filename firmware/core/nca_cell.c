@@ -50,10 +50,13 @@ static int8_t grad_q(int16_t g)
 
 
 #if defined(NCA_DENSE_ASM)
-/* the port's assembly does the dense part */
+/* the port's assembly does the dense part: for a genome in flash (NCA_EF_RUNTIME), an
+ * assembly built for the shifts NCA_KERNEL_*_SHIFT (nca_kernel.h, those of the genome
+ * the board was built with), and the portable C for a genome with other shifts */
 void nca_dense(nca_cell_t *cell);
-#else
-static void nca_dense(nca_cell_t *cell)
+#endif
+#if !defined(NCA_DENSE_ASM) || defined(NCA_KERNEL_ACC_SHIFT)
+static void nca_dense_c(nca_cell_t *cell)
 {
     const int8_t *p = (const int8_t *)cell;   /* state[16] then grad[32]: the 48 inputs */
     const int8_t *g = &NCA_GENOME.groups[0][0];
@@ -182,7 +185,17 @@ static uint8_t alive(const nca_cell_t *cell)
 void nca_cell_tentative(nca_cell_t *cell, const nca_rotation_t *rot)
 {
     perceive(cell, rot);
+#if defined(NCA_DENSE_ASM) && defined(NCA_KERNEL_ACC_SHIFT)
+    if (NCA_HIDDEN_SHIFT == NCA_KERNEL_HIDDEN_SHIFT && NCA_BIAS_SHIFT == NCA_KERNEL_BIAS_SHIFT
+        && NCA_ACC_SHIFT == NCA_KERNEL_ACC_SHIFT)
+        nca_dense(cell);
+    else
+        nca_dense_c(cell);
+#elif defined(NCA_DENSE_ASM)
     nca_dense(cell);
+#else
+    nca_dense_c(cell);
+#endif
     apply(cell);
 #if NCA_HAS_RESID
     if (NCA_EF_BITS)

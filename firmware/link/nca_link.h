@@ -11,21 +11,10 @@
 #include <stdint.h>
 #include "nca_model.h"
 
-/* A compile-time check (C99 has no _Static_assert): a false cond makes an array of
- * size -1, which every compiler refuses, naming the typedef. */
-#define NCA_STATIC_ASSERT(name, cond) typedef char nca_static_assert_##name[(cond) ? 1 : -1]
+#include "nca_store.h"   /* NCA_STATIC_ASSERT, the slot hooks the port provides */
 
-/* ---- provided by the port */
+/* ---- provided by the port (and nca_store.h's slot hooks) */
 void nca_link_putc(uint8_t c);                      /* send one byte */
-void nca_slot_erase(uint8_t slot);                  /* slot 0/1: every byte 0xFF */
-/* program n bytes at offset off of the slot (erased bytes only; a port may
- * program with NOR semantics, new = old & data) */
-void nca_slot_write(uint8_t slot, uint16_t off, const uint8_t *src, uint8_t n);
-/* where the slot's genome is, as the core reads it (NCA_RDU8: program memory on AVR);
- * the link reads every slot byte, the header too, relative to it */
-const nca_genome_t *nca_slot_genome(uint8_t slot);
-/* how the port writes its slots (NCA_WRITER_*, HELLO); NCA_WRITER_NONE refuses FLASH_BEGIN */
-uint8_t nca_slot_writer(void);
 /* show the cell's colour (r, g, b 0..255: nca_cell_rgb), after every STEP/CELL and at init */
 void nca_link_led(const uint8_t *rgb);
 

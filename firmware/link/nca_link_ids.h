@@ -66,6 +66,7 @@
 #define NCA_IMAGE_MAGIC 0x4743414Eu
 #define NCA_IMAGE_VERSION 1
 #define NCA_HEADER_BYTES 32
+#define NCA_HEADER_KEEP_STATE 0x01   /* flags bit: cleared, a wired cell keeps its state */
 #define NCA_SLOT_GENOME_OFFSET 0
 #define NCA_SLOT_HEADER_OFFSET 8448
 #define NCA_SLOT_BYTES 8576

@@ -6,7 +6,7 @@
 #define NCA_FRAME_H
 #include <stdint.h>
 
-#define NCA_FRAME_MAX 64          /* decoded bytes (payload + CRC) a parser holds */
+#define NCA_FRAME_MAX 142         /* decoded bytes (payload + CRC) a parser holds: a CHUNK */
 
 typedef struct {
     uint8_t buf[NCA_FRAME_MAX];

@@ -3,12 +3,16 @@
 #include <string.h>
 #include "nca_frame.h"
 #include "nca_mesh.h"
+#include "nca_mesh_parts.h"
 #include "nca_rom.h"
 
 NCA_MESH_ASSERT(status_bytes, sizeof(nca_mesh_status_t) == NCA_MESH_STATUS_BYTES);
 NCA_MESH_ASSERT(frame_fits, NCA_MESH_RX_BUFFER <= NCA_FRAME_MAX);
-/* a relaying STATE frame's copies fit a port's transmit ring (the port's, 256 bytes on AVR) */
-NCA_MESH_ASSERT(copies_fit, NCA_MESH_MAX_COPIES * NCA_FRAME_ENCODED(NCA_MESH_MAX_PAYLOAD) < 256);
+/* a relaying STATE frame's copies, and a CHUNK, fit a port's transmit ring (the port's,
+ * 256 bytes on AVR) */
+NCA_MESH_ASSERT(copies_fit, NCA_MESH_MAX_COPIES * NCA_FRAME_ENCODED(NCA_MESH_STATE_HEAD + 3 * NCA_CHANNELS) < 256);
+NCA_MESH_ASSERT(chunk_fits, NCA_FRAME_ENCODED(NCA_MESH_MAX_PAYLOAD) < 256);
+NCA_MESH_ASSERT(census_fits, NCA_MESH_CENSUS_HEAD + NCA_MESH_CENSUS_ENTRIES * NCA_MESH_CENSUS_ENTRY <= NCA_MESH_MAX_PAYLOAD);
 /* where the emulator's replay taps read (nca_mesh_ids.h) */
 NCA_MESH_ASSERT(wakes_at, offsetof(nca_mesh_status_t, wakes) == NCA_MESH_STATUS_WAKES_AT);
 NCA_MESH_ASSERT(cell_state_at, offsetof(nca_cell_t, state) == NCA_MESH_CELL_STATE_AT);
@@ -38,7 +42,8 @@ typedef struct {
                                      frame implies (NCA_MESH_UNKNOWN: none yet) */
     uint16_t last_seq;
     uint8_t seen;                 /* a STATE frame arrived on this port since the run began */
-    uint8_t asked;                /* PARAMS_REQ sent, no PARAMS yet */
+    uint8_t asked;                /* PARAMS_REQ sent, no PARAMS yet ... */
+    uint32_t asked_at;            /* ... at this tick (asked again a second later: it may be lost) */
 } port_t;
 
 /* the run's parameters (PARAMS) */
@@ -46,6 +51,7 @@ typedef struct {
     uint32_t seed, mean_ticks, jitter_ticks;
     uint8_t width, height, seed_x, seed_y, clock;
     uint8_t copies;               /* each STATE frame goes out this many times, back to back */
+    uint32_t seed_hash;           /* the model whose formats seed_state is in */
     int8_t seed_state[NCA_CHANNELS];
     uint8_t seed_resid[NCA_MESH_RESID_BYTES];
 } params_t;
@@ -67,7 +73,7 @@ static struct {
     uint32_t resend_at;           /* ... at this tick */
 } m;
 
-static uint8_t frame[NCA_MESH_MAX_PAYLOAD];
+uint8_t nca_mesh_frame[NCA_MESH_MAX_PAYLOAD];
 static uint8_t wire[NCA_FRAME_ENCODED(NCA_MESH_MAX_PAYLOAD)];
 
 /* ------------------------------------------------------------ the counter generator (sim/rng.py) */
@@ -132,13 +138,12 @@ static uint8_t face_of(uint8_t mount, uint8_t q)
     return (uint8_t)((MIRRORED(mount) ? (mount - q) : (mount + q)) & 3);
 }
 
-static uint8_t port_of(uint8_t f)
+uint8_t nca_mesh_port(uint8_t f)
 {
     return (uint8_t)((MIRRORED(m.mount) ? (m.mount - f) : (f - m.mount)) & 3);
 }
 
-/* the grid face of port q, or NCA_MESH_UNKNOWN while the board does not know its mount */
-static uint8_t face(uint8_t q)
+uint8_t nca_mesh_face(uint8_t q)
 {
     return m.oriented ? face_of(m.mount, q) : NCA_MESH_UNKNOWN;
 }
@@ -151,24 +156,11 @@ static uint8_t disagrees(uint8_t q)
 }
 
 /* ------------------------------------------------------------ sending */
-static void send_payload(uint8_t q, uint8_t n)
+void nca_mesh_payload(uint8_t q, uint8_t n)
 {
-    uint8_t len = nca_frame_encode(frame, n, wire);
+    uint8_t len = nca_frame_encode(nca_mesh_frame, n, wire);
     if (nca_mesh_send(q, wire, len))
         nca_mesh_status.sent++;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 /* to every grid face (the port that faces it), in the run's number of copies: on a
@@ -179,25 +171,25 @@ static void send_state(void)
     uint8_t f, c, len;
     for (f = 0; f < NCA_FACES; f++) {
         uint8_t relay = (uint8_t)(f == NCA_FACE_N || f == NCA_FACE_S), n = NCA_MESH_STATE_HEAD;
-        frame[0] = NCA_MESH_STATE;
-        put32(frame + 1, NCA_MODEL_HASH);
-        frame[5] = (uint8_t)m.seq;
-        frame[6] = (uint8_t)(m.seq >> 8);
-        frame[7] = f;
-        frame[8] = nca_mesh_status.x;
-        frame[9] = nca_mesh_status.y;
-        frame[10] = nca_mesh_status.run;
-        frame[11] = relay;
-        memcpy(frame + n, nca_mesh_cell.state, NCA_CHANNELS);
+        nca_mesh_frame[0] = NCA_MESH_STATE;
+        nca_put32(nca_mesh_frame + 1, nca_store_hash());
+        nca_mesh_frame[5] = (uint8_t)m.seq;
+        nca_mesh_frame[6] = (uint8_t)(m.seq >> 8);
+        nca_mesh_frame[7] = f;
+        nca_mesh_frame[8] = nca_mesh_status.x;
+        nca_mesh_frame[9] = nca_mesh_status.y;
+        nca_mesh_frame[10] = nca_mesh_status.run;
+        nca_mesh_frame[11] = relay;
+        memcpy(nca_mesh_frame + n, nca_mesh_cell.state, NCA_CHANNELS);
         n += NCA_CHANNELS;
         if (relay) {
-            memcpy(frame + n, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_W, NCA_CHANNELS);
-            memcpy(frame + n + NCA_CHANNELS, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_E, NCA_CHANNELS);
+            memcpy(nca_mesh_frame + n, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_W, NCA_CHANNELS);
+            memcpy(nca_mesh_frame + n + NCA_CHANNELS, nca_mesh_cell.inbox + NCA_CHANNELS * SLOT_E, NCA_CHANNELS);
             n += 2 * NCA_CHANNELS;
         }
-        len = nca_frame_encode(frame, n, wire);
+        len = nca_frame_encode(nca_mesh_frame, n, wire);
         for (c = 0; c < m.p.copies; c++)
-            if (nca_mesh_send(port_of(f), wire, len))
+            if (nca_mesh_send(nca_mesh_port(f), wire, len))
                 nca_mesh_status.sent++;
     }
     m.seq++;
@@ -205,24 +197,25 @@ static void send_state(void)
 
 static void send_params(uint8_t q)
 {
-    uint8_t *b = frame;
+    uint8_t *b = nca_mesh_frame;
     b[0] = NCA_MESH_PARAMS;
-    b[1] = face(q);
+    b[1] = nca_mesh_face(q);
     b[2] = nca_mesh_status.x;
     b[3] = nca_mesh_status.y;
     b[4] = nca_mesh_status.run;
-    put32(b + 5, m.p.seed);
+    nca_put32(b + 5, m.p.seed);
     b[9] = m.p.width;
     b[10] = m.p.height;
     b[11] = m.p.seed_x;
     b[12] = m.p.seed_y;
     b[13] = m.p.clock;
-    put32(b + 14, m.p.mean_ticks);
-    put32(b + 18, m.p.jitter_ticks);
+    nca_put32(b + 14, m.p.mean_ticks);
+    nca_put32(b + 18, m.p.jitter_ticks);
     memcpy(b + 22, m.p.seed_state, NCA_CHANNELS);
     memcpy(b + 38, m.p.seed_resid, NCA_MESH_RESID_BYTES);
     b[46] = m.p.copies;
-    send_payload(q, NCA_MESH_PARAMS_BYTES);
+    nca_put32(b + 47, m.p.seed_hash);
+    nca_mesh_payload(q, NCA_MESH_PARAMS_BYTES);
 }
 
 /* ------------------------------------------------------------ the run */
@@ -261,7 +254,7 @@ static uint8_t all_zero(void)
 /* schedule wake k from `from`, when the board runs and knows where it is */
 static void schedule(uint32_t from)
 {
-    if (!HAS(RUNNING) || !HAS(COORDS))
+    if (!HAS(RUNNING) || !HAS(COORDS) || nca_store_active() < 0)
         return;
     m.next_wake = from + interval(m.wake_k);
     m.scheduled = 1;
@@ -274,7 +267,7 @@ static void place(void)
     uint32_t cell = (uint32_t)nca_mesh_status.y * m.p.width + nca_mesh_status.x;
     m.key = prefix(m.p.seed, NCA_RNG_WAKE, cell);
     m.init_key = prefix(m.p.seed, NCA_RNG_INIT, cell);
-    if (nca_mesh_status.x == m.p.seed_x && nca_mesh_status.y == m.p.seed_y) {
+    if (nca_mesh_status.x == m.p.seed_x && nca_mesh_status.y == m.p.seed_y && m.p.seed_hash == nca_store_hash()) {
         memcpy(nca_mesh_cell.state, m.p.seed_state, NCA_CHANNELS);
 #if NCA_HAS_RESID
         memcpy(nca_mesh_cell.resid, m.p.seed_resid, NCA_MESH_RESID_BYTES);
@@ -408,27 +401,42 @@ static void resend_params(void)
     m.resend_at += NCA_MESH_PARAMS_RESEND_TICKS;
 }
 
-void nca_mesh_poll(void)
+/* A new genome is active: the cell starts again from nothing, and the seed board takes
+ * the run's seed if the seed is this genome's. */
+void nca_mesh_genome_changed(void)
 {
-    uint32_t now = nca_mesh_ticks();
-    if (m.resends && (int32_t)(now - m.resend_at) >= 0)
-        resend_params();
-    if (m.scheduled && (int32_t)(now - m.next_wake) >= 0)
-        wake();
+    memset(&nca_mesh_cell, 0, sizeof nca_mesh_cell);
+    m.scheduled = 0;
+    show();
+    if (HAS(RUNNING) && HAS(COORDS) && !HAS(MIRRORED))
+        place();
 }
 
-uint8_t nca_mesh_next_wake(uint32_t *tick)
+/* A neighbour spoke on port q (a STATE, or an OFFER, which every board sends soon after
+ * start-up and then now and then): a board that does not run yet (it was just powered
+ * on) asks it for the run, once. So a board that rebooted rejoins even where the pattern
+ * is dead and no states flow. */
+void nca_mesh_neighbour_heard(uint8_t q)
 {
-    *tick = m.next_wake;
-    if (m.resends && (!m.scheduled || (int32_t)(m.resend_at - m.next_wake) < 0)) {
-        *tick = m.resend_at;
-        return 1;
-    }
-    return m.scheduled;
+    uint32_t now = nca_mesh_ticks();
+    if (HAS(RUNNING) || (m.port[q].asked && (int32_t)(now - m.port[q].asked_at) < (int32_t)NCA_MESH_OFFER_BACK_TICKS))
+        return;
+    m.port[q].asked = 1;
+    m.port[q].asked_at = now;
+    nca_mesh_frame[0] = NCA_MESH_PARAMS_REQ;
+    nca_mesh_payload(q, 1);
+}
+
+/* the census's view of the run: the grid's size, and whether the board knows its place */
+uint8_t nca_mesh_grid(uint8_t *width, uint8_t *height)
+{
+    *width = m.p.width;
+    *height = m.p.height;
+    return (uint8_t)(HAS(COORDS) && HAS(RUNNING) && m.oriented);
 }
 
 /* ------------------------------------------------------------ receiving */
-static void refuse(void)
+void nca_mesh_refuse(void)
 {
     nca_mesh_status.refused++;
 }
@@ -437,8 +445,40 @@ static void miswired(void)
 {
     nca_mesh_status.miswired++;
     FLAGS |= NCA_MESH_FLAG_MISWIRED;
-    refuse();
+    nca_mesh_refuse();
 }
+
+static uint8_t due(uint32_t now, uint32_t at)
+{
+    return (uint8_t)((int32_t)(now - at) >= 0);
+}
+
+void nca_mesh_poll(void)
+{
+    uint32_t now = nca_mesh_ticks();
+    if (m.resends && due(now, m.resend_at))
+        resend_params();
+    if (m.scheduled && due(now, m.next_wake))
+        wake();
+    nca_genomes_poll(now);
+}
+
+static void earliest(uint32_t *tick, uint32_t at)
+{
+    if ((int32_t)(at - *tick) < 0)
+        *tick = at;
+}
+
+uint8_t nca_mesh_next_wake(uint32_t *tick)
+{
+    nca_genomes_next(tick);       /* always something: the periodic offer */
+    if (m.scheduled)
+        earliest(tick, m.next_wake);
+    if (m.resends)
+        earliest(tick, m.resend_at);
+    return 1;
+}
+
 
 /* a STATE frame on port q */
 static void on_state(uint8_t q, const uint8_t *b, uint8_t n)
@@ -450,14 +490,15 @@ static void on_state(uint8_t q, const uint8_t *b, uint8_t n)
         nca_mesh_status.corrupt++;
         return;
     }
-    if (get32(b + 1) != NCA_MODEL_HASH) {         /* another model: its states mean something else */
+    if (nca_get32(b + 1) != nca_store_hash()) {       /* another model: its states mean something else */
         nca_mesh_status.foreign++;
         FLAGS |= NCA_MESH_FLAG_FOREIGN;
-        refuse();
+        nca_mesh_refuse();
+        nca_genomes_offer_back(q);
         return;
     }
     observe(q, b[7]);
-    f = face(q);
+    f = nca_mesh_face(q);
     if (f == NCA_MESH_UNKNOWN || disagrees(q) || (relay && f != NCA_FACE_N && f != NCA_FACE_S)) {
         miswired();
         return;
@@ -465,7 +506,7 @@ static void on_state(uint8_t q, const uint8_t *b, uint8_t n)
     if (p->seen && seq == p->last_seq)
         return;                   /* a copy of the frame it has */
     if (p->seen && seq != 0 && (int16_t)(seq - p->last_seq) <= 0) {   /* stale (seq 0: it rebooted) */
-        refuse();
+        nca_mesh_refuse();
         return;
     }
     if (p->seen && seq != 0)
@@ -481,12 +522,8 @@ static void on_state(uint8_t q, const uint8_t *b, uint8_t n)
                NCA_CHANNELS);
     }
     learn_coords(f, b[8], b[9]);
-    if (!HAS(RUNNING)) {          /* e.g. just powered on: ask this neighbour for the run */
-        if (!p->asked) {
-            p->asked = 1;
-            frame[0] = NCA_MESH_PARAMS_REQ;
-            send_payload(q, 1);
-        }
+    if (!HAS(RUNNING)) {          /* e.g. just powered on */
+        nca_mesh_neighbour_heard(q);
         return;
     }
     if (HAS(ASLEEP))
@@ -503,21 +540,22 @@ static void on_params(uint8_t q, const uint8_t *b)
         return;
     }
     if (!HAS(COORDS))
-        learn_coords(face(q), b[2], b[3]);
+        learn_coords(nca_mesh_face(q), b[2], b[3]);
     if (HAS(RUNNING) && b[4] == nca_mesh_status.run)
         return;                   /* the flood came back: already running it */
     nca_mesh_status.run = b[4];
-    m.p.seed = get32(b + 5);
+    m.p.seed = nca_get32(b + 5);
     m.p.width = b[9];
     m.p.height = b[10];
     m.p.seed_x = b[11];
     m.p.seed_y = b[12];
     m.p.clock = b[13];
-    m.p.mean_ticks = get32(b + 14);
-    m.p.jitter_ticks = get32(b + 18);
+    m.p.mean_ticks = nca_get32(b + 14);
+    m.p.jitter_ticks = nca_get32(b + 18);
     memcpy(m.p.seed_state, b + 22, NCA_CHANNELS);
     memcpy(m.p.seed_resid, b + 38, NCA_MESH_RESID_BYTES);
     m.p.copies = b[46] < 1 ? 1 : b[46] > NCA_MESH_MAX_COPIES ? NCA_MESH_MAX_COPIES : b[46];
+    m.p.seed_hash = nca_get32(b + 47);
     memset(&nca_mesh_cell, 0, sizeof nca_mesh_cell);
     for (g = 0; g < NCA_FACES; g++) {
         m.port[g].seen = 0;
@@ -558,10 +596,10 @@ static void on_frame(uint8_t q, const uint8_t *b, uint8_t n)
             m.scheduled = 0;
             m.resends = 0;
             for (g = 0; g < NCA_FACES; g++) {   /* pass it on */
-                frame[0] = NCA_MESH_STOP;
-                frame[1] = nca_mesh_status.run;
+                nca_mesh_frame[0] = NCA_MESH_STOP;
+                nca_mesh_frame[1] = nca_mesh_status.run;
                 if (g != q)
-                    send_payload(g, 2);
+                    nca_mesh_payload(g, 2);
             }
         }
         return;
@@ -578,12 +616,13 @@ static void on_frame(uint8_t q, const uint8_t *b, uint8_t n)
         }
         return;
     case NCA_MESH_STATUS_GET:
-        frame[0] = NCA_MESH_STATUS;
-        memcpy(frame + 1, &nca_mesh_status, NCA_MESH_STATUS_BYTES);
-        send_payload(q, 1 + NCA_MESH_STATUS_BYTES);
+        nca_mesh_frame[0] = NCA_MESH_STATUS;
+        memcpy(nca_mesh_frame + 1, &nca_mesh_status, NCA_MESH_STATUS_BYTES);
+        nca_mesh_payload(q, 1 + NCA_MESH_STATUS_BYTES);
         return;
     default:
-        refuse();
+        if (!nca_genomes_rx(q, b, n))
+            nca_mesh_refuse();
     }
 }
 
@@ -603,6 +642,7 @@ void nca_mesh_init(void)
     memset(&m, 0, sizeof m);
     memset(&nca_mesh_cell, 0, sizeof nca_mesh_cell);
     memset(&nca_mesh_status, 0, sizeof nca_mesh_status);
+    nca_genomes_init();
     nca_mesh_status.x = NCA_MESH_UNKNOWN;
     nca_mesh_status.y = NCA_MESH_UNKNOWN;
     for (f = 0; f < NCA_FACES; f++) {

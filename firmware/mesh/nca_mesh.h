@@ -6,7 +6,10 @@
  * wins); frames sent north and south also carry its latest W and E states, which
  * gives the receiver its diagonals. It learns its grid coordinates and its mount
  * (which way round it is: every frame names the grid face it left by) from its
- * neighbours, and the run's parameters reach it through the grid.
+ * neighbours, and the run's parameters reach it through the grid. Its genome is in
+ * one of two flash slots (store/nca_store.h): a newer one offered by a neighbour is
+ * pulled chunk by chunk into the other slot, verified and activated (genome gossip),
+ * and a census counts the boards on each genome.
  * Frames and ids: nca_mesh_ids.h (generated from boards/mesh_protocol.py);
  * firmware/MESH.md tells the whole protocol.
  *
@@ -19,6 +22,7 @@
 #include <stdint.h>
 #include "nca_cell.h"
 #include "nca_mesh_ids.h"
+#include "nca_store.h"
 
 /* A compile-time check: a false cond makes an array of size -1. */
 #define NCA_MESH_ASSERT(name, cond) typedef char nca_mesh_assert_##name[(cond) ? 1 : -1]
@@ -31,6 +35,9 @@ typedef struct {
     uint8_t x, y, run, flags;              /* NCA_MESH_FLAG_* */
     uint32_t wakes, updates, sent, received, corrupt, refused, lost;
     uint16_t miswired, foreign;
+    uint32_t generation, model_hash;       /* the active genome's (0, 0: none) */
+    uint16_t genome_bytes;                 /* of a genome being pulled (0: none) */
+    uint16_t activations;                  /* genomes pulled and activated since power-on */
 } nca_mesh_status_t;
 
 extern nca_mesh_status_t nca_mesh_status;

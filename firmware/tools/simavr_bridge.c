@@ -20,7 +20,8 @@
  * instead of simavr's usleep), so an idle board costs no CPU and a byte from the host
  * ends the wait at once.
  *
- * The chip as it is where simavr 1.6 is more lenient (always on; ATmega328P figures):
+ * The chip as it is where simavr 1.6 is more lenient (always on; ATmega328P figures;
+ * the self-programming rules are simavr_spm.h's, shared with simavr_mesh.c):
  *   - the boot section (the last --bootsz bytes, default 512: BOOTSZ = 256 words) is
  *     loaded from the ELF's segments there (simavr loads .text and .data only), or from
  *     --boot FILE (another ELF: the tests' Optiboot stand-in), or left erased (--boot none);
@@ -29,7 +30,8 @@
  *   - a page erase or write of the RWW section (below 0x7000) takes 4.5 ms (SPMEN and
  *     RWWSB stay set); until the RWW section is re-enabled (RWWSRE) the CPU must not
  *     execute there, an interrupt vectoring into it included: the bridge reports it
- *     ("FAIL: ...") and exits with status 4;
+ *     ("FAIL: ...") and exits with status 4, as for an SPM while the flash is busy;
+ *   - a page write only clears bits (new = old & buffer);
  *   - IVSEL (MCUCR) moves the interrupt vectors to the start of the boot section
  *     (the first four reported: "interrupt N taken in the boot section").
  * It also reports on stderr:
@@ -46,7 +48,6 @@
  */
 #define _GNU_SOURCE   /* ppoll */
 #include <arpa/inet.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -62,19 +63,11 @@
 #include "sim_elf.h"
 #include "sim_io.h"
 #include <sys/socket.h>
-#include "avr_flash.h"
 #include "avr_uart.h"
 #include "uart_pty.h"
+#include "simavr_spm.h"
 
-/* ATmega328P data-space addresses */
-#define MCUCR_ADDR 0x55
-#define SPMCSR_ADDR 0x57
-#define IVSEL_BIT 0x02
-#define SPMEN_BIT 0x01
-#define PGERS_BIT 0x02
-#define PGWRT_BIT 0x04
-#define RWWSRE_BIT 0x10
-#define RWWSB_BIT 0x40
+/* ATmega328P */
 #define NRWW_BYTES 4096u        /* the NRWW section: the last 4 KiB */
 #define VECTORS 26
 
@@ -86,11 +79,8 @@ static int in_fd = 0;                  /* where UART input comes from (--tcp: th
 static int lsock = -1;                 /* --tcp: the listening socket */
 static const char *flash_file;
 static uint32_t flash_lo;              /* first flash byte above the program */
-static uint32_t boot_lo, nrww_lo;      /* the boot section and the NRWW section start here */
-static int (*flash_ioctl)(struct avr_io_t *io, uint32_t ctl, void *param);
-static int rww_busy;                   /* a page of the RWW section erased or written, not re-enabled */
-static int spm_busy;                   /* that erase or write still running (SPMEN set) */
-static unsigned long spm_outside, boot_irqs;
+static uint32_t boot_lo;               /* the boot section starts here */
+static nca_spm_t spm;                  /* the chip's self-programming rules (simavr_spm.h) */
 static int irq_off;
 static avr_cycle_count_t irq_off_since, irq_off_max;
 static uint32_t irq_off_pc;
@@ -122,73 +112,6 @@ static void load_flash(void)
     if (fread(avr->flash + flash_lo, 1, boot_lo - flash_lo, f) == 0)
         fprintf(stderr, "%s: empty\n", flash_file);
     fclose(f);
-}
-
-/* The file bytes of an ELF's loadable segments whose (load) address is in [lo, hi):
- * what a programmer writes there.  0 when done, else -1. */
-static int load_segments(const char *path, uint32_t lo, uint32_t hi)
-{
-    Elf32_Ehdr eh;
-    Elf32_Phdr ph;
-    int i, ok = -1;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -1;
-    if (fread(&eh, sizeof eh, 1, f) != 1 || memcmp(eh.e_ident, ELFMAG, SELFMAG) || eh.e_ident[EI_CLASS] != ELFCLASS32)
-        goto out;
-    for (i = 0; i < eh.e_phnum; i++) {
-        if (fseek(f, (long)(eh.e_phoff + (uint32_t)i * eh.e_phentsize), SEEK_SET) || fread(&ph, sizeof ph, 1, f) != 1)
-            goto out;
-        if (ph.p_type != PT_LOAD || !ph.p_filesz || ph.p_paddr < lo || ph.p_paddr + ph.p_filesz > hi)
-            continue;
-        if (fseek(f, (long)ph.p_offset, SEEK_SET) || fread(avr->flash + ph.p_paddr, 1, ph.p_filesz, f) != ph.p_filesz)
-            goto out;
-    }
-    ok = 0;
-out:
-    fclose(f);
-    return ok;
-}
-
-static avr_cycle_count_t spm_done(avr_t *a, avr_cycle_count_t when, void *p)
-{
-    (void)when;
-    (void)p;
-    a->data[SPMCSR_ADDR] &= (uint8_t)~(SPMEN_BIT | PGERS_BIT | PGWRT_BIT);
-    spm_busy = 0;
-    return 0;
-}
-
-/* Every SPM passes here (simavr's flash module, wrapped): where it runs from and how
- * long an erase or write keeps the flash busy, as on the chip. */
-static int spm_ioctl(struct avr_io_t *io, uint32_t ctl, void *param)
-{
-    uint8_t cmd = avr->data[SPMCSR_ADDR];
-    uint32_t z = avr->data[R_ZL] | ((uint32_t)avr->data[R_ZH] << 8);
-    int r;
-    if (ctl != AVR_IOCTL_FLASH_SPM)
-        return flash_ioctl(io, ctl, param);
-    if (avr->pc < boot_lo) {
-        if (spm_outside++ < 4)
-            fprintf(stderr, "spm outside the boot section at pc 0x%04x: ignored\n", avr->pc);
-        return 0;                      /* SPMEN clears by itself 4 cycles after the SPMCSR write */
-    }
-    if (spm_busy) {
-        fprintf(stderr, "FAIL: spm at pc 0x%04x while the previous erase or write runs\n", avr->pc);
-        exit(4);
-    }
-    r = flash_ioctl(io, ctl, param);
-    if ((cmd & SPMEN_BIT) && (cmd & (PGERS_BIT | PGWRT_BIT))) {
-        spm_busy = 1;
-        avr->data[SPMCSR_ADDR] = (uint8_t)(cmd | (z < nrww_lo ? RWWSB_BIT : 0));
-        if (z < nrww_lo)
-            rww_busy = 1;
-        avr_cycle_timer_register(avr, avr->frequency / 1000 * 45 / 10, spm_done, NULL);   /* 4.5 ms */
-    } else if ((cmd & SPMEN_BIT) && (cmd & RWWSRE_BIT)) {
-        rww_busy = 0;
-        avr->data[SPMCSR_ADDR] &= (uint8_t)~RWWSB_BIT;
-    }
-    return r;
 }
 
 /* One LED channel: the pin an output, its timer in 8-bit fast PWM with a clock; on the
@@ -225,17 +148,8 @@ static void led_check(void)
 /* after every instruction (and interrupt entry) */
 static void after_step(void)
 {
-    if ((avr->data[MCUCR_ADDR] & IVSEL_BIT) && avr->pc && avr->pc < VECTORS * avr->vector_size
-        && avr->pc % avr->vector_size == 0) {
-        if (boot_irqs++ < 4)
-            fprintf(stderr, "interrupt %u taken in the boot section\n", avr->pc / avr->vector_size);
-        avr->pc += boot_lo;            /* simavr 1.6 ignores IVSEL: an interrupt entry moved */
-    }
-    if (rww_busy && avr->pc < nrww_lo) {
-        fprintf(stderr, "FAIL: pc 0x%04x in the RWW section while a page erase or write keeps it "
-                "unreadable\n", avr->pc);
+    if (nca_spm_step(&spm) || spm.fail)
         exit(4);
-    }
     if (!avr->sreg[S_I]) {
         if (!irq_off) {
             irq_off = 1;
@@ -324,7 +238,6 @@ int main(int argc, char **argv)
 {
     const char *mcu = "atmega328p", *fw = NULL, *boot = NULL;
     uint32_t bootsz = 512;
-    struct avr_io_t *io;
     uint32_t freq = 16000000, flags = 0;
     elf_firmware_t f;
     avr_irq_t *rx;
@@ -375,21 +288,17 @@ int main(int argc, char **argv)
     avr_register_io_write(avr, 0x3E /* GPIOR0 */, gpior0_write, NULL);
     flash_lo = (f.flashsize + 127u) & ~127u;
     boot_lo = avr->flashend + 1 - bootsz;
-    nrww_lo = avr->flashend + 1 - NRWW_BYTES;
     if (bootsz < 256 || bootsz > NRWW_BYTES || flash_lo > boot_lo) {
         fprintf(stderr, "--bootsz %u: the boot section must be 256..%u B and above the program\n", bootsz, NRWW_BYTES);
         return 2;
     }
     memset(avr->flash + boot_lo, 0xFF, bootsz);
-    if ((!boot || strcmp(boot, "none")) && load_segments(boot ? boot : fw, boot_lo, avr->flashend + 1)) {
+    if ((!boot || strcmp(boot, "none")) && nca_spm_load_segments(avr, boot ? boot : fw, boot_lo, avr->flashend + 1)) {
         fprintf(stderr, "cannot read %s\n", boot ? boot : fw);
         return 2;
     }
-    for (io = avr->io_port; io; io = io->next)
-        if (io->kind && !strcmp(io->kind, "flash")) {
-            flash_ioctl = io->ioctl;
-            io->ioctl = spm_ioctl;
-        }
+    nca_spm_attach(&spm, avr, bootsz, NRWW_BYTES, VECTORS, "");
+    spm.report_boot_irqs = 1;
     if (flash_file) {
         load_flash();
         avr_register_io_write(avr, 0x4A /* GPIOR1 */, gpior1_write, NULL);

@@ -22,19 +22,32 @@
  * board's own west wire goes dead). (A north wire on the north neighbour's north port is
  * how a board mounted mirrored is wired: --mount.)
  * Power: `off` stops a board (its wires go dead), `on` resets it (the firmware starts
- * from nothing, as after a power cut).
+ * from nothing, as after a power cut; the flash keeps what the board wrote there).
+ * Flash: every loadable segment of the ELF is in flash (the genome in slot 0, the boot
+ * section's routine: simavr itself loads .text and .data only), and self-programming
+ * follows the chip's rules (simavr_spm.h, shared with simavr_bridge.c: SPM only from the
+ * boot section, the Mega's 8 KiB at 0x3E000; 4.5 ms busy per page erase or write; IVSEL;
+ * "board I: FAIL: ..." on stderr for a breach). Each board counts its page erases and
+ * writes; `flashcut` makes it lose power at one of them.
  *
  * The camera: `run` returns every board's status block (nca_mesh_status, read from
  * emulated RAM; it changes nothing). Replay: at the firmware's GPIOR0 marks around each
- * update the cell's input (state, remainders, inbox) and output are copied from RAM
+ * update the cell's input (state, remainders, inbox) and output, with the hash of the
+ * genome the board runs, are copied from RAM
  * into --log, one fixed-size record per wake (boards/mesh.py reads them).
  *
  * Commands on stdin, one per line; answers on stdout:
  *   run T          advance to virtual time T ns; answers "ok T sim_cycles active_cycles
  *                  wall_ns update_cycles" then W*H status blocks (binary, STATUS bytes each)
- *   host HEX       bytes to the host port       hostread  "host HEX" (what came back)
+ *   host HEX       bytes to the host port (queued, sent at the wire's pace)
+ *   hostread       "host HEX": what came back
  *   off i,j,..     power off boards             on i,j,..  power them on (reset)
  *   cut i FACE     sever board i's wire on that grid face (both directions)
+ *   flashcut I K T board I loses power at its K-th page erase or write from now (K >= 1):
+ *                  T=1 torn (only the page's first half erased or written), T=0 the
+ *                  operation completes; then it is off as after `off`, until `on I`
+ *   flashops I     "flashops I N C": N page erases and writes since the start, C 1 when
+ *                  an armed flashcut has fired (until the next flashcut)
  *   quit
  * Usage: simavr_mesh --size W H --cell ADDR --status ADDR [--seed S] [--clock-ppm P]
  *        [--frame-loss P] [--byte-loss P] [--byte-corrupt P] [--miswire I]... [--mount MOUNTS]
@@ -58,10 +71,13 @@
 #include "sim_io.h"
 #include "avr_uart.h"
 #include "nca_mesh_ids.h"
+#include "simavr_spm.h"
 
 #define FACES 4
 #define SLICE_NS 40000ull               /* 40 us: under the 86.8 us of a byte at 115200 baud */
 #define GPIOR0_ADDR 0x3E
+#define BOOT_BYTES 8192u                /* the Mega's factory fuses: BOOTSZ 4096 words, all NRWW */
+#define VECTORS 57                      /* the ATmega2560's interrupt vectors */
 /* the marks, the status block, the cell's layout and the replay record: nca_mesh_ids.h
  * (boards/mesh_protocol.py) */
 #define MARK_IN NCA_MESH_MARK_WAKE_IN
@@ -71,6 +87,7 @@
 #define CELL_INBOX NCA_MESH_CELL_INBOX_AT
 #define CELL_RESID NCA_MESH_CELL_RESID_AT
 #define WAKES_AT NCA_MESH_STATUS_WAKES_AT
+#define HASH_AT NCA_MESH_STATUS_HASH_AT
 #define REC_BYTES NCA_MESH_RECORD_BYTES
 
 static const char FACE_USART[FACES] = {'1', '2', '3', '0'};
@@ -109,6 +126,9 @@ struct board {
     uint64_t update_start, update;      /* cycles inside the cell's updates (between the marks) */
     uint32_t cell_addr, status_addr;    /* its firmware's nca_mesh_cell and nca_mesh_status */
     double idle_until_ns;               /* asleep with nothing due before then: not run */
+    nca_spm_t spm;                      /* its self-programming (simavr_spm.h) */
+    char who[24];                       /* "board I: " */
+    int cut_fired;                      /* an armed flashcut has fired */
 };
 
 static board_t *boards;
@@ -119,9 +139,16 @@ static uint64_t now_ns, slice_end_ns;   /* slice_end_ns: the slice being deliver
 static FILE *replay_log;
 static uint8_t host_out[65536];
 static size_t host_nout;
+/* bytes from the host, delivered to board 0's west port at the wire's pace (a byte per
+ * 86.8 us at 115200 baud: the UART's receive FIFO holds only a few) */
+#define HOST_BYTE_NS 86806ull
+static uint8_t host_in[65536];
+static size_t host_in_head, host_in_tail;
+static uint64_t host_next_ns;
 static FILE *answers;                   /* stdout as it was: libsimavr prints on fd 1, sent to stderr */
 static const char *elf_path;
 static elf_firmware_t fw, fw_other;
+static const char *other_path;
 static int other[64], nother;
 static uint32_t other_cell, other_status;
 
@@ -173,13 +200,14 @@ static void mark_hook(struct avr_t *avr, avr_io_addr_t addr, uint8_t v, void *pa
         b->rec[1] = (uint8_t)(b->idx >> 8);
         b->rec[2] = b->rec[3] = 0;
         memcpy(b->rec + 4, avr->data + b->status_addr + WAKES_AT, 4);
-        memcpy(b->rec + 8, cell + CELL_STATE, 16);
-        memcpy(b->rec + 24, cell + CELL_RESID, 8);
-        memcpy(b->rec + 32, cell + CELL_INBOX, 128);
+        memcpy(b->rec + 8, avr->data + b->status_addr + HASH_AT, 4);   /* the genome it runs */
+        memcpy(b->rec + 12, cell + CELL_STATE, 16);
+        memcpy(b->rec + 28, cell + CELL_RESID, 8);
+        memcpy(b->rec + 36, cell + CELL_INBOX, 128);
     } else if (v == MARK_OUT) {
         b->update += avr->cycle - b->update_start;
-        memcpy(b->rec + 160, cell + CELL_STATE, 16);
-        memcpy(b->rec + 176, cell + CELL_RESID, 8);
+        memcpy(b->rec + 164, cell + CELL_STATE, 16);
+        memcpy(b->rec + 180, cell + CELL_RESID, 8);
         if (replay_log)
             push(&b->log, &b->nlog, &b->caplog, b->rec, REC_BYTES);
     }
@@ -225,7 +253,9 @@ static void board_start(board_t *b, avr_cycle_count_t at)
 {
     avr_t *a = b->avr;
     avr_reset(a);
-    /* the SRAM forgets with the power (simavr's reset keeps it): 0x200 .. RAMEND on the 2560 */
+    nca_spm_reset(&b->spm);
+    /* the SRAM forgets with the power (simavr's reset keeps it, and the flash, as the chip
+     * does): 0x200 .. RAMEND on the 2560 */
     memset(a->data + 0x200, 0, a->ramend + 1 - 0x200);
     a->cycle = at;
     a->sleep = sleep_none;
@@ -244,6 +274,7 @@ static void board_init(board_t *b, int idx, double ppm, uint64_t seed)
     }
     avr_init(a);
     elf_firmware_t *mine = &fw;
+    const char *path = elf_path;
     b->cell_addr = cell_addr;
     b->status_addr = status_addr;
     for (f = 0; f < nother; f++)
@@ -251,8 +282,15 @@ static void board_init(board_t *b, int idx, double ppm, uint64_t seed)
             b->cell_addr = other_cell;
             b->status_addr = other_status;
             mine = &fw_other;
+            path = other_path;
         }
     avr_load_firmware(a, mine);
+    snprintf(b->who, sizeof b->who, "board %d: ", idx);
+    if (nca_spm_load_segments(a, path, mine->flashsize, a->flashend + 1)
+        || nca_spm_attach(&b->spm, a, BOOT_BYTES, BOOT_BYTES, VECTORS, b->who)) {
+        fprintf(stderr, "cannot load the flash of %s\n", path);
+        exit(2);
+    }
     a->frequency = 16000000;
     b->avr = a;
     b->idx = idx;
@@ -385,6 +423,13 @@ static void run_boards(int first, int step, uint64_t t_ns)
                 b->on = 0;
                 break;
             }
+            nca_spm_step(&b->spm);     /* a breach is reported; the board runs on */
+            if (b->spm.cut) {          /* flashcut: the power went at that page erase or write */
+                b->spm.cut = 0;
+                b->cut_fired = 1;
+                b->on = 0;
+                break;
+            }
         }
         b->active += (a->cycle - c0) - (b->slept - s0);
     }
@@ -417,6 +462,14 @@ static void advance(uint64_t t_ns)
             run_boards(0, 1, end);
         }
         slice_end_ns = end;
+        if (host_in_tail != host_in_head && end >= host_next_ns) {
+            if (boards[0].idle_until_ns > 0)
+                catch_up(&boards[0], end);
+            if (boards[0].on)
+                avr_raise_irq(boards[0].rx[3], host_in[host_in_tail]);
+            host_in_tail = (host_in_tail + 1) % sizeof host_in;
+            host_next_ns = end + HOST_BYTE_NS;
+        }
         for (i = 0; i < NB; i++) {     /* in board order: the same run for any thread count */
             board_t *b = &boards[i];
             size_t n;
@@ -501,6 +554,7 @@ int main(int argc, char **argv)
             mounts = argv[++i];
         } else if (!strcmp(argv[i], "--other") && i + 4 < argc && nother < 64) {
             other[nother++] = atoi(argv[++i]);
+            other_path = argv[i + 1];
             if (elf_read_firmware(argv[++i], &fw_other)) {
                 fprintf(stderr, "cannot read %s\n", argv[i]);
                 return 2;
@@ -576,11 +630,12 @@ int main(int argc, char **argv)
                 fwrite(boards[i].avr->data + boards[i].status_addr, 1, STATUS_BYTES, answers);
         } else if (!strncmp(line, "host ", 5)) {
             char *p = line + 5;
-            if (boards[0].idle_until_ns > 0)
-                catch_up(&boards[0], now_ns);
             while (hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
-                if (boards[0].on)
-                    avr_raise_irq(boards[0].rx[3], (uint32_t)(hexval(p[0]) * 16 + hexval(p[1])));
+                size_t next = (host_in_head + 1) % sizeof host_in;
+                if (next != host_in_tail) {
+                    host_in[host_in_head] = (uint8_t)(hexval(p[0]) * 16 + hexval(p[1]));
+                    host_in_head = next;
+                }
                 p += 2;
             }
             fprintf(answers, "ok\n");
@@ -606,6 +661,23 @@ int main(int argc, char **argv)
                     boards[w->dst].wire[w->face].cut = 1;
             }
             fprintf(answers, "ok\n");
+        } else if (!strncmp(line, "flashcut ", 9)) {
+            int b = -1, t = -1;
+            unsigned long long k = 0;
+            if (sscanf(line + 9, "%d %llu %d", &b, &k, &t) == 3 && b >= 0 && b < NB && k > 0 && (t == 0 || t == 1)) {
+                boards[b].spm.cut_at = boards[b].spm.ops + k;
+                boards[b].spm.cut_torn = t;
+                boards[b].cut_fired = 0;
+                fprintf(answers, "ok\n");
+            } else {
+                fprintf(answers, "error flashcut I K T\n");
+            }
+        } else if (!strncmp(line, "flashops ", 9)) {
+            int b = -1;
+            if (sscanf(line + 9, "%d", &b) == 1 && b >= 0 && b < NB)
+                fprintf(answers, "flashops %d %llu %d\n", b, (unsigned long long)boards[b].spm.ops, boards[b].cut_fired);
+            else
+                fprintf(answers, "error flashops I\n");
         } else if (!strncmp(line, "quit", 4)) {
             break;
         } else {

@@ -17,6 +17,22 @@
  */
 #include "nca_model.h"
 
+/* The shifts the unrolled code is built for, and where the genome is: the compiled-in
+ * table, or (a genome in a flash slot, NCA_KERNEL_* given by the build's nca_kernel.h)
+ * the active slot that nca_rt.genome points to; nca_cell.c calls this only when the
+ * active genome's shifts are these. */
+#if defined(NCA_KERNEL_ACC_SHIFT)
+#define K_HIDDEN NCA_KERNEL_HIDDEN_SHIFT
+#define K_BIAS NCA_KERNEL_BIAS_SHIFT
+#define K_ACC NCA_KERNEL_ACC_SHIFT
+#define GENOME_IN_SLOT 1
+#else
+#define K_HIDDEN NCA_HIDDEN_SHIFT
+#define K_BIAS NCA_BIAS_SHIFT
+#define K_ACC NCA_ACC_SHIFT
+#define GENOME_IN_SLOT 0
+#endif
+
 #define OUT_BIAS (NCA_GROUPS * NCA_GROUP_BYTES)
 #define ZERO r4
 #define K80 r5
@@ -34,8 +50,8 @@
 /* h = clamp(((a + 2^(K-1)) >> K) + (b1 << B), 0, 255), b1 the next genome byte;
  * a in a2:a1:a0 (any registers), h into a register >= r16; scratch r0, r1, r17 */
 .macro HIDDEN h, a0, a1, a2
-#if NCA_HIDDEN_SHIFT > 0
-    .rept NCA_HIDDEN_SHIFT - 1
+#if K_HIDDEN > 0
+    .rept K_HIDDEN - 1
     asr \a2
     ror \a1
     ror \a0
@@ -53,7 +69,7 @@
     clr r1
     sbrc r17, 7
     com r1                      /* r1:r0 = b1 sign-extended */
-    .rept NCA_BIAS_SHIFT
+    .rept K_BIAS
     lsl r0
     rol r1
     .endr
@@ -108,8 +124,15 @@ nca_dense:
     mov K80, r16
     movw r28, r24
     adiw r28, 48                /* acc = out_bias */
+#if GENOME_IN_SLOT
+    lds r30, nca_rt             /* nca_rt.genome, the struct's first field */
+    lds r31, nca_rt + 1
+    subi r30, lo8(-(OUT_BIAS))
+    sbci r31, hi8(-(OUT_BIAS))
+#else
     ldi r30, lo8(nca_genome + OUT_BIAS)
     ldi r31, hi8(nca_genome + OUT_BIAS)
+#endif
     .set M, 0
     .rept 32
     lpm r0, Z+
@@ -117,8 +140,13 @@ nca_dense:
     .set M, M + 1
     .endr
     sbiw r28, 48                /* Y = cell: p */
+#if GENOME_IN_SLOT
+    lds r30, nca_rt
+    lds r31, nca_rt + 1
+#else
     ldi r30, lo8(nca_genome)
     ldi r31, hi8(nca_genome)
+#endif
 group:
     ldi r16, 0xE8               /* the sums start at -48 * 32768 */
     clr r18
@@ -154,8 +182,8 @@ group:
     PROD r19, 0
     PROD r20, 0
     subi r21, 2                 /* remove 4 * 32768 */
-#if NCA_ACC_SHIFT >= 5 && NCA_ACC_SHIFT <= 8
-    .rept 8 - NCA_ACC_SHIFT      /* t >> R as the upper bytes of t << (8-R) (|t| < 2^17) */
+#if K_ACC >= 5 && K_ACC <= 8
+    .rept 8 - K_ACC              /* t >> R as the upper bytes of t << (8-R) (|t| < 2^17) */
     lsl r24
     rol r25
     rol r21
@@ -165,7 +193,7 @@ group:
     add r22, r25
     adc r23, r21
 #else
-    .rept NCA_ACC_SHIFT
+    .rept K_ACC
     asr r21
     ror r25
     ror r24
@@ -180,9 +208,18 @@ group:
     .set M, M + 1
     .endr
     sbiw r28, 48                /* Y = p */
+#if GENOME_IN_SLOT
+    lds r16, nca_rt             /* r16, r17 are free here: the end, genome + OUT_BIAS */
+    lds r17, nca_rt + 1
+    subi r16, lo8(-(OUT_BIAS))
+    sbci r17, hi8(-(OUT_BIAS))
+    cp r30, r16
+    cpc r31, r17
+#else
     cpi r30, lo8(nca_genome + OUT_BIAS)
     ldi r17, hi8(nca_genome + OUT_BIAS)
     cpc r31, r17
+#endif
     breq 3f
     jmp group                   /* the unrolled body can exceed rjmp's +-4 KB (NCA_ACC_SHIFT < 5 or > 8) */
 3:

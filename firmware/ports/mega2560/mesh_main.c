@@ -26,25 +26,30 @@
 #define RX_RING 256u                /* powers of two: the indices wrap with a mask; 256 holds the
                                        * 80 bytes a face receives during an update, and more */
 #define TX_RING 256u                /* a STATE frame's copies, sent back to back */
+#if RX_RING != 256u
+#error "boot_2560.S's receive handlers index the rings with one byte: RX_RING must be 256"
+#endif
 
-static volatile uint8_t rx_ring[NCA_FACES][RX_RING];
-static volatile uint8_t rx_head[NCA_FACES], rx_tail[NCA_FACES];
+/* the receive rings and the flag: global because the boot section's receive handlers
+ * (boot_2560.S) fill them too while a flash page is erased or written */
+volatile uint8_t nca_mesh_rx_ring[NCA_FACES][RX_RING];
+volatile uint8_t nca_mesh_rx_head[NCA_FACES], nca_mesh_rx_tail[NCA_FACES];
 static volatile uint8_t tx_ring[NCA_FACES][TX_RING];
 static volatile uint8_t tx_head[NCA_FACES], tx_tail[NCA_FACES];
 static volatile uint16_t ticks_high;
 /* set by the interrupts that may need the loop: a frame's delimiter arrived, the wake
  * timer matched or overflowed; a byte inside a frame only wakes the CPU to sleep again */
-static volatile uint8_t loop_needed;
+volatile uint8_t nca_mesh_loop_needed;
 
 static inline void rx_put(uint8_t f, uint8_t c)
 {
-    uint8_t h = rx_head[f], n = (uint8_t)((h + 1) & (RX_RING - 1));
-    if (n != rx_tail[f]) {              /* a full ring drops the byte: the frame's CRC fails */
-        rx_ring[f][h] = c;
-        rx_head[f] = n;
+    uint8_t h = nca_mesh_rx_head[f], n = (uint8_t)((h + 1) & (RX_RING - 1));
+    if (n != nca_mesh_rx_tail[f]) {     /* a full ring drops the byte: the frame's CRC fails */
+        nca_mesh_rx_ring[f][h] = c;
+        nca_mesh_rx_head[f] = n;
     }
     if (c == 0)
-        loop_needed = 1;
+        nca_mesh_loop_needed = 1;
 }
 
 /* the next byte for face f's data register, or -1: nothing left (disable the interrupt) */
@@ -113,12 +118,12 @@ uint8_t nca_mesh_send(uint8_t face, const uint8_t *bytes, uint8_t n)
 ISR(TIMER5_OVF_vect)
 {
     ticks_high++;
-    loop_needed = 1;
+    nca_mesh_loop_needed = 1;
 }
 
 ISR(TIMER5_COMPA_vect)
 {
-    loop_needed = 1;
+    nca_mesh_loop_needed = 1;
 }
 
 uint32_t nca_mesh_ticks(void)
@@ -183,11 +188,11 @@ int main(void)
         uint32_t next;
         uint8_t due;
         wdt_reset();
-        loop_needed = 0;
+        nca_mesh_loop_needed = 0;
         for (f = 0; f < NCA_FACES; f++) {
-            while (rx_tail[f] != rx_head[f]) {
-                uint8_t t = rx_tail[f], c = rx_ring[f][t];
-                rx_tail[f] = (uint8_t)((t + 1) & (RX_RING - 1));
+            while (nca_mesh_rx_tail[f] != nca_mesh_rx_head[f]) {
+                uint8_t t = nca_mesh_rx_tail[f], c = nca_mesh_rx_ring[f][t];
+                nca_mesh_rx_tail[f] = (uint8_t)((t + 1) & (RX_RING - 1));
                 nca_mesh_rx(f, c);
             }
         }
@@ -199,7 +204,7 @@ int main(void)
             TIFR5 = _BV(OCF5A);
             due = (int32_t)(nca_mesh_ticks() - next) >= 0;
         }
-        while (!due && !loop_needed) {  /* the bytes of a frame in flight: back to sleep at once */
+        while (!due && !nca_mesh_loop_needed) { /* the bytes of a frame in flight: back to sleep at once */
             sleep_enable();
             sei();                      /* the instruction after sei runs first: no lost wake-up */
             sleep_cpu();
