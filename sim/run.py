@@ -372,6 +372,13 @@ def _summary(r: Result, model_path: str, written: list[str]) -> str:
     if m["regrowth_mse"] is not None:
         lines.append(f"regrowth: RGBA mean squared difference to the pattern just before the first cut "
                      f"{m['regrowth_mse']:.3g}")
+        sh = m["regrowth_shift"]
+        if sh is not None and (sh["dy"], sh["dx"]) != (0, 0):
+            where = [f"{abs(n)} {unit}{'s' if abs(n) > 1 else ''} {(up, down)[n < 0]}"
+                     for n, unit, up, down in ((sh["dy"], "row", "higher", "lower"),
+                                               (sh["dx"], "column", "to the left", "to the right")) if n]
+            lines.append(f"  the pattern came back {' and '.join(where)}; moved back, it differs by "
+                         f"{sh['mse']:.3g}")
     for t in m["rotations"]:
         lines.append(f"rotation set to {t['deg']:g} degrees at step {t['step']}")
     if "swarm" in m:

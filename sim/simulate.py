@@ -114,6 +114,27 @@ def regrowth_mse(state: np.ndarray, before: np.ndarray) -> float:
     return loss_vs(state, np.asarray(before)[..., :4])
 
 
+def shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`a` moved by (dy, dx) cells on its grid, zeros coming in at the edges (no wrap)."""
+    out = np.zeros_like(a)
+    h, w = a.shape[:2]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        a[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def regrowth_shift(state: np.ndarray, before: np.ndarray, reach: int = 2) -> dict[str, float | int]:
+    """Whether a regrown pattern came back whole but elsewhere: the whole-grid move (dy, dx),
+    each within +-reach cells, that brings `state` closest to the pattern before the cut, and
+    the RGBA MSE left after it. (dy, dx) = (1, 0) means the pattern came back one row higher."""
+    a = np.asarray(state, np.float64)[..., :4]
+    b = np.asarray(before, np.float64)[..., :4]
+    best = min(((float(np.mean((shifted(a, dy, dx) - b) ** 2)), dy, dx)
+                for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)),
+               key=lambda t: (t[0], abs(t[1]) + abs(t[2])))
+    return {"dy": best[1], "dx": best[2], "mse": best[0]}
+
+
 def alive_cells(state: np.ndarray) -> int:
     """Cells whose own alpha exceeds the alive threshold (the visible organism)."""
     return int(np.count_nonzero(np.asarray(state)[..., ALPHA] > ALIVE_THRESHOLD))
@@ -326,6 +347,8 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
             "damage": damage_log,
             "rotations": rotation_log,
             "regrowth_mse": None if before_cut is None else _finite(regrowth_mse(final, before_cut)),
+            "regrowth_shift": None if before_cut is None or not np.all(np.isfinite(final))
+            else regrowth_shift(final, before_cut),
         }
         if engine in EVENT_ENGINES:
             metrics["async_config"] = {

@@ -378,6 +378,24 @@ def test_regrowth_mse_compares_the_end_with_the_pattern_before_the_first_cut(mod
     assert "regrowth" in out
     rc, _, _ = _run(capsys, "--engine", "sync", "--model", model_file, "--size", N, "--steps", 10, "--json", js)
     assert rc == 0 and json.loads(js.read_text())["regrowth_mse"] is None
+    assert json.loads(js.read_text())["regrowth_shift"] is None
+
+
+def test_regrowth_shift_finds_a_pattern_that_came_back_moved():
+    """A pattern that comes back whole but one row higher (or two columns to the right) is
+    found moved, with nothing left after moving it back; an unmoved one stays at (0, 0)."""
+    rng = np.random.default_rng(4)
+    before = np.zeros((20, 20, 16), np.float32)
+    before[4:16, 5:15] = rng.random((12, 10, 16))
+    up = sim.simulate.shifted(before, -1, 0)
+    assert sim.simulate.regrowth_shift(up, before) == {"dy": 1, "dx": 0, "mse": 0.0}
+    assert sim.simulate.regrowth_mse(up, before) > 0.01
+    right = sim.simulate.shifted(before, 0, 2)
+    assert sim.simulate.regrowth_shift(right, before) == {"dy": 0, "dx": -2, "mse": 0.0}
+    noisy = before + np.float32(0.01)
+    got = sim.simulate.regrowth_shift(noisy, before)
+    assert (got["dy"], got["dx"]) == (0, 0) and got["mse"] == pytest.approx(1e-4, rel=1e-4)
+    np.testing.assert_array_equal(sim.simulate.shifted(sim.simulate.shifted(before, 2, -1), -2, 1), before)
 
 
 def test_bursty_loss_reaches_the_swarm_and_the_json(model_file, tmp_path, capsys):

@@ -20,7 +20,7 @@ from sim.grid import run_sync
 from train.config import TrainConfig
 from train.checkpoint import checkpoint_path
 from train.cli import main
-from train.loop import make_circle_masks, train
+from train.loop import make_circle_masks, pick_reseed_and_cuts, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -223,6 +223,52 @@ def test_resume_with_a_new_schedule_is_a_recorded_stage(disc_png, tmp_path):
     assert "stages" not in whole.meta["training"]
 
 
+def test_reseed_and_cuts_spare_the_samples_still_regrowing():
+    """Without --regrow-visits (nothing regrowing) it is the paper's recipe: the worst is
+    reseeded, the n best are cut. A sample still regrowing is neither reseeded nor cut,
+    whatever its loss; when every sample regrows, the worst is reseeded and none is cut."""
+    r, cut = pick_reseed_and_cuts(np.zeros(8, np.int32), 3)
+    assert r == 0 and cut.tolist() == [5, 6, 7]
+    left = np.array([2, 0, 0, 1, 0, 0, 0, 3], np.int32)
+    r, cut = pick_reseed_and_cuts(left, 3)
+    assert r == 1 and cut.tolist() == [4, 5, 6]
+    r, cut = pick_reseed_and_cuts(np.array([1, 1, 0], np.int32), 2)
+    assert r == 2 and cut.size == 0
+    r, cut = pick_reseed_and_cuts(np.full(4, 2, np.int32), 3)
+    assert r == 0 and cut.size == 0
+
+
+def test_regrowing_samples_are_kept_and_resume_exactly(disc_png, tmp_path):
+    """--regrow-visits K: a cut sample stays in the pool for its next K visits (the counter is
+    in the checkpoint), an interrupted run resumes bit for bit, and the trained weights differ
+    from the paper's recipe's."""
+    def cfg(n):
+        c = _small(disc_png, n)
+        c.regrow_visits = 3
+        return c
+    whole = train(cfg(14), tmp_path / "a.npz", keep_checkpoint=True, stream=io.StringIO())
+    z = np.load(checkpoint_path(tmp_path / "a.npz"))
+    left = z["pool_regrowing"]
+    assert left.shape == (16,) and left.max() <= 3 and (left > 0).any()
+    calls = {"n": 0}
+
+    def stop_after_8():
+        calls["n"] += 1
+        return calls["n"] > 8
+
+    out = tmp_path / "b.npz"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(14), out, checkpoint_every=5, stream=io.StringIO(), stop=stop_after_8)
+    resumed = train(cfg(14), out, resume=True, stream=io.StringIO())
+    assert resumed.meta["loss_history"] == whole.meta["loss_history"]
+    for k in M.PARAM_SHAPES:
+        np.testing.assert_array_equal(resumed.params[k], whole.params[k])
+    paper = train(_small(disc_png, 14), tmp_path / "p.npz", stream=io.StringIO())
+    assert paper.meta["loss_history"][:1] == whole.meta["loss_history"][:1]   # the same first batch
+    assert not np.array_equal(paper.params["w2"], whole.params["w2"])
+    assert whole.meta["training"]["regrow_visits"] == 3
+
+
 def test_cli_resume_extends_a_finished_run(disc_png, tmp_path):
     out = tmp_path / "c.npz"
     args = ["--target", str(disc_png), "--kind", "persistent", "--pad", "4", "--pool", "16",
@@ -253,6 +299,8 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, disc_png):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     assert "bad.png" in _one_line_error(capsys, ["--target", str(bad)] + out)
     assert "--iterations" in _one_line_error(capsys, ["--iterations", "0"] + out)
+    assert "--regrow-visits" in _one_line_error(capsys, ["--regrow-visits", "-1"] + out)
+    assert "--kind regenerating" in _one_line_error(capsys, ["--regrow-visits", "2", "--kind", "persistent"] + out)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     _one_line_error(capsys, ["--out", str(blocker / "m.npz")])

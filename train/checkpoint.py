@@ -40,6 +40,7 @@ class TrainState:
     seconds: float = 0.0
     skipped: int = 0
     stages: list[dict[str, Any]] = field(default_factory=list)   # {"from": iteration, schedule...}
+    regrowing: np.ndarray | None = None   # per pool sample: visits left in its regrowth (--regrow-visits)
 
 
 def save_checkpoint(path: Path, st: TrainState, cfg: TrainConfig, digest: str) -> None:
@@ -58,6 +59,8 @@ def save_checkpoint(path: Path, st: TrainState, cfg: TrainConfig, digest: str) -
         arrays["pool_shape"] = np.array(st.pool.shape, np.int64)
         arrays["pool_mask"] = np.packbits(occupied.ravel())
         arrays["pool_cells"] = st.pool[occupied]
+    if st.regrowing is not None:
+        arrays["pool_regrowing"] = st.regrowing
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -91,6 +94,13 @@ def load_checkpoint(path: Path, cfg: TrainConfig, digest: str) -> TrainState:
                 raise CheckpointError(f"{path}: pool cells do not match the pool mask")
             pool = np.zeros(shape, np.float32)
             pool[occupied] = cells
+        regrowing = None   # a checkpoint from before --regrow-visits: no sample is regrowing
+        if pool is not None:
+            regrowing = np.zeros(pool.shape[0], np.int32)
+            if "pool_regrowing" in arrays:
+                regrowing = np.ascontiguousarray(arrays["pool_regrowing"], np.int32)
+                if regrowing.shape != (pool.shape[0],):
+                    raise CheckpointError(f"{path}: pool_regrowing does not match the pool")
         gen = np.random.default_rng()
         gen.bit_generator.state = meta["rng"]
         history = [float(v) for v in meta["history"]]
@@ -117,4 +127,4 @@ def load_checkpoint(path: Path, cfg: TrainConfig, digest: str) -> TrainState:
         stages.append({"from": iteration, **cfg.schedule()})
     if cfg.kind != "growing" and (pool is None or pool.shape[0] != cfg.pool):
         raise CheckpointError(f"{path}: pool missing or of the wrong size")
-    return TrainState(params, adam, pool, iteration, gen, history, seconds, skipped, stages)
+    return TrainState(params, adam, pool, iteration, gen, history, seconds, skipped, stages, regrowing)

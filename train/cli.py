@@ -68,6 +68,10 @@ def _parser() -> ArgParser:
     ap.add_argument("--max-steps", type=int, default=95, help="longest rollout (default: %(default)s)")
     ap.add_argument("--damage-n", type=int, default=DAMAGE_N,
                     help="regenerating: samples damaged per batch (default: %(default)s)")
+    ap.add_argument("--regrow-visits", type=int, default=0, metavar="K",
+                    help="regenerating: a damaged sample stays in the pool for its next K visits (not "
+                         "replaced by the seed however bad, not cut again), so the whole regrowth is "
+                         "trained, not only its first rollout (default: 0, the paper's recipe)")
     ap.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning; a path "
                     "or a shipped model's name)")
     ap.add_argument("--qat", action="store_true",
@@ -113,7 +117,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
-                         "--damage-n, --distill and the wires may differ (a new stage, recorded in the model's metadata)")
+                         "the rollout lengths, --damage-n, --regrow-visits, --distill and the wires may differ "
+                         "(a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
     ap.add_argument("--keep-checkpoint", action="store_true",
@@ -168,8 +173,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
-                      damage_n=args.damage_n, init=str(paths.model_path(args.init)) if args.init else None,
-                      qat=args.qat,
+                      damage_n=args.damage_n, regrow_visits=args.regrow_visits,
+                      init=str(paths.model_path(args.init)) if args.init else None, qat=args.qat,
                       distill=args.distill, state_noise=args.state_noise,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,
                       latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,

@@ -15,7 +15,8 @@ from .links import LinkSpec
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
-SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "damage_n", "distill",    # --resume may change these
+SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
+                 "damage_n", "regrow_visits", "distill",
                  "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
@@ -40,6 +41,7 @@ class TrainConfig:
     min_steps: int = 64
     max_steps: int = 95
     damage_n: int = DAMAGE_N
+    regrow_visits: int = 0           # a damaged sample is neither reseeded nor cut again for this many visits
     init: str | None = None          # start from this model's weights (fine-tuning)
     qat: bool = False                # the firmware's rounding in the loop (train.qat)
     distill: float = 0.0             # weight of the pull towards the --init model's float rollout
@@ -74,6 +76,10 @@ class TrainConfig:
             raise UserError(f"--pool ({self.pool}) must be at least --batch ({self.batch})")
         if self.kind == "regenerating" and not (0 <= self.damage_n <= self.batch - 1):
             raise UserError(f"--damage-n must be in [0, batch-1], got {self.damage_n}")
+        if self.regrow_visits < 0:
+            raise UserError(f"--regrow-visits must be >= 0, got {self.regrow_visits}")
+        if self.regrow_visits > 0 and self.kind != "regenerating":
+            raise UserError("--regrow-visits keeps damaged samples in the pool: it needs --kind regenerating")
         if not (self.lr > 0 and self.lr_after > 0 and math.isfinite(self.lr)):
             raise UserError("--lr must be a positive number")
         if self.qat and self.init is None:

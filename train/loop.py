@@ -8,6 +8,8 @@ lr 2e-3 then 2e-4 after 2,000 iterations, every gradient tensor divided by
   persistent   a pool of 1,024 states: sample 8 without replacement, sort by
                loss (worst first), replace the worst by the seed, write back;
   regenerating as persistent, and the 3 best are damaged by a random circle.
+               With --regrow-visits K a cut sample is spared both the seed and
+               another cut for its next K visits (pick_reseed_and_cuts).
 The BPTT itself is train.bptt (numba + BLAS on the live, fired cells only).
 
 Every random draw comes from one numpy Generator seeded by --seed, so a run is
@@ -58,6 +60,18 @@ def make_circle_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.nd
     return x * x + y * y < 1.0
 
 
+def pick_reseed_and_cuts(left: np.ndarray, n_cut: int) -> tuple[int, np.ndarray]:
+    """Which sample of a batch sorted worst first is replaced by the seed, and which are
+    cut. The paper's recipe: the worst, and the n_cut best. Samples still regrowing from
+    an earlier cut (left > 0, --regrow-visits) are spared both: a lizard that regrows
+    wrong is the batch's worst, and reseeding it would hide exactly what training must
+    see. If every sample is regrowing the worst is reseeded all the same."""
+    free = np.flatnonzero(left == 0)
+    reseed = int(free[0]) if free.size else 0
+    cut = np.array([i for i in free[::-1] if i != reseed][:n_cut], np.int64)
+    return reseed, np.sort(cut)
+
+
 def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: int = 100,
           keep_checkpoint: bool = False, stream: TextIO = sys.stdout,
           stop: Callable[[], bool] | None = None) -> Model:
@@ -88,7 +102,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
         if init is not None:
             params = {k: init.params[k].astype(np.float32, copy=True) for k in M.PARAM_SHAPES}
         pool = np.repeat(seed[None], cfg.pool, 0) if cfg.kind != "growing" else None
-        st = TrainState(params, core.Adam(params), pool, 0, gen, [], stages=[{"from": 0, **cfg.schedule()}])
+        st = TrainState(params, core.Adam(params), pool, 0, gen, [], stages=[{"from": 0, **cfg.schedule()}],
+                        regrowing=None if pool is None else np.zeros(cfg.pool, np.int32))
     noise = None if noise_widths is None else core.StateNoise(noise_widths, st.rng)   # the run's draws
     ws = core.Workspace()
     links = cfg.links()
@@ -113,10 +128,15 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 x0 = st.pool[idx]
                 order = np.argsort(-core.loss_per_sample(x0, target), kind="stable")
                 idx, x0 = idx[order], x0[order]
-                x0[0] = seed
-                if cfg.kind == "regenerating" and cfg.damage_n > 0:
-                    dmg = make_circle_masks(gen, cfg.damage_n, H, W)
-                    x0[-cfg.damage_n:] *= (~dmg)[..., None]
+                left = st.regrowing[idx]
+                reseed, cut = pick_reseed_and_cuts(left, cfg.damage_n if cfg.kind == "regenerating" else 0)
+                x0[reseed] = seed
+                if cut.size:
+                    dmg = make_circle_masks(gen, cut.size, H, W)
+                    x0[cut] *= (~dmg)[..., None]
+                left = np.maximum(left - 1, 0)
+                left[reseed] = 0
+                left[cut] = cfg.regrow_visits
             run_params = st.params if fq is None else fq.weights(st.params)
             wires = Wires(links.draw(gen), int(gen.integers(2**62)), x0.shape[:3]) if links.active else None
             losses, xN, grads, rows = core.loss_and_grads(
@@ -128,6 +148,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
                 if st.pool is not None:
                     st.pool[idx] = xN
+                    st.regrowing[idx] = left
                 last_batch = xN
             else:
                 st.skipped += 1   # a diverged rollout: keep params and pool, note it
