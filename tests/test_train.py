@@ -20,7 +20,7 @@ from sim.grid import run_sync
 from train.config import TrainConfig
 from train.checkpoint import checkpoint_path
 from train.cli import main
-from train.loop import make_circle_masks, pick_reseed_and_cuts, train
+from train.loop import make_circle_masks, make_damage, make_half_masks, pick_reseed_and_cuts, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -163,6 +163,29 @@ def test_circle_masks_follow_the_notebook():
     assert np.all(area > 0)
 
 
+def test_straight_cuts_take_a_third_to_a_half_beyond_a_line():
+    m = make_half_masks(np.random.default_rng(0), 300, 72, 72)
+    frac = m.mean(axis=(1, 2))
+    assert frac.min() > 0.25 and frac.max() < 0.65
+    for k in range(0, 300, 37):   # a half-plane: every row and every column is cut in one piece
+        for line in (*m[k], *m[k].T):
+            assert np.count_nonzero(np.diff(line.astype(np.int8))) <= 1
+
+
+def test_mixed_damage_is_circles_and_straight_cuts_circle_keeps_the_paper_stream():
+    gen = np.random.default_rng(3)
+    np.testing.assert_array_equal(make_damage(gen, "circle", 40, 72, 72),
+                                  make_circle_masks(np.random.default_rng(3), 40, 72, 72))
+    ref = np.random.default_rng(3)
+    make_circle_masks(ref, 40, 72, 72)
+    assert gen.random() == ref.random()   # no draw more than the paper's
+    circles = make_circle_masks(np.random.default_rng(5), 400, 72, 72)
+    mixed = make_damage(np.random.default_rng(5), "mixed", 400, 72, 72)
+    same = np.all(mixed == circles, axis=(1, 2))
+    assert 150 < np.count_nonzero(same) < 250     # about half stay the paper's circles
+    assert mixed[~same].mean(axis=(1, 2)).min() > 0.25   # the rest are the big straight cuts
+
+
 # ------------------------------------------------------------------ training
 
 def test_quick_training_reduces_loss(disc_png, tmp_path):
@@ -213,6 +236,7 @@ def test_resume_with_a_new_schedule_is_a_recorded_stage(disc_png, tmp_path):
     cfg = _small(disc_png, 10)
     cfg.lr_after = cfg.lr = 1e-5
     cfg.damage_n = 1
+    cfg.damage_shapes = "mixed"
     staged = train(cfg, out, resume=True, stream=io.StringIO())
     whole = train(_small(disc_png, 10), tmp_path / "w.npz", stream=io.StringIO())
     assert staged.meta["loss_history"][:6] == whole.meta["loss_history"][:6]
@@ -220,6 +244,7 @@ def test_resume_with_a_new_schedule_is_a_recorded_stage(disc_png, tmp_path):
     stages = staged.meta["training"]["stages"]
     assert [s["from"] for s in stages] == [0, 6]
     assert stages[1]["lr"] == 1e-5 and stages[1]["damage_n"] == 1 and stages[0]["damage_n"] == 3
+    assert stages[0]["damage_shapes"] == "circle" and stages[1]["damage_shapes"] == "mixed"
     assert "stages" not in whole.meta["training"]
 
 
@@ -301,6 +326,7 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, disc_png):
     assert "--iterations" in _one_line_error(capsys, ["--iterations", "0"] + out)
     assert "--regrow-visits" in _one_line_error(capsys, ["--regrow-visits", "-1"] + out)
     assert "--kind regenerating" in _one_line_error(capsys, ["--regrow-visits", "2", "--kind", "persistent"] + out)
+    assert "--damage-shapes" in _one_line_error(capsys, ["--damage-shapes", "square"] + out)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     _one_line_error(capsys, ["--out", str(blocker / "m.npz")])

@@ -27,7 +27,7 @@ from sim.weights import load as load_model
 from sim.weights import save as save_model
 
 from .checkpoint import target_digest
-from .config import DAMAGE_N, KINDS, TrainConfig
+from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, TrainConfig
 from .links import CLOCKS, LATENCY_DISTS
 from .loop import train
 from .tune import tune_output_biases
@@ -68,6 +68,10 @@ def _parser() -> ArgParser:
     ap.add_argument("--max-steps", type=int, default=95, help="longest rollout (default: %(default)s)")
     ap.add_argument("--damage-n", type=int, default=DAMAGE_N,
                     help="regenerating: samples damaged per batch (default: %(default)s)")
+    ap.add_argument("--damage-shapes", choices=DAMAGE_SHAPES, default="circle",
+                    help="regenerating: circle (the paper's cuts) or mixed (each cut a circle or, with "
+                         "even odds, a straight cut taking a third to a half of the picture; default: "
+                         "%(default)s)")
     ap.add_argument("--regrow-visits", type=int, default=0, metavar="K",
                     help="regenerating: a damaged sample stays in the pool for its next K visits (not "
                          "replaced by the seed however bad, not cut again), so the whole regrowth is "
@@ -117,7 +121,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
-                         "the rollout lengths, --damage-n, --regrow-visits, --distill and the wires may differ "
+                         "the rollout lengths, --damage-n, --damage-shapes, --regrow-visits, --distill and the wires may differ "
                          "(a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
@@ -173,7 +177,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
-                      damage_n=args.damage_n, regrow_visits=args.regrow_visits,
+                      damage_n=args.damage_n, damage_shapes=args.damage_shapes,
+                      regrow_visits=args.regrow_visits,
                       init=str(paths.model_path(args.init)) if args.init else None, qat=args.qat,
                       distill=args.distill, state_noise=args.state_noise,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,

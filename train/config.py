@@ -15,8 +15,9 @@ from .links import LinkSpec
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
+DAMAGE_SHAPES = ("circle", "mixed")
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
-                 "damage_n", "regrow_visits", "distill",
+                 "damage_n", "damage_shapes", "regrow_visits", "distill",
                  "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
@@ -41,6 +42,7 @@ class TrainConfig:
     min_steps: int = 64
     max_steps: int = 95
     damage_n: int = DAMAGE_N
+    damage_shapes: str = "circle"    # mixed: half the cuts straight (train.loop.make_damage)
     regrow_visits: int = 0           # a damaged sample is neither reseeded nor cut again for this many visits
     init: str | None = None          # start from this model's weights (fine-tuning)
     qat: bool = False                # the firmware's rounding in the loop (train.qat)
@@ -76,6 +78,8 @@ class TrainConfig:
             raise UserError(f"--pool ({self.pool}) must be at least --batch ({self.batch})")
         if self.kind == "regenerating" and not (0 <= self.damage_n <= self.batch - 1):
             raise UserError(f"--damage-n must be in [0, batch-1], got {self.damage_n}")
+        if self.damage_shapes not in DAMAGE_SHAPES:
+            raise UserError(f"unknown --damage-shapes {self.damage_shapes!r} (choose from {', '.join(DAMAGE_SHAPES)})")
         if self.regrow_visits < 0:
             raise UserError(f"--regrow-visits must be >= 0, got {self.regrow_visits}")
         if self.regrow_visits > 0 and self.kind != "regenerating":

@@ -7,7 +7,8 @@ lr 2e-3 then 2e-4 after 2,000 iterations, every gradient tensor divided by
   growing      8 fresh seeds each iteration, no pool;
   persistent   a pool of 1,024 states: sample 8 without replacement, sort by
                loss (worst first), replace the worst by the seed, write back;
-  regenerating as persistent, and the 3 best are damaged by a random circle.
+  regenerating as persistent, and the 3 best are damaged by a random circle
+               (--damage-shapes mixed: or, with even odds, a straight cut).
                With --regrow-visits K a cut sample is spared both the seed and
                another cut for its next K visits (pick_reseed_and_cuts).
 The BPTT itself is train.bptt (numba + BLAS on the live, fired cells only).
@@ -58,6 +59,30 @@ def make_circle_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.nd
     r = rng.random((n, 1, 1)) * 0.3 + 0.1
     x, y = (x - center[0]) / r, (y - center[1]) / r
     return x * x + y * y < 1.0
+
+
+def make_half_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """Straight cuts: (n, h, w) bool, True beyond a line at a uniform angle whose
+    distance from the grid's centre is U(-0.15, 0.35) in the coordinates of
+    make_circle_masks, so that a cut takes from a third to a little over half of the
+    picture: the right half of the lizard is the angle 0 at distance 0."""
+    x = np.linspace(-1.0, 1.0, w)[None, None, :]
+    y = np.linspace(-1.0, 1.0, h)[None, :, None]
+    a = rng.uniform(0.0, 2.0 * np.pi, (n, 1, 1))
+    d = rng.uniform(-0.15, 0.35, (n, 1, 1))
+    return x * np.cos(a) + y * np.sin(a) > d
+
+
+def make_damage(rng: np.random.Generator, shapes: str, n: int, h: int, w: int) -> np.ndarray:
+    """The cuts of a batch: the paper's circles, or ("mixed") each one a circle or a
+    straight cut with even odds. The circles' draws come first, so "circle" keeps the
+    paper's random stream."""
+    masks = make_circle_masks(rng, n, h, w)
+    if shapes == "mixed":
+        straight = rng.random(n) < 0.5
+        halves = make_half_masks(rng, n, h, w)
+        masks[straight] = halves[straight]
+    return masks
 
 
 def pick_reseed_and_cuts(left: np.ndarray, n_cut: int) -> tuple[int, np.ndarray]:
@@ -132,7 +157,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 reseed, cut = pick_reseed_and_cuts(left, cfg.damage_n if cfg.kind == "regenerating" else 0)
                 x0[reseed] = seed
                 if cut.size:
-                    dmg = make_circle_masks(gen, cut.size, H, W)
+                    dmg = make_damage(gen, cfg.damage_shapes, cut.size, H, W)
                     x0[cut] *= (~dmg)[..., None]
                 left = np.maximum(left - 1, 0)
                 left[reseed] = 0
