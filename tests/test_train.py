@@ -110,6 +110,41 @@ def test_distillation_gradient_and_its_masks():
         np.testing.assert_array_equal(g1[k], g2[k])
 
 
+def test_state_range_gradient_and_no_pull_inside_the_range():
+    """The range term: its gradient equals central differences of picture loss +
+    w * mean(excess^2) over the hidden channels beyond +-bound; RGBA is left alone,
+    and with every hidden value inside the bound it adds nothing."""
+    r = np.random.default_rng(5)
+    B, H, W, N = 2, 10, 10, 5
+    params, x0, fire, kxy, target, ro = _random_problem(r, B, H, W, N)
+    masks = (ro.pre.copy(), ro.keep.copy())
+    hidden = ro.x[..., M.ALPHA + 1:]
+    bound = float(np.quantile(np.abs(hidden[hidden != 0]), 0.5))   # half the live hidden values beyond it
+    w = 0.9
+    _, _, grads, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks,
+                                         range_weight=w, hidden_range=bound)
+
+    def loss(p):
+        x = core.forward(x0, p, N, fire, kxy, np.float64, masks=masks).x
+        ex = x[..., M.ALPHA + 1:] - np.clip(x[..., M.ALPHA + 1:], -bound, bound)
+        return core.loss_per_sample(x, target).mean() + w * np.sum(ex ** 2) / x.size
+
+    eps = 1e-6
+    for _ in range(3):
+        d = {k: r.normal(0, 1, v.shape) for k, v in params.items()}
+        fd = (loss({k: params[k] + eps * d[k] for k in params})
+              - loss({k: params[k] - eps * d[k] for k in params})) / (2 * eps)
+        an = sum(float(np.sum(grads[k] * d[k])) for k in params)
+        assert abs(an - fd) < 1e-5 * abs(fd) and abs(fd) > 1e-4, (an, fd)
+    wide = float(np.abs(hidden).max()) + 1.0
+    _, _, g0, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks)
+    _, _, g1, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks,
+                                      range_weight=w, hidden_range=wide)
+    for k in params:
+        np.testing.assert_array_equal(g0[k], g1[k])
+        assert not np.array_equal(g0[k], grads[k]), k
+
+
 def test_float32_gradients_match_float64():
     """The training dtype gives the same gradients as the float64 path, to float32 accuracy."""
     r = np.random.default_rng(3)
@@ -327,6 +362,7 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, disc_png):
     assert "--regrow-visits" in _one_line_error(capsys, ["--regrow-visits", "-1"] + out)
     assert "--kind regenerating" in _one_line_error(capsys, ["--regrow-visits", "2", "--kind", "persistent"] + out)
     assert "--damage-shapes" in _one_line_error(capsys, ["--damage-shapes", "square"] + out)
+    assert "--state-range" in _one_line_error(capsys, ["--state-range", "-1"] + out)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     _one_line_error(capsys, ["--out", str(blocker / "m.npz")])

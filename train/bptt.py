@@ -522,15 +522,19 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
                    masks: tuple[np.ndarray, np.ndarray] | None = None,
                    rounding: Rounding | None = None, noise: StateNoise | None = None,
                    teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.0,
-                   wires: L.Wires | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+                   wires: L.Wires | None = None, range_weight: float = 0.0,
+                   hidden_range: float = np.inf) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used).
 
     teacher: float parameters whose rollout from x0, with the same fire masks and
     without rounding, the final state is also pulled towards, in all 16 channels,
     with the loss teacher_weight * mean((x_N - x_teacher)^2) (distillation: the
     integer rollout learns the float model's hidden channels, not only its picture).
-    The returned losses are the picture's alone. wires: see forward (the teacher
-    runs on the same wires and fire decisions)."""
+    range_weight: the final state's hidden channels are also pushed back inside
+    +-hidden_range, with the loss range_weight * mean(excess^2) over all 16 channels
+    (the excess beyond the range, zero inside it). The returned losses are the
+    picture's alone. wires: see forward (the teacher runs on the same wires and fire
+    decisions)."""
     if teacher is not None and teacher_weight > 0:
         B, H, W, _ = np.shape(x0)
         if not isinstance(fire, np.ndarray):   # the masks forward() would draw, in its order
@@ -542,8 +546,15 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
     g = loss_grad(ro.x, target)
     if teacher is not None and teacher_weight > 0:
         g += (teacher_weight * 2.0 / ro.x.size) * (ro.x - x_teacher.astype(ro.x.dtype))
+    if range_weight > 0:
+        g[..., ALPHA + 1:] += (range_weight * 2.0 / ro.x.size) * range_excess(ro.x[..., ALPHA + 1:], hidden_range)
     grads = backward(ro, params, g)
     return losses, ro.x, grads, ro.rows
+
+
+def range_excess(x: np.ndarray, bound: float) -> np.ndarray:
+    """How far each value lies beyond +-bound (zero inside)."""
+    return x - np.clip(x, -bound, bound)
 
 
 # ------------------------------------------------------------------------------ optimiser

@@ -91,6 +91,11 @@ def _parser() -> ArgParser:
                          "fixed-point state format wide added to every state change (e.g. 1.0: the "
                          "rounding's size), so that the pattern survives the firmware's rounding; a "
                          "start for --qat, which keeps the formats it records (default: off)")
+    ap.add_argument("--state-range", type=float, default=0.0, metavar="W",
+                    help="also push the hidden channels back inside the range the firmware's int8 state "
+                         "holds them in (Q2.5: +-3.97) at each rollout's end (weight W on the mean squared "
+                         "excess, e.g. 1.0), so that a model whose hidden states range wider can be "
+                         "quantised without clipping them (default: off)")
     ap.add_argument("--error-feedback", action="store_true",
                     help="with --qat: train the fixed-point cell that keeps 4 more bits of its own "
                          "state (error feedback; its neighbours and its network see the int8 state), so that "
@@ -121,7 +126,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
-                         "the rollout lengths, --damage-n, --damage-shapes, --regrow-visits, --distill and the wires may differ "
+                         "the rollout lengths, --damage-n, --damage-shapes, --regrow-visits, --distill, --state-range and the wires may differ "
                          "(a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
@@ -180,7 +185,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       damage_n=args.damage_n, damage_shapes=args.damage_shapes,
                       regrow_visits=args.regrow_visits,
                       init=str(paths.model_path(args.init)) if args.init else None, qat=args.qat,
-                      distill=args.distill, state_noise=args.state_noise,
+                      distill=args.distill, state_noise=args.state_noise, state_range=args.state_range,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,
                       latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,
                       burst=args.burst, drift=args.drift, max_delay=args.max_delay, clock=args.clock)

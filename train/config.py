@@ -17,7 +17,7 @@ CKPT_VERSION = 1
 DAMAGE_N = 3
 DAMAGE_SHAPES = ("circle", "mixed")
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
-                 "damage_n", "damage_shapes", "regrow_visits", "distill",
+                 "damage_n", "damage_shapes", "regrow_visits", "distill", "state_range",
                  "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
@@ -48,6 +48,7 @@ class TrainConfig:
     qat: bool = False                # the firmware's rounding in the loop (train.qat)
     distill: float = 0.0             # weight of the pull towards the --init model's float rollout
     state_noise: float = 0.0         # uniform noise on each update, in the fixed-point state's steps
+    state_range: float = 0.0         # weight of the push of hidden channels back inside the int8 state's range
     error_feedback: bool = False     # with qat: the cells keep 4 more bits of their own state (EF_BITS)
     latency_dist: str = "const"      # the wires between the cells (train.links): message latency,
     latency: float = 0.0             # loss and clock rate spread in the rollouts
@@ -98,6 +99,8 @@ class TrainConfig:
             raise UserError("--state-noise trains a float --init model against the fixed-point state's "
                             "step; --qat has the real rounding instead" if self.qat else
                             "--state-noise takes its state formats from a trained model: give it with --init MODEL")
+        if not (self.state_range >= 0 and math.isfinite(self.state_range)):
+            raise UserError(f"--state-range must be a number >= 0, got {self.state_range}")
         if self.error_feedback and not self.qat:
             raise UserError("--error-feedback is a fixed-point cell's arithmetic: add --qat")
         if self.qat and self.rotate_train:

@@ -42,12 +42,18 @@ from sim.weights import Model, default_meta
 from sim.weights import load as load_model
 from sim.weights import save as save_model
 
+from codegen import formats as F
+
 from . import bptt as core
 from .checkpoint import TrainState, checkpoint_path, load_checkpoint, save_checkpoint, target_digest
 from .config import TrainConfig
 from .curves import save_pictures
 from .links import Wires
 from .qat import FakeQuant
+
+# --state-range keeps hidden channels inside the int8 range of Q2.5, the hidden format the
+# quantiser always tries (codegen.quantize): wider states are clipped on the integer grid
+HIDDEN_RANGE = F.STATE_MAX * 2.0 ** -F.LEGACY_HIDDEN_FRAC
 
 
 def make_circle_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
@@ -167,7 +173,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
             losses, xN, grads, rows = core.loss_and_grads(
                 x0, target, run_params, steps, gen if wires is None else wires.fire,
                 M.gradient_kernels(angle), np.float32, ws, rounding=fq, noise=noise, teacher=teacher,
-                teacher_weight=cfg.distill, wires=wires)
+                teacher_weight=cfg.distill, wires=wires, range_weight=cfg.state_range, hidden_range=HIDDEN_RANGE)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
