@@ -29,7 +29,7 @@ from sim.weights import save as save_model
 from .checkpoint import target_digest
 from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, TrainConfig
 from .links import CLOCKS, LATENCY_DISTS
-from .loop import train
+from .loop import HIDDEN_RANGE, train
 from .tune import tune_output_biases
 
 
@@ -93,9 +93,9 @@ def _parser() -> ArgParser:
                          "start for --qat, which keeps the formats it records (default: off)")
     ap.add_argument("--state-range", type=float, default=0.0, metavar="W",
                     help="also push the hidden channels back inside the range the firmware's int8 state "
-                         "holds them in (Q2.5: +-3.97) at each rollout's end (weight W on the mean squared "
-                         "excess, e.g. 1.0), so that a model whose hidden states range wider can be "
-                         "quantised without clipping them (default: off)")
+                         f"holds them in (Q2.5: +-{HIDDEN_RANGE:.2f}) at each rollout's end (weight W on the "
+                         "mean squared excess, e.g. 0.1), so that a model whose hidden states range wider can "
+                         "be quantised without clipping them (default: off)")
     ap.add_argument("--error-feedback", action="store_true",
                     help="with --qat: train the fixed-point cell that keeps 4 more bits of its own "
                          "state (error feedback; its neighbours and its network see the int8 state), so that "
