@@ -75,6 +75,17 @@ def test_gradients_equal_central_differences():
         assert norm_err < 1e-4 and elem_err < 1e-4, (name, norm_err, elem_err)
 
 
+def _assert_directional_gradients(loss, params, grads, r: np.random.Generator) -> None:
+    """grads against central differences of loss(params) along 3 random directions."""
+    eps = 1e-6
+    for _ in range(3):
+        d = {k: r.normal(0, 1, v.shape) for k, v in params.items()}
+        fd = (loss({k: params[k] + eps * d[k] for k in params})
+              - loss({k: params[k] - eps * d[k] for k in params})) / (2 * eps)
+        an = sum(float(np.sum(grads[k] * d[k])) for k in params)
+        assert abs(an - fd) < 1e-5 * abs(fd) and abs(fd) > 1e-4, (an, fd)
+
+
 def test_distillation_gradient_and_its_masks():
     """The teacher term: its gradient equals central differences of picture loss +
     w * mean((x_N - x_teacher)^2) along random directions; a teacher equal to the model
@@ -94,13 +105,7 @@ def test_distillation_gradient_and_its_masks():
         x = core.forward(x0, p, N, fire, kxy, np.float64, masks=masks).x
         return core.loss_per_sample(x, target).mean() + w * np.mean((x - xt) ** 2)
 
-    eps = 1e-6
-    for _ in range(3):
-        d = {k: r.normal(0, 1, v.shape) for k, v in params.items()}
-        fd = (loss({k: params[k] + eps * d[k] for k in params})
-              - loss({k: params[k] - eps * d[k] for k in params})) / (2 * eps)
-        an = sum(float(np.sum(grads[k] * d[k])) for k in params)
-        assert abs(an - fd) < 1e-5 * abs(fd) and abs(fd) > 1e-4, (an, fd)
+    _assert_directional_gradients(loss, params, grads, r)
     # a teacher equal to the model: no pull; the Generator path draws the masks it would draw
     _, x1, g1, _ = core.loss_and_grads(x0, target, params, N, np.random.default_rng(9), kxy, np.float64)
     _, x2, g2, _ = core.loss_and_grads(x0, target, params, N, np.random.default_rng(9), kxy, np.float64,
@@ -129,13 +134,7 @@ def test_state_range_gradient_and_no_pull_inside_the_range():
         ex = x[..., M.ALPHA + 1:] - np.clip(x[..., M.ALPHA + 1:], -bound, bound)
         return core.loss_per_sample(x, target).mean() + w * np.sum(ex ** 2) / x.size
 
-    eps = 1e-6
-    for _ in range(3):
-        d = {k: r.normal(0, 1, v.shape) for k, v in params.items()}
-        fd = (loss({k: params[k] + eps * d[k] for k in params})
-              - loss({k: params[k] - eps * d[k] for k in params})) / (2 * eps)
-        an = sum(float(np.sum(grads[k] * d[k])) for k in params)
-        assert abs(an - fd) < 1e-5 * abs(fd) and abs(fd) > 1e-4, (an, fd)
+    _assert_directional_gradients(loss, params, grads, r)
     wide = float(np.abs(hidden).max()) + 1.0
     _, _, g0, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks)
     _, _, g1, _ = core.loss_and_grads(x0, target, params, N, fire, kxy, np.float64, masks=masks,
