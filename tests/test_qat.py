@@ -181,6 +181,24 @@ def test_state_noise_is_uniform_within_the_state_steps(blob):
         forward(*args, rounding=FakeQuant.for_model(blob), noise=StateNoise(widths, rng))
 
 
+def test_state_noise_on_chosen_samples_leaves_the_others_clean(blob):
+    """StateNoise.samples (--noise-on regrowing): the chosen samples get the noise, the
+    others step exactly as without it, whichever position they have in the batch."""
+    from train.bptt import StateNoise
+    rng = np.random.default_rng(4)
+    x0 = rng.normal(size=(3, 24, 24, 16)).astype(np.float32)
+    x0[..., 3] = 1.0
+    on = np.ones((2, 3, 24, 24), bool)
+    widths = np.full(16, 1 / 32, np.float32)
+    widths[:4] = 0
+    args = (x0, blob.params, 2, on, gradient_kernels(0.0), np.float32, None, (on, on))
+    clean = forward(*args).x
+    noise = StateNoise(widths, rng)
+    noise.samples = np.array([False, True, False])
+    err = np.abs(forward(*args, noise=noise).x - clean).max((1, 2, 3))
+    assert err[0] == 0 and err[2] == 0 and err[1] > 0.4 / 32
+
+
 def test_state_noise_training_records_the_formats_that_qat_then_keeps(disc_png, tmp_path):
     """A noise fine-tuning trains against the --init model's state formats and records
     them, so that the --qat fine-tuning after it rounds to the same steps; the noise
@@ -209,7 +227,9 @@ def test_state_noise_refuses_bad_settings(capsys, tmp_path, blob):
                          (["--init", str(init), "--state-noise", "-1"], ">= 0"),
                          (["--init", str(init), "--state-noise", "inf"], ">= 0"),
                          (["--init", str(init), "--qat", "--state-noise", "1"], "--qat"),
-                         (["--init", str(init), "--tune-biases", "--state-noise", "1"], "does not train")):
+                         (["--init", str(init), "--tune-biases", "--state-noise", "1"], "does not train"),
+                         (["--init", str(init), "--state-noise", "1", "--noise-on", "regrowing"], "--regrow-visits"),
+                         (["--init", str(init), "--regrow-visits", "2", "--noise-on", "regrowing"], "--state-noise")):
         assert main([*extra, *out]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err

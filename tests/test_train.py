@@ -328,6 +328,25 @@ def test_regrowing_samples_are_kept_and_resume_exactly(disc_png, tmp_path):
     assert whole.meta["training"]["regrow_visits"] == 3
 
 
+def test_noise_on_regrowing_is_a_recorded_stage_of_its_own(disc_png, tmp_path):
+    """--noise-on regrowing trains differently from the noise on every sample, is
+    recorded, and is a schedule setting: a run may switch to it on --resume."""
+    base = tmp_path / "base.npz"
+    train(_small(disc_png, 6), base, stream=io.StringIO())
+
+    def cfg(n, on):
+        c = _small(disc_png, n)
+        c.init, c.state_noise, c.regrow_visits, c.noise_on = str(base), 2.0, 2, on
+        return c
+    every = train(cfg(8, "all"), tmp_path / "a.npz", keep_checkpoint=True, stream=io.StringIO())
+    cut = train(cfg(8, "regrowing"), tmp_path / "r.npz", stream=io.StringIO())
+    assert cut.meta["training"]["noise_on"] == "regrowing" and every.meta["training"]["noise_on"] == "all"
+    assert not np.array_equal(cut.params["w2"], every.params["w2"])
+    staged = train(cfg(10, "regrowing"), tmp_path / "a.npz", resume=True, stream=io.StringIO())
+    stages = staged.meta["training"]["stages"]
+    assert [(s["from"], s["noise_on"]) for s in stages] == [(0, "all"), (8, "regrowing")]
+
+
 def test_cli_resume_extends_a_finished_run(disc_png, tmp_path):
     out = tmp_path / "c.npz"
     args = ["--target", str(disc_png), "--kind", "persistent", "--pad", "4", "--pool", "16",

@@ -73,14 +73,22 @@ class StateNoise:
     """Uniform noise widths[c] wide added in place to each float state change of
     channel c (forward's `noise`): training through it makes the float model robust to
     errors of the fixed-point state's size (the width in state steps of codegen's
-    formats). The noise is additive, so the backward pass is the float one."""
+    formats). The noise is additive, so the backward pass is the float one.
+    `samples` (B,) bool, when set: only those samples' cells get noise (the draws are
+    the same either way, so a run's other random numbers do not depend on it)."""
 
     def __init__(self, widths: np.ndarray, rng: np.random.Generator) -> None:
         self.widths = np.asarray(widths, np.float32).reshape(1, CHANNELS)
         self.rng = rng
+        self.samples: np.ndarray | None = None
 
-    def __call__(self, dx: np.ndarray) -> None:
-        dx += (self.rng.random(dx.shape, dtype=np.float32) - np.float32(0.5)) * self.widths
+    def __call__(self, dx: np.ndarray, rows: np.ndarray | None = None, cells: int = 1) -> None:
+        """dx: the state changes of the updated cells, rows their flat indices into the
+        (B, H, W) grid of `cells` = H * W cells per sample."""
+        r = (self.rng.random(dx.shape, dtype=np.float32) - np.float32(0.5)) * self.widths
+        if self.samples is not None:
+            r *= self.samples[rows // cells][:, None]
+        dx += r
 
 
 # ------------------------------------------------------------------------------ numba kernels
@@ -428,7 +436,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             b2 = p["b2"]
             if noise is not None:
                 dx += b2
-                noise(dx)
+                noise(dx, idx, H * W)
                 b2 = zero_b2
         else:
             rounding.dense(P, h, dx, x.reshape(-1, CHANNELS)[idx] if ef else None)

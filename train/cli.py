@@ -27,7 +27,7 @@ from sim.weights import load as load_model
 from sim.weights import save as save_model
 
 from .checkpoint import target_digest
-from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, TrainConfig
+from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, NOISE_ON, TrainConfig
 from .links import CLOCKS, LATENCY_DISTS
 from .loop import HIDDEN_RANGE, train
 from .tune import tune_output_biases
@@ -91,6 +91,10 @@ def _parser() -> ArgParser:
                          "fixed-point state format wide added to every state change (e.g. 1.0: the "
                          "rounding's size), so that the pattern survives the firmware's rounding; a "
                          "start for --qat, which keeps the formats it records (default: off)")
+    ap.add_argument("--noise-on", choices=NOISE_ON, default="all",
+                    help="with --state-noise: all samples, or only those regrowing from a cut (within "
+                         "--regrow-visits), so that the grown pattern is trained without the noise and its "
+                         "regrowth with it (default: all)")
     ap.add_argument("--state-range", type=float, default=0.0, metavar="W",
                     help="also push the hidden channels back inside the range the firmware's int8 state "
                          f"holds them in (Q2.5: +-{HIDDEN_RANGE:.2f}) at each rollout's end (weight W on the "
@@ -185,7 +189,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       damage_n=args.damage_n, damage_shapes=args.damage_shapes,
                       regrow_visits=args.regrow_visits,
                       init=str(paths.model_path(args.init)) if args.init else None, qat=args.qat,
-                      distill=args.distill, state_noise=args.state_noise, state_range=args.state_range,
+                      distill=args.distill, state_noise=args.state_noise, noise_on=args.noise_on,
+                      state_range=args.state_range,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,
                       latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,
                       burst=args.burst, drift=args.drift, max_delay=args.max_delay, clock=args.clock)

@@ -16,8 +16,9 @@ KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
 DAMAGE_SHAPES = ("circle", "mixed")
+NOISE_ON = ("all", "regrowing")   # which samples' updates --state-noise disturbs
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
-                 "damage_n", "damage_shapes", "regrow_visits", "distill", "state_range",
+                 "damage_n", "damage_shapes", "regrow_visits", "distill", "state_range", "noise_on",
                  "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
@@ -48,6 +49,7 @@ class TrainConfig:
     qat: bool = False                # the firmware's rounding in the loop (train.qat)
     distill: float = 0.0             # weight of the pull towards the --init model's float rollout
     state_noise: float = 0.0         # uniform noise on each update, in the fixed-point state's steps
+    noise_on: str = "all"            # regrowing: the noise only on samples cut within --regrow-visits
     state_range: float = 0.0         # weight of the push of hidden channels back inside the int8 state's range
     error_feedback: bool = False     # with qat: the cells keep 4 more bits of their own state (EF_BITS)
     latency_dist: str = "const"      # the wires between the cells (train.links): message latency,
@@ -99,6 +101,11 @@ class TrainConfig:
             raise UserError("--state-noise trains a float --init model against the fixed-point state's "
                             "step; --qat has the real rounding instead" if self.qat else
                             "--state-noise takes its state formats from a trained model: give it with --init MODEL")
+        if self.noise_on not in NOISE_ON:
+            raise UserError(f"unknown --noise-on {self.noise_on!r} (choose from {', '.join(NOISE_ON)})")
+        if self.noise_on != "all" and not (self.state_noise > 0 and self.regrow_visits > 0):
+            raise UserError("--noise-on regrowing puts --state-noise on the samples --regrow-visits keeps "
+                            "regrowing: give both")
         if not (self.state_range >= 0 and math.isfinite(self.state_range)):
             raise UserError(f"--state-range must be a number >= 0, got {self.state_range}")
         if self.error_feedback and not self.qat:

@@ -161,6 +161,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 idx, x0 = idx[order], x0[order]
                 left = st.regrowing[idx]
                 reseed, cut = pick_reseed_and_cuts(left, cfg.damage_n if cfg.kind == "regenerating" else 0)
+                if noise is not None and cfg.noise_on == "regrowing":   # cut now or on a regrowth visit
+                    noise.samples = left > 0
+                    noise.samples[cut] = True
                 x0[reseed] = seed
                 if cut.size:
                     dmg = make_damage(gen, cfg.damage_shapes, cut.size, H, W)
