@@ -20,7 +20,8 @@ from sim.grid import run_sync
 from train.config import TrainConfig
 from train.checkpoint import checkpoint_path
 from train.cli import main
-from train.loop import make_circle_masks, make_damage, make_half_masks, pick_reseed_and_cuts, train
+from train.loop import (cut_in_groups, make_circle_masks, make_damage, make_half_masks, pick_reseed_and_cuts,
+                        train)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -328,6 +329,44 @@ def test_regrowing_samples_are_kept_and_resume_exactly(disc_png, tmp_path):
     assert whole.meta["training"]["regrow_visits"] == 3
 
 
+def test_cut_copies_run_one_wound_several_times():
+    """--cut-copies K: each group of K cut samples starts from its first sample's state
+    with that group's one cut; K = 1 is the paper's one cut per sample, bit for bit."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 10, 10, 16)).astype(np.float32)
+    dmg = np.zeros((2, 10, 10), bool)
+    dmg[0, :5] = True
+    dmg[1, :, 7:] = True
+    cut = np.array([1, 2, 4, 5])
+    forks = x.copy()
+    cut_in_groups(forks, cut, dmg, 2)
+    np.testing.assert_array_equal(forks[2], forks[1])
+    np.testing.assert_array_equal(forks[5], forks[4])
+    np.testing.assert_array_equal(forks[1], x[1] * (~dmg[0])[..., None])
+    np.testing.assert_array_equal(forks[4], x[4] * (~dmg[1])[..., None])
+    np.testing.assert_array_equal(forks[[0, 3]], x[[0, 3]])
+    one, paper = x.copy(), x.copy()
+    masks = np.stack([dmg[0], dmg[1], dmg[0], dmg[1]])
+    cut_in_groups(one, cut, masks, 1)
+    paper[cut] *= (~masks)[..., None]
+    assert one.tobytes() == paper.tobytes()
+
+
+def test_cut_copies_train_and_are_a_stage(disc_png, tmp_path):
+    """A run with --cut-copies trains differently from one cut per sample, and a resumed
+    run may switch to it (a recorded stage)."""
+    out = tmp_path / "a.npz"
+    plain = train(_small(disc_png, 6), out, keep_checkpoint=True, stream=io.StringIO())
+    cfg = _small(disc_png, 6)
+    cfg.damage_n, cfg.cut_copies = 2, 3
+    forked = train(cfg, tmp_path / "f.npz", stream=io.StringIO())
+    assert not np.array_equal(forked.params["w2"], plain.params["w2"])
+    cfg.iterations = 9
+    staged = train(cfg, out, resume=True, stream=io.StringIO())
+    stages = staged.meta["training"]["stages"]
+    assert [(s["from"], s["cut_copies"]) for s in stages] == [(0, 1), (6, 3)]
+
+
 def test_noise_on_regrowing_is_a_recorded_stage_of_its_own(disc_png, tmp_path):
     """--noise-on regrowing trains differently from the noise on every sample, is
     recorded, and is a schedule setting: a run may switch to it on --resume."""
@@ -381,6 +420,9 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, disc_png):
     assert "--kind regenerating" in _one_line_error(capsys, ["--regrow-visits", "2", "--kind", "persistent"] + out)
     assert "--damage-shapes" in _one_line_error(capsys, ["--damage-shapes", "square"] + out)
     assert "--state-range" in _one_line_error(capsys, ["--state-range", "-1"] + out)
+    assert "--cut-copies" in _one_line_error(capsys, ["--cut-copies", "0"] + out)
+    assert "--cut-copies" in _one_line_error(capsys, ["--damage-n", "3", "--cut-copies", "3"] + out)
+    assert "--kind regenerating" in _one_line_error(capsys, ["--cut-copies", "2", "--kind", "persistent"] + out)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     _one_line_error(capsys, ["--out", str(blocker / "m.npz")])

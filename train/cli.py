@@ -72,6 +72,10 @@ def _parser() -> ArgParser:
                     help="regenerating: circle (the paper's cuts) or mixed (each cut a circle or, with "
                          "even odds, a straight cut taking a third to a half of the picture; default: "
                          "%(default)s)")
+    ap.add_argument("--cut-copies", type=int, default=1, metavar="K",
+                    help="regenerating: each cut is run K times in the batch, from the same wound under "
+                         "different fire orders, so that one gradient step holds the runs that regrow in "
+                         "place and those that move (default: 1, the paper's recipe)")
     ap.add_argument("--regrow-visits", type=int, default=0, metavar="K",
                     help="regenerating: a damaged sample stays in the pool for its next K visits (not "
                          "replaced by the seed however bad, not cut again), so the whole regrowth is "
@@ -186,7 +190,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch=args.batch, pool=args.pool, pad=args.pad, seed=args.seed,
                       rotate_train=args.rotate_train, lr=args.lr, lr_drop_at=args.lr_drop_at,
                       lr_after=args.lr_after, min_steps=args.min_steps, max_steps=args.max_steps,
-                      damage_n=args.damage_n, damage_shapes=args.damage_shapes,
+                      damage_n=args.damage_n, damage_shapes=args.damage_shapes, cut_copies=args.cut_copies,
                       regrow_visits=args.regrow_visits,
                       init=str(paths.model_path(args.init)) if args.init else None, qat=args.qat,
                       distill=args.distill, state_noise=args.state_noise, noise_on=args.noise_on,

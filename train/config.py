@@ -18,7 +18,7 @@ DAMAGE_N = 3
 DAMAGE_SHAPES = ("circle", "mixed")
 NOISE_ON = ("all", "regrowing")   # which samples' updates --state-noise disturbs
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
-                 "damage_n", "damage_shapes", "regrow_visits", "distill", "state_range", "noise_on",
+                 "damage_n", "damage_shapes", "cut_copies", "regrow_visits", "distill", "state_range", "noise_on",
                  "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
@@ -44,6 +44,7 @@ class TrainConfig:
     max_steps: int = 95
     damage_n: int = DAMAGE_N
     damage_shapes: str = "circle"    # mixed: half the cuts straight (train.loop.make_damage)
+    cut_copies: int = 1              # each cut run this many times from the same wound (forks)
     regrow_visits: int = 0           # a damaged sample is neither reseeded nor cut again for this many visits
     init: str | None = None          # start from this model's weights (fine-tuning)
     qat: bool = False                # the firmware's rounding in the loop (train.qat)
@@ -83,6 +84,13 @@ class TrainConfig:
             raise UserError(f"--damage-n must be in [0, batch-1], got {self.damage_n}")
         if self.damage_shapes not in DAMAGE_SHAPES:
             raise UserError(f"unknown --damage-shapes {self.damage_shapes!r} (choose from {', '.join(DAMAGE_SHAPES)})")
+        if self.cut_copies < 1:
+            raise UserError(f"--cut-copies must be at least 1, got {self.cut_copies}")
+        if self.cut_copies > 1 and self.kind != "regenerating":
+            raise UserError("--cut-copies runs each cut several times: it needs --kind regenerating")
+        if self.kind == "regenerating" and self.damage_n * self.cut_copies > self.batch - 1:
+            raise UserError(f"--damage-n x --cut-copies ({self.damage_n} x {self.cut_copies}) must leave the "
+                            f"reseeded sample its place in the batch of {self.batch}")
         if self.regrow_visits < 0:
             raise UserError(f"--regrow-visits must be >= 0, got {self.regrow_visits}")
         if self.regrow_visits > 0 and self.kind != "regenerating":

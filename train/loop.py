@@ -103,6 +103,15 @@ def pick_reseed_and_cuts(left: np.ndarray, n_cut: int) -> tuple[int, np.ndarray]
     return reseed, np.sort(cut)
 
 
+def cut_in_groups(x0: np.ndarray, cut: np.ndarray, dmg: np.ndarray, copies: int) -> None:
+    """Cut the samples x0[cut] in place, one mask of dmg per group of `copies` consecutive
+    samples, each group's samples all taking its first one's state: runs from one wound
+    under different fire orders (--cut-copies; with 1 the paper's one cut per sample)."""
+    heads = x0[cut[::copies]].copy()
+    for i, slot in enumerate(cut):
+        x0[slot] = heads[i // copies] * (~dmg[i // copies])[..., None]
+
+
 def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: int = 100,
           keep_checkpoint: bool = False, stream: TextIO = sys.stdout,
           stop: Callable[[], bool] | None = None) -> Model:
@@ -160,14 +169,15 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 order = np.argsort(-core.loss_per_sample(x0, target), kind="stable")
                 idx, x0 = idx[order], x0[order]
                 left = st.regrowing[idx]
-                reseed, cut = pick_reseed_and_cuts(left, cfg.damage_n if cfg.kind == "regenerating" else 0)
+                n_cut = cfg.damage_n * cfg.cut_copies if cfg.kind == "regenerating" else 0
+                reseed, cut = pick_reseed_and_cuts(left, n_cut)
                 if noise is not None and cfg.noise_on == "regrowing":   # cut now or on a regrowth visit
                     noise.samples = left > 0
                     noise.samples[cut] = True
                 x0[reseed] = seed
                 if cut.size:
-                    dmg = make_damage(gen, cfg.damage_shapes, cut.size, H, W)
-                    x0[cut] *= (~dmg)[..., None]
+                    dmg = make_damage(gen, cfg.damage_shapes, -(-cut.size // cfg.cut_copies), H, W)
+                    cut_in_groups(x0, cut, dmg, cfg.cut_copies)
                 left = np.maximum(left - 1, 0)
                 left[reseed] = 0
                 left[cut] = cfg.regrow_visits
