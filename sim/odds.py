@@ -17,7 +17,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: int, size: int = 40,
-                  bound: float = 1e-3, progress=None) -> dict:
+                  bound: float = 1e-3, progress: Callable[[float], None] | None = None) -> dict:
     """For grown seeds 0..seeds-1: grow to the damage's step, cut, regrow `after` steps
     under `orders` fresh fire orders; the regrowth_mse of every run and the share in place."""
     cut = parse_damage(damage)
