@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -19,7 +20,8 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a CLI main so UserError (and its subclasses) become `prog: error: msg` and exit 2."""
+    """Wrap a CLI main so UserError (and its subclasses) become `prog: error: msg` and exit 2,
+    and a closed output pipe ends it without a traceback."""
     def wrapped(argv: Sequence[str] | None = None) -> int:
         try:
             return int(main(argv) or 0)
@@ -30,6 +32,9 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:   # the reader went away (`| head`): stop quietly, and keep the
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # exit's flush quiet too
+            return 1
     wrapped.__doc__ = main.__doc__
     wrapped.__name__ = main.__name__
     return wrapped

@@ -335,6 +335,17 @@ def _proc(*argv) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def test_a_closed_output_pipe_ends_without_a_traceback(model_file):
+    """`python -m sim.run ... | head -0`: the reader is gone before the first line; the
+    command stops with status 1 and says nothing on stderr."""
+    p = subprocess.Popen([sys.executable, "-m", "sim.run", "--engine", "sync", "--model", str(model_file),
+                          "--size", str(N), "--steps", "2", "--no-progress"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 1 and err == "", err
+
+
 def test_process_runs_and_writes(model_file, tmp_path):
     st = tmp_path / "p.npy"
     p = _proc("--engine", "sync", "--model", model_file, "--size", N, "--steps", 25, "--seed", 2,
