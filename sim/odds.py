@@ -26,6 +26,7 @@ from .damage import DamageError, parse_damage
 from .engines import AsyncEngine
 from .errors import ArgParser, UserError, cli_entry
 from .model import seed_state
+from .outputs import check_output, write_output
 from .progress import Progress
 from .rules import AsyncConfig
 from .simulate import MAX_SIZE, regrowth_mse
@@ -111,6 +112,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--damage: {e}") from None
     if not cut.mask(a.size, a.size).any():
         raise UserError(f"--damage {a.damage}: cuts no cell of the {a.size}x{a.size} grid")
+    if a.json:
+        check_output(a.json, "--json")
     model, path = load_model(a.model)
     bar = Progress(a.seeds * a.orders, "runs") if Progress.wanted(a.progress) else None
     try:
@@ -125,10 +128,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
           f"({100 * r['share']:.1f} %, 95 % interval {100 * lo:.1f}-{100 * hi:.1f} %); per grown seed: "
           + " ".join(str(v) for v in r["in_place_per_seed"]) + f" of {a.orders}")
     if a.json:
-        try:
-            atomic_write(a.json, lambda f: json.dump(r, f, indent=1), binary=False)
-        except OSError as e:
-            raise UserError(f"--json {a.json}: cannot write ({e.strerror or e})") from None
+        write_output(a.json, "--json", lambda q: atomic_write(q, lambda f: json.dump(r, f, indent=1), binary=False))
         print(f"wrote {a.json}")
     return 0
 

@@ -53,6 +53,7 @@ def test_a_head_cut_regrows_in_place_under_every_order(paper, tmp_path, capsys):
     (["--damage", "square:1,2@3"], "--damage"),
     (["--damage", "circle:90,90,3@10"], "cuts no cell"),
     (["--model", "no_such_model"], "no_such_model"),
+    (["--json", "/proc/odds.json"], "--json"),
 ])
 def test_bad_input_is_one_line(args, words, capsys):
     assert main(args) == 2

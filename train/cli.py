@@ -134,7 +134,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
-                         "the rollout lengths, --damage-n, --damage-shapes, --regrow-visits, --distill, --state-range and the wires may differ "
+                         "the rollout lengths, --damage-n, --damage-shapes, --cut-copies, --regrow-visits, --distill, --noise-on, "
+                         "--state-range and the wires may differ "
                          "(a new stage, recorded in the model's metadata)")
     ap.add_argument("--checkpoint-every", type=int, default=100,
                     help="iterations between checkpoints, 0 = only on interrupt (default: %(default)s)")
