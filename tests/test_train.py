@@ -14,14 +14,15 @@ import pytest
 from sim import model as M
 from sim import rng as R
 from train import bptt as core
+from train import links as L
 from sim import weights
 from sim.spec import Params
 from sim.grid import run_sync
 from train.config import TrainConfig
 from train.checkpoint import checkpoint_path
 from train.cli import main
-from train.loop import (cut_in_groups, make_circle_masks, make_damage, make_half_masks, pick_reseed_and_cuts,
-                        train)
+from train.loop import (cut_in_groups, make_circle_masks, make_damage, make_half_masks, path_cells,
+                        pick_reseed_and_cuts, train)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,9 +77,8 @@ def test_gradients_equal_central_differences():
         assert norm_err < 1e-4 and elem_err < 1e-4, (name, norm_err, elem_err)
 
 
-def _assert_directional_gradients(loss, params, grads, r: np.random.Generator) -> None:
+def _assert_directional_gradients(loss, params, grads, r: np.random.Generator, eps: float = 1e-6) -> None:
     """grads against central differences of loss(params) along 3 random directions."""
-    eps = 1e-6
     for _ in range(3):
         d = {k: r.normal(0, 1, v.shape) for k, v in params.items()}
         fd = (loss({k: params[k] + eps * d[k] for k in params})
@@ -143,6 +143,41 @@ def test_state_range_gradient_and_no_pull_inside_the_range():
     for k in params:
         np.testing.assert_array_equal(g0[k], g1[k])
         assert not np.array_equal(g0[k], grads[k]), k
+
+
+def test_path_loss_gradient_with_and_without_wires():
+    """The path term: its gradient equals central differences of picture loss +
+    w * (mean over every 2nd earlier state of the masked picture loss), on the plain
+    grid and through delayed, lossy wires; with a mask of nothing it adds nothing."""
+    r = np.random.default_rng(7)
+    B, H, W, N = 2, 10, 10, 7
+    params, x0, fire, kxy, target, _ = _random_problem(r, B, H, W, N)
+    mask = r.random((B, H, W)) < 0.6
+    w, every = 1.3, 2
+    spec = L.LinkSpec("exp", 1.2, msg_loss=0.2, burst=2.0, drift=0.3, max_delay=3)
+    wired = L.Wires(spec, 5, (B, H, W))
+    for wires in (None, wired):
+        fresh = (lambda: None) if wires is None else wires.fresh
+        fr = fire if wires is None else np.stack([wires.fire(t) for t in range(N)])
+        ro = core.forward(x0, params, N, fr, kxy, np.float64, wires=fresh(), snap_every=every)
+        assert sorted(ro.snaps) == [2, 4, 6]
+        masks = (ro.pre.copy(), ro.keep.copy())
+        _, _, grads, _ = core.loss_and_grads(x0, target, params, N, fr, kxy, np.float64, masks=masks,
+                                             wires=fresh(), path_weight=w, path_every=every, path_mask=mask)
+
+        def loss(p):
+            ro = core.forward(x0, p, N, fr, kxy, np.float64, masks=masks, wires=fresh(), snap_every=every)
+            along = np.mean([np.sum(((v - target) ** 2) * mask[..., None]) / (B * H * W * 4)
+                             for v in ro.snaps.values()])
+            return core.loss_per_sample(ro.x, target).mean() + w * along
+
+        _assert_directional_gradients(loss, params, grads, r, eps=1e-8)   # ReLU kinks lie within 1e-6
+        _, _, g0, _ = core.loss_and_grads(x0, target, params, N, fr, kxy, np.float64, masks=masks, wires=fresh())
+        _, _, g1, _ = core.loss_and_grads(x0, target, params, N, fr, kxy, np.float64, masks=masks, wires=fresh(),
+                                          path_weight=w, path_every=every, path_mask=np.zeros_like(mask))
+        for k in params:
+            np.testing.assert_array_equal(g0[k], g1[k])
+            assert not np.array_equal(g0[k], grads[k]), k
 
 
 def test_float32_gradients_match_float64():
@@ -386,6 +421,36 @@ def test_noise_on_regrowing_is_a_recorded_stage_of_its_own(disc_png, tmp_path):
     assert [(s["from"], s["noise_on"]) for s in stages] == [(0, "all"), (8, "regrowing")]
 
 
+def test_path_cells_spare_the_seed_and_the_cuts():
+    """--path-loss compares no cell of the new seed, a cut sample's cells outside its
+    cut (each group of --cut-copies its group's cut), every cell of the others."""
+    dmg = np.zeros((2, 6, 6), bool)
+    dmg[0, :3] = True
+    dmg[1, :, 4:] = True
+    cells = path_cells(6, 6, 6, 0, np.array([2, 3, 5]), dmg, 2)
+    assert not cells[0].any() and cells[1].all() and cells[4].all()
+    np.testing.assert_array_equal(cells[2], ~dmg[0])
+    np.testing.assert_array_equal(cells[3], ~dmg[0])
+    np.testing.assert_array_equal(cells[5], ~dmg[1])
+    assert path_cells(3, 4, 4, 2, np.array([], np.int64), None, 1)[:2].all()
+
+
+def test_path_loss_trains_and_is_a_stage(disc_png, tmp_path):
+    """A run with --path-loss trains differently from the end-only loss, its first
+    loss (the end picture's) is the same, and a resumed run may switch to it."""
+    out = tmp_path / "a.npz"
+    plain = train(_small(disc_png, 6), out, keep_checkpoint=True, stream=io.StringIO())
+    cfg = _small(disc_png, 6)
+    cfg.path_loss, cfg.path_every = 1.0, 3
+    held = train(cfg, tmp_path / "p.npz", stream=io.StringIO())
+    assert held.meta["loss_history"][:1] == plain.meta["loss_history"][:1]
+    assert not np.array_equal(held.params["w2"], plain.params["w2"])
+    cfg.iterations = 9
+    staged = train(cfg, out, resume=True, stream=io.StringIO())
+    stages = staged.meta["training"]["stages"]
+    assert [(s["from"], s["path_loss"], s["path_every"]) for s in stages] == [(0, 0.0, 10), (6, 1.0, 3)]
+
+
 def test_cli_resume_extends_a_finished_run(disc_png, tmp_path):
     out = tmp_path / "c.npz"
     args = ["--target", str(disc_png), "--kind", "persistent", "--pad", "4", "--pool", "16",
@@ -423,6 +488,9 @@ def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, disc_png):
     assert "--cut-copies" in _one_line_error(capsys, ["--cut-copies", "0"] + out)
     assert "--cut-copies" in _one_line_error(capsys, ["--damage-n", "3", "--cut-copies", "3"] + out)
     assert "--kind regenerating" in _one_line_error(capsys, ["--cut-copies", "2", "--kind", "persistent"] + out)
+    assert "--path-loss" in _one_line_error(capsys, ["--path-loss", "-1"] + out)
+    assert "--path-every" in _one_line_error(capsys, ["--path-loss", "1", "--path-every", "0"] + out)
+    assert "a pool" in _one_line_error(capsys, ["--path-loss", "1", "--kind", "growing"] + out)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     _one_line_error(capsys, ["--out", str(blocker / "m.npz")])

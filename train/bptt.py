@@ -328,6 +328,7 @@ class Rollout:
     ws: Workspace
     ages: np.ndarray | None = None   # (N, B, H, W, 8) uint8: link ages of each step (train.links)
     depth: int = 0                # states kept for the delayed perception
+    snaps: dict[int, np.ndarray] = field(default_factory=dict)   # s -> RGBA of x_s (snap_every)
 
     @property
     def steps(self) -> int:
@@ -360,7 +361,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
             kxy: np.ndarray, dtype=np.float32, ws: Workspace | None = None,
             masks: tuple[np.ndarray, np.ndarray] | None = None,
             rounding: Rounding | None = None, noise: StateNoise | None = None,
-            wires: L.Wires | None = None) -> Rollout:
+            wires: L.Wires | None = None, snap_every: int = 0) -> Rollout:
     """Run `steps` CA steps from x0 (B, H, W, 16), keeping what backward needs.
 
     fire: (N, B, H, W) bool array, a callable t -> (B, H, W) bool, or a numpy
@@ -373,7 +374,9 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     identity (straight-through). noise: added to each float state change (with the
     bias; not with rounding, which has the real errors). wires: the links between the
     cells (train.links): each cell perceives its neighbours as they were `age` steps
-    ago, and only fired cells apply the alive rule, on what they know. x0 is not modified.
+    ago, and only fired cells apply the alive rule, on what they know. snap_every: keep
+    the RGBA of every snap_every-th state before the last (for the path loss). x0 is
+    not modified.
     """
     dtype = np.dtype(dtype)
     x = np.array(x0, dtype=dtype, copy=True, order="C")
@@ -398,6 +401,7 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
     dxbuf = np.empty((0, CHANNELS), dtype)
     zero_b2 = np.zeros(CHANNELS, dtype)
     ef = rounding is not None and rounding.error_feedback
+    snaps: dict[int, np.ndarray] = {}
     if wires is not None:
         KL = _link_kernels(B * H * W)
         hist = np.zeros((wires.depth, B, H, W, CHANNELS), dtype)   # what the cells saw, per step
@@ -452,13 +456,17 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
         K._mask_only(x, keep[t])
         idxs.append(idx)
         offsets.append(o + n)
+        if snap_every > 0 and (t + 1) % snap_every == 0 and t + 1 < steps:
+            snaps[t + 1] = x[..., :ALPHA + 1].copy()
     if wires is not None:
-        return Rollout(x, offsets, idxs, keep, pre, k, ws, ages, wires.depth)
-    return Rollout(x, offsets, idxs, keep, pre, k, ws)
+        return Rollout(x, offsets, idxs, keep, pre, k, ws, ages, wires.depth, snaps)
+    return Rollout(x, offsets, idxs, keep, pre, k, ws, snaps=snaps)
 
 
-def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray) -> dict[str, np.ndarray]:
-    """Gradients of the four tensors given dL/dx_N. Consumes the rollout (the stored
+def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray,
+             grad_snaps: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Gradients of the four tensors given dL/dx_N (and dL/dx_s of the RGBA of earlier
+    states: grad_snaps, s -> (B, H, W, 4)). Consumes the rollout (the stored
     activations h are overwritten with their gradients)."""
     dtype = ro.ws.dtype
     p = cast_params(params, dtype)
@@ -480,6 +488,8 @@ def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray) -> 
         G = np.zeros((ro.depth + 1, B, H, W, C), dtype)
         G[ro.steps % G.shape[0]] = g
     for t in range(ro.steps - 1, -1, -1):
+        if grad_snaps and t + 1 in grad_snaps and t + 1 < ro.steps:   # g is dL/dx_{t+1} here
+            (g if ro.ages is None else G[(t + 1) % G.shape[0]])[..., :ALPHA + 1] += grad_snaps[t + 1]
         o, o2 = ro.offsets[t], ro.offsets[t + 1]
         n = o2 - o
         idx = ro.idx[t]
@@ -531,7 +541,9 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
                    rounding: Rounding | None = None, noise: StateNoise | None = None,
                    teacher: dict[str, np.ndarray] | None = None, teacher_weight: float = 0.0,
                    wires: L.Wires | None = None, range_weight: float = 0.0,
-                   hidden_range: float = np.inf) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+                   hidden_range: float = np.inf, path_weight: float = 0.0, path_every: int = 10,
+                   path_mask: np.ndarray | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """One BPTT evaluation: (per-sample loss, final state, gradients, dense rows used).
 
     teacher: float parameters whose rollout from x0, with the same fire masks and
@@ -542,21 +554,34 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
     +-hidden_range, with the loss range_weight * mean(excess^2) over all 16 channels
     (the excess beyond the range, zero inside it). The returned losses are the
     picture's alone. wires: see forward (the teacher runs on the same wires and fire
-    decisions)."""
+    decisions). path_weight: the picture of every path_every-th state before the last
+    is also compared with the target, on the cells of path_mask (B, H, W) (all if None),
+    with the loss path_weight * the mean over those states of the picture loss's sum
+    over those cells (normalised as the picture loss): a pattern held all along the
+    rollout, not only at its end."""
     if teacher is not None and teacher_weight > 0:
         B, H, W, _ = np.shape(x0)
         if not isinstance(fire, np.ndarray):   # the masks forward() would draw, in its order
             fire = np.stack([_fire_fn(fire, (B, H, W))(t) for t in range(steps)])
         x_teacher = forward(x0, teacher, steps, fire, kxy, dtype, ws, masks,
                             wires=None if wires is None else wires.fresh()).x.copy()
-    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding, noise, wires)
+    path = path_weight > 0 and path_every > 0
+    ro = forward(x0, params, steps, fire, kxy, dtype, ws, masks, rounding, noise, wires,
+                 snap_every=path_every if path else 0)
+    grad_snaps = None
+    if path and ro.snaps:
+        B, H, W, _ = ro.x.shape
+        scale = path_weight * 2.0 / (len(ro.snaps) * B * H * W * 4)
+        w = np.ones((B, H, W, 1), ro.x.dtype) if path_mask is None else path_mask[..., None].astype(ro.x.dtype)
+        t4 = target[..., :ALPHA + 1].astype(ro.x.dtype)
+        grad_snaps = {s: (scale * w * (v - t4)).astype(ro.x.dtype) for s, v in ro.snaps.items()}
     losses = loss_per_sample(ro.x, target)
     g = loss_grad(ro.x, target)
     if teacher is not None and teacher_weight > 0:
         g += (teacher_weight * 2.0 / ro.x.size) * (ro.x - x_teacher.astype(ro.x.dtype))
     if range_weight > 0:
         g[..., ALPHA + 1:] += (range_weight * 2.0 / ro.x.size) * range_excess(ro.x[..., ALPHA + 1:], hidden_range)
-    grads = backward(ro, params, g)
+    grads = backward(ro, params, g, grad_snaps)
     return losses, ro.x, grads, ro.rows
 
 

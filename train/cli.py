@@ -104,6 +104,13 @@ def _parser() -> ArgParser:
                          f"holds them in (Q2.5: +-{HIDDEN_RANGE:.2f}) at each rollout's end (weight W on the "
                          "mean squared excess, e.g. 0.1), so that a model whose hidden states range wider can "
                          "be quantised without clipping them (default: off)")
+    ap.add_argument("--path-loss", type=float, default=0.0, metavar="W",
+                    help="also compare the picture with the target every --path-every steps along each "
+                         "rollout, not only at its end (weight W on the mean over those states, e.g. 1.0), on "
+                         "every sample but the new seed, and for a sample cut in this batch only outside its "
+                         "cut: the tissue a cut spares is held in place while the rest regrows (default: off)")
+    ap.add_argument("--path-every", type=int, default=10, metavar="N",
+                    help="with --path-loss: every N-th state of the rollout (default: %(default)s)")
     ap.add_argument("--error-feedback", action="store_true",
                     help="with --qat: train the fixed-point cell that keeps 4 more bits of its own "
                          "state (error feedback; its neighbours and its network see the int8 state), so that "
@@ -195,7 +202,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       regrow_visits=args.regrow_visits,
                       init=str(paths.model_path(args.init)) if args.init else None, qat=args.qat,
                       distill=args.distill, state_noise=args.state_noise, noise_on=args.noise_on,
-                      state_range=args.state_range,
+                      state_range=args.state_range, path_loss=args.path_loss, path_every=args.path_every,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,
                       latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,
                       burst=args.burst, drift=args.drift, max_delay=args.max_delay, clock=args.clock)

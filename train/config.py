@@ -19,6 +19,7 @@ DAMAGE_SHAPES = ("circle", "mixed")
 NOISE_ON = ("all", "regrowing")   # which samples' updates --state-noise disturbs
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
                  "damage_n", "damage_shapes", "cut_copies", "regrow_visits", "distill", "state_range", "noise_on",
+                 "path_loss", "path_every",
                  "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
 
 
@@ -52,6 +53,8 @@ class TrainConfig:
     state_noise: float = 0.0         # uniform noise on each update, in the fixed-point state's steps
     noise_on: str = "all"            # regrowing: the noise only on samples cut within --regrow-visits
     state_range: float = 0.0         # weight of the push of hidden channels back inside the int8 state's range
+    path_loss: float = 0.0           # weight of the picture loss along the rollout, outside this batch's cuts
+    path_every: int = 10             # ... on every path_every-th state
     error_feedback: bool = False     # with qat: the cells keep 4 more bits of their own state (EF_BITS)
     latency_dist: str = "const"      # the wires between the cells (train.links): message latency,
     latency: float = 0.0             # loss and clock rate spread in the rollouts
@@ -116,6 +119,13 @@ class TrainConfig:
                             "regrowing: give both")
         if not (self.state_range >= 0 and math.isfinite(self.state_range)):
             raise UserError(f"--state-range must be a number >= 0, got {self.state_range}")
+        if not (self.path_loss >= 0 and math.isfinite(self.path_loss)):
+            raise UserError(f"--path-loss must be a number >= 0, got {self.path_loss}")
+        if self.path_every < 1:
+            raise UserError(f"--path-every must be at least 1, got {self.path_every}")
+        if self.path_loss > 0 and self.kind == "growing":
+            raise UserError("--path-loss holds a grown pattern along the rollouts: it needs a pool "
+                            "(--kind persistent or regenerating)")
         if self.error_feedback and not self.qat:
             raise UserError("--error-feedback is a fixed-point cell's arithmetic: add --qat")
         if self.qat and self.rotate_train:

@@ -11,6 +11,8 @@ lr 2e-3 then 2e-4 after 2,000 iterations, every gradient tensor divided by
                (--damage-shapes mixed: or, with even odds, a straight cut).
                With --regrow-visits K a cut sample is spared both the seed and
                another cut for its next K visits (pick_reseed_and_cuts).
+With --path-loss W the picture is also compared with the target along each rollout
+(every --path-every steps), on the cells path_cells names.
 The BPTT itself is train.bptt (numba + BLAS on the live, fired cells only).
 
 Every random draw comes from one numpy Generator seeded by --seed, so a run is
@@ -112,6 +114,18 @@ def cut_in_groups(x0: np.ndarray, cut: np.ndarray, dmg: np.ndarray, copies: int)
         x0[slot] = heads[i // copies] * (~dmg[i // copies])[..., None]
 
 
+def path_cells(batch: int, H: int, W: int, reseed: int, cut: np.ndarray, dmg: np.ndarray | None,
+               copies: int) -> np.ndarray:
+    """The cells --path-loss compares along a rollout (batch, H, W): none of the new seed
+    (it is still growing), a cut sample's cells outside its cut (the tissue the cut
+    spared must stay where it is), every cell of the others."""
+    cells = np.ones((batch, H, W), np.bool_)
+    cells[reseed] = False
+    for i, slot in enumerate(cut):
+        cells[slot] = ~dmg[i // copies]
+    return cells
+
+
 def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: int = 100,
           keep_checkpoint: bool = False, stream: TextIO = sys.stdout,
           stop: Callable[[], bool] | None = None) -> Model:
@@ -160,6 +174,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
             gen = st.rng
             angle = float(gen.uniform(0.0, 360.0)) if cfg.rotate_train else 0.0
             steps = int(gen.integers(cfg.min_steps, cfg.max_steps + 1))
+            path_mask = None
             if st.pool is None:
                 idx = None
                 x0 = np.repeat(seed[None], cfg.batch, 0)
@@ -178,6 +193,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                 if cut.size:
                     dmg = make_damage(gen, cfg.damage_shapes, -(-cut.size // cfg.cut_copies), H, W)
                     cut_in_groups(x0, cut, dmg, cfg.cut_copies)
+                if cfg.path_loss > 0:
+                    path_mask = path_cells(cfg.batch, H, W, reseed, cut, dmg if cut.size else None, cfg.cut_copies)
                 left = np.maximum(left - 1, 0)
                 left[reseed] = 0
                 left[cut] = cfg.regrow_visits
@@ -186,7 +203,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
             losses, xN, grads, rows = core.loss_and_grads(
                 x0, target, run_params, steps, gen if wires is None else wires.fire,
                 M.gradient_kernels(angle), np.float32, ws, rounding=fq, noise=noise, teacher=teacher,
-                teacher_weight=cfg.distill, wires=wires, range_weight=cfg.state_range, hidden_range=HIDDEN_RANGE)
+                teacher_weight=cfg.distill, wires=wires, range_weight=cfg.state_range, hidden_range=HIDDEN_RANGE,
+                path_weight=cfg.path_loss, path_every=cfg.path_every, path_mask=path_mask)
             loss = float(losses.mean())
             if math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()):
                 st.adam.step(st.params, core.normalize_grads(grads), cfg.lr_at(st.iteration))
