@@ -488,7 +488,7 @@ def backward(ro: Rollout, params: dict[str, np.ndarray], grad_x: np.ndarray,
         G = np.zeros((ro.depth + 1, B, H, W, C), dtype)
         G[ro.steps % G.shape[0]] = g
     for t in range(ro.steps - 1, -1, -1):
-        if grad_snaps and t + 1 in grad_snaps and t + 1 < ro.steps:   # g is dL/dx_{t+1} here
+        if grad_snaps and t + 1 in grad_snaps:   # g is dL/dx_{t+1} here
             (g if ro.ages is None else G[(t + 1) % G.shape[0]])[..., :ALPHA + 1] += grad_snaps[t + 1]
         o, o2 = ro.offsets[t], ro.offsets[t + 1]
         n = o2 - o
@@ -572,7 +572,7 @@ def loss_and_grads(x0: np.ndarray, target: np.ndarray, params: dict[str, np.ndar
     if path and ro.snaps:
         B, H, W, _ = ro.x.shape
         scale = path_weight * 2.0 / (len(ro.snaps) * B * H * W * 4)
-        w = np.ones((B, H, W, 1), ro.x.dtype) if path_mask is None else path_mask[..., None].astype(ro.x.dtype)
+        w = 1.0 if path_mask is None else path_mask[..., None].astype(ro.x.dtype)
         t4 = target[..., :ALPHA + 1].astype(ro.x.dtype)
         grad_snaps = {s: (scale * w * (v - t4)).astype(ro.x.dtype) for s, v in ro.snaps.items()}
     losses = loss_per_sample(ro.x, target)
