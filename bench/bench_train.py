@@ -1,7 +1,8 @@
 """Seconds per training iteration (BPTT forward + backward + Adam), batch 8, 72x72,
 fixed rollout N=80: train.bptt with the paper's synchronous grid, train.bptt with
 the wires in the loop (train.links: exponential latency of mean 1.5 steps, 10%
-bursty loss, 10% clock spread, as the latency-robust recipe trains), and a plain
+bursty loss, 10% clock spread, as the latency-robust recipe trains), the same on
+the boards' relay links (--links relay), and a plain
 eager PyTorch CPU version of the synchronous model (when `import torch` works),
 side by side.
 
@@ -23,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +67,7 @@ def pool_batch(model_path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarra
 WIRES = links.LinkSpec("exp", 1.5, msg_loss=0.1, burst=5.0, drift=0.1)
 
 
-def time_ours(x0, params, target, steps, reps, wired: bool = False) -> tuple[float, float]:
+def time_ours(x0, params, target, steps, reps, wires: links.LinkSpec | None = None) -> tuple[float, float]:
     ws = core.Workspace()
     p = {k: v.copy() for k, v in params.items()}
     adam = core.Adam(p)
@@ -74,7 +76,7 @@ def time_ours(x0, params, target, steps, reps, wired: bool = False) -> tuple[flo
     times, rows = [], 0
     for i in range(reps + 1):
         t0 = time.perf_counter()
-        w = links.Wires(WIRES, i, x0.shape[:3]) if wired else None
+        w = links.Wires(wires, i, x0.shape[:3]) if wires is not None else None
         _, _, grads, rows = core.loss_and_grads(x0, target, p, steps, gen if w is None else w.fire, kxy,
                                                 np.float32, ws, wires=w)
         adam.step(p, core.normalize_grads(grads), 0.0)   # lr 0: same state every rep
@@ -148,9 +150,12 @@ def main() -> int:
     ours, frac = time_ours(x0, params, target, args.steps, args.reps)
     print(f"{'implementation':34s} {'s/iter':>8s}")
     print(f"{'numba + BLAS, live&fired rows':34s} {ours:8.3f}   (dense rows: {frac:.1%} of cells x steps)")
-    wired, wfrac = time_ours(x0, params, target, args.steps, args.reps, wired=True)
+    wired, wfrac = time_ours(x0, params, target, args.steps, args.reps, WIRES)
     print(f"{'  the same, wires in the loop':34s} {wired:8.3f}   (dense rows: {wfrac:.1%}; "
           f"ratio wired/plain = {wired / ours:.2f}x)")
+    relay, rfrac = time_ours(x0, params, target, args.steps, args.reps, replace(WIRES, links="relay"))
+    print(f"{'  the same, relay links':34s} {relay:8.3f}   (dense rows: {rfrac:.1%}; "
+          f"ratio relay/plain = {relay / ours:.2f}x)")
     theirs = None if args.no_torch else time_torch(x0, params, target, args.steps, args.reps)
     if theirs is None:
         print(f"{'torch eager CPU':34s} {'skipped':>8s}   (torch not importable or --no-torch)")

@@ -112,6 +112,7 @@ def test_periodic_clock_fires_regularly_at_each_cells_rate():
     assert 0.3 < starts[0].mean() < 0.7 and np.all(starts.sum(axis=0) >= 1)   # random phases
     g = np.random.default_rng(0)
     assert {L.LinkSpec("mix", 1.0, clock="mix").draw(g).clock for _ in range(30)} == {"exp", "periodic"}
+    assert {L.LinkSpec("const", 1.0, links="mix").draw(g).links for _ in range(30)} == {"direct", "relay"}
 
 
 def test_mix_draws_a_kind_and_a_level_per_rollout():
@@ -124,11 +125,55 @@ def test_mix_draws_a_kind_and_a_level_per_rollout():
     assert L.LinkSpec("exp", 1.0).draw(gen) == L.LinkSpec("exp", 1.0)
 
 
-def test_delayed_gradients_equal_central_differences():
+def _reference_relay_ages(spec: L.LinkSpec, key: int, fires: np.ndarray) -> np.ndarray:
+    """Relayed diagonals told as messages: the direct links' ages as in the async engines;
+    at each fire a cell copies the send steps of what its W and E slots hold into its
+    outgoing frame (at boot: step 0); a frame sent at tau carries that copy as it was
+    at tau; a diagonal is as old as the copy in the frame from the N or S neighbour
+    the cell holds."""
+    steps, B, H, W = fires.shape
+    D = spec.max_delay
+    direct = _ages(L.LinkSpec(**{**spec.asdict(), "links": "direct"}), key, (B, H, W), steps).astype(np.int64)
+    carried = np.zeros((steps, B, H, W, 2), np.int64)     # send steps a frame sent at t carries (W, E)
+    copy = np.zeros((B, H, W, 2), np.int64)
+    out = direct.copy()
+    for t in range(steps):
+        carried[t] = copy
+        for b, y, x in zip(*np.nonzero(fires[t])):
+            copy[b, y, x] = (t - direct[t, b, y, x, 3], t - direct[t, b, y, x, 4])
+        for b, y, x in np.ndindex(B, H, W):
+            for relay, dy, diag in ((1, -1, (0, 2)), (6, 1, (5, 7))):
+                if 0 <= y + dy < H:
+                    tau = t - direct[t, b, y, x, relay]
+                    for k in range(2):
+                        out[t, b, y, x, diag[k]] = min(t - carried[tau, b, y + dy, x, k], D)
+    return out
+
+
+@pytest.mark.parametrize("spec", [
+    L.LinkSpec("const", 0.0, links="relay", max_delay=5),
+    L.LinkSpec("exp", 1.1, msg_loss=0.2, burst=3.0, links="relay", max_delay=4),
+])
+def test_relayed_diagonals_are_as_old_as_the_relays_copy(spec):
+    shape, steps = (2, 4, 5), 30
+    fires = np.random.default_rng(2).random((steps, *shape)) < 0.5
+    w = L.Wires(spec, 7, shape)
+    got = np.empty((steps, *shape, 8), np.uint8)
+    for t in range(steps):
+        w.advance(t, got[t])
+        w.fired(t, fires[t])
+    np.testing.assert_array_equal(got, _reference_relay_ages(spec, 7, fires))
+    diag, orth = got[5:, :, 1:-1][..., [0, 2, 5, 7]], got[5:, :, 1:-1][..., [1, 3, 4, 6]]
+    assert diag.mean() > orth.mean() + 0.5       # a relay adds the wait for its next fire
+
+
+@pytest.mark.parametrize("links", ["direct", "relay"])
+def test_delayed_gradients_equal_central_differences(links):
     """BPTT through 6 delayed, lossy steps with clock spread (float64, 10x10, fire
-    and alive masks held fixed): every entry of b2 and w2, and w1, b1 along random
-    directions, against central differences. A backward that sent the taps' gradient
-    to the current states instead of the delayed ones fails it."""
+    and alive masks held fixed), on direct and relayed links: every entry of b2 and
+    w2, and w1, b1 along random directions, against central differences. A backward
+    that sent the taps' gradient to the current states instead of the delayed ones
+    fails it."""
     r = np.random.default_rng(1)
     B, H, W, N = 2, 10, 10, 6
     params = {k: v.astype(np.float64) for k, v in M.init_params(r).items()}
@@ -140,7 +185,7 @@ def test_delayed_gradients_equal_central_differences():
     x0[:, 3:7, 3:7, 3] = r.uniform(0.2, 1, (B, 4, 4))
     kxy = M.gradient_kernels(0.0).astype(np.float64)
     target = r.uniform(0, 1, (H, W, 4))
-    spec = L.LinkSpec("exp", 1.2, msg_loss=0.2, burst=2.0, drift=0.3, max_delay=3)
+    spec = L.LinkSpec("exp", 1.2, msg_loss=0.2, burst=2.0, drift=0.3, max_delay=3, links=links)
     w = L.Wires(spec, 5, (B, H, W))
     fire = np.stack([w.fire(t) for t in range(N)])
 
@@ -169,6 +214,7 @@ def test_delayed_gradients_equal_central_differences():
             fd[i] = (up - loss(p)) / (2 * eps)
         assert np.abs(fd).max() > 1e-3, name
         assert np.linalg.norm(grads[name] - fd) / np.linalg.norm(fd) < 1e-5, name
+    eps = 1e-7       # along a direction of all of w1 a wider step crosses ReLU kinks
     for name in ("w1", "b1"):
         for _ in range(6):
             d = r.normal(size=params[name].shape)
@@ -235,6 +281,7 @@ def test_training_with_wires_resumes_exactly_and_records_them(disc_png, tmp_path
     (["--drift", "1.2"], "--drift"),
     (["--max-delay", "0", "--latency", "1"], "--max-delay"),
     (["--clock", "sundial"], "--clock"),
+    (["--links", "radio"], "--links"),
 ])
 def test_wire_options_fail_in_one_line(capsys, tmp_path, argv, needle):
     assert main(argv + ["--out", str(tmp_path / "m.npz")]) == 2
@@ -255,8 +302,9 @@ def test_resume_may_change_the_wires_as_a_recorded_stage(disc_png, tmp_path):
     out = tmp_path / "g.npz"
     train(_small(disc_png, 4), out, keep_checkpoint=True, stream=io.StringIO())
     cfg = _small(disc_png, 6)
-    cfg.clock, cfg.latency = "periodic", 1.0
+    cfg.clock, cfg.latency, cfg.wiring = "periodic", 1.0, "relay"
     staged = train(cfg, out, resume=True, stream=io.StringIO())
     stages = staged.meta["training"]["stages"]
     assert [s["from"] for s in stages] == [0, 4]
     assert (stages[0]["clock"], stages[1]["clock"], stages[1]["latency"]) == ("exp", "periodic", 1.0)
+    assert (stages[0]["wiring"], stages[1]["wiring"], staged.meta["training"]["wiring"]) == ("direct", "relay", "relay")

@@ -420,6 +420,8 @@ def forward(x0: np.ndarray, params: dict[str, np.ndarray], steps: int, fire,
         else:
             KL._alive_delayed(alive, t, ages[t], v, pre[t])
         fire_t = np.ascontiguousarray(firef(t), np.bool_)
+        if wires is not None:
+            wires.fired(t, fire_t)
         idx = K._index(pre[t], fire_t, counts)
         n = idx.shape[0]
         o = offsets[-1]

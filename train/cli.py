@@ -28,7 +28,7 @@ from sim.weights import save as save_model
 
 from .checkpoint import target_digest
 from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, NOISE_ON, TrainConfig
-from .links import CLOCKS, LATENCY_DISTS
+from .links import CLOCKS, LATENCY_DISTS, WIRINGS
 from .loop import HIDDEN_RANGE, train
 from .tune import tune_output_biases
 
@@ -132,6 +132,10 @@ def _parser() -> ArgParser:
     w.add_argument("--clock", choices=CLOCKS, default="exp", help="exp: a cell fires with probability "
                    "0.5 each step (the paper's); periodic: every 2 steps from a random phase (a crystal); "
                    "mix: one of them per rollout (default: %(default)s)")
+    w.add_argument("--links", choices=WIRINGS, default="direct", help="direct: each cell hears its 8 "
+                   "neighbours; relay: its 4 orthogonal ones, which relay the diagonals as they last heard them "
+                   "(the boards' wiring, as in python -m sim.run --links relay); mix: one of them per rollout "
+                   "(default: %(default)s)")
     ap.add_argument("--tune-biases", action="store_true",
                     help="instead of training: tune the int16 output biases of the --init model (fine-tuned "
                          "with --qat) by a coordinate search on its fixed-point grid's picture loss, "
@@ -205,7 +209,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       state_range=args.state_range, path_loss=args.path_loss, path_every=args.path_every,
                       error_feedback=args.error_feedback, latency_dist=args.latency_dist,
                       latency=args.latency, latency_high=args.latency_high, msg_loss=args.msg_loss,
-                      burst=args.burst, drift=args.drift, max_delay=args.max_delay, clock=args.clock)
+                      burst=args.burst, drift=args.drift, max_delay=args.max_delay, clock=args.clock,
+                      wiring=args.links)
     cfg.validate()
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")

@@ -20,7 +20,8 @@ NOISE_ON = ("all", "regrowing")   # which samples' updates --state-noise disturb
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
                  "damage_n", "damage_shapes", "cut_copies", "regrow_visits", "distill", "state_range", "noise_on",
                  "path_loss", "path_every",
-                 "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock")
+                 "latency_dist", "latency", "latency_high", "msg_loss", "burst", "drift", "max_delay", "clock",
+                 "wiring")
 
 
 class CheckpointError(UserError):
@@ -64,10 +65,11 @@ class TrainConfig:
     drift: float = 0.0
     max_delay: int = 6
     clock: str = "exp"
+    wiring: str = "direct"           # --links: direct (8 links) or relay (4, the diagonals relayed)
 
     def links(self) -> LinkSpec:
         return LinkSpec(self.latency_dist, self.latency, self.latency_high, self.msg_loss, self.burst,
-                        self.drift, self.max_delay, self.clock)
+                        self.drift, self.max_delay, self.clock, self.wiring)
 
     def validate(self) -> None:
         if self.kind not in KINDS:

@@ -21,6 +21,13 @@ probability 0.5 per step as it wakes every 2 units on average):
   of them per rollout.
 - Only a cell that fires applies the alive rule, on what it knows (its own
   alpha and its neighbours' delayed alphas), as in the async engines.
+- `links` relay (the boards' wiring, `--links relay` in the simulators): a cell
+  hears only its 4 orthogonal neighbours; the N and S neighbours' frames also
+  carry their W and E inbox slots as they were at the sender's last fire, which
+  become the receiver's diagonals. A diagonal's age is then the age of the relay's
+  frame, plus the time since the relay last fired before sending it, plus the
+  relay's own age of that slot then (cut at max_delay). Every cell sends every
+  step, but what it relays changes only when it fires, as on the boards.
 
 The backward pass sends each perception tap's gradient to the neighbour's state
 at the step it was perceived (t - a), so BPTT reaches the delayed states
@@ -39,12 +46,14 @@ import numpy as np
 
 from sim import rng
 from sim.errors import UserError
+from sim.rules import LINKS, SLOT_E, SLOT_N, SLOT_NE, SLOT_NW, SLOT_S, SLOT_SE, SLOT_SW, SLOT_W
 from sim.jit import compiled_variant
 from sim.model import ALIVE_THRESHOLD, ALPHA, FIRE_RATE, NEIGHBOUR_OFFSETS
 
 LATENCY_KINDS = ("const", "uniform", "exp")
 LATENCY_DISTS = LATENCY_KINDS + ("mix",)   # mix: a kind and a level drawn per rollout
 CLOCKS = ("exp", "periodic", "mix")          # mix: one of the two drawn per rollout
+WIRINGS = tuple(LINKS) + ("mix",)            # mix: direct or relay drawn per rollout
 _OFFS = np.array(NEIGHBOUR_OFFSETS, np.int64)
 _RATE = 23       # counter stream of the per-cell fire rates (apart from sim.rng's)
 
@@ -60,11 +69,12 @@ class LinkSpec:
     drift: float = 0.0            # per-cell fire rate spread, +- fraction
     max_delay: int = 6            # ages are cut here (the state history kept)
     clock: str = "exp"            # random (exp) or regular (periodic) fire; mix: drawn per rollout
+    links: str = "direct"         # direct: 8 links; relay: 4, the diagonals relayed (sim.rules); mix
 
     @property
     def active(self) -> bool:
         return bool(self.latency or self.latency_high or self.msg_loss or self.drift
-                    or self.clock != "exp")
+                    or self.clock != "exp" or self.links != "direct")
 
     def validate(self) -> None:
         if self.latency_dist not in LATENCY_DISTS:
@@ -85,21 +95,25 @@ class LinkSpec:
             raise UserError(f"--drift must be in [0, 1), got {self.drift}")
         if self.clock not in CLOCKS:
             raise UserError(f"unknown --clock {self.clock!r} (choose from {', '.join(CLOCKS)})")
+        if self.links not in WIRINGS:
+            raise UserError(f"unknown --links {self.links!r} (choose from {', '.join(WIRINGS)})")
         if not 1 <= self.max_delay <= 32:
             raise UserError(f"--max-delay must be in [1, 32], got {self.max_delay}")
 
     def draw(self, gen: np.random.Generator) -> LinkSpec:
         """The wires of one rollout: `mix` draws a kind and a level in [0, latency]
         (const: the level; uniform: [0, 2 level]; exp: mean level) and a loss in
-        [0, msg_loss]; the other kinds are what they say."""
+        [0, msg_loss]; a clock or links `mix` one of its kinds; the other kinds are
+        what they say."""
         clock = self.clock if self.clock != "mix" else CLOCKS[int(gen.integers(2))]
+        links = self.links if self.links != "mix" else WIRINGS[int(gen.integers(2))]
         if self.latency_dist != "mix":
-            return replace(self, clock=clock)
+            return replace(self, clock=clock, links=links)
         kind = LATENCY_KINDS[int(gen.integers(3))]
         level = float(gen.uniform(0.0, self.latency))
         loss = float(gen.uniform(0.0, self.msg_loss)) if self.msg_loss else 0.0
         return LinkSpec(kind, level, 2 * level if kind == "uniform" else 0.0, loss, self.burst,
-                        self.drift, self.max_delay, clock)
+                        self.drift, self.max_delay, clock, links)
 
     def asdict(self) -> dict:
         return asdict(self)
@@ -178,6 +192,43 @@ def _advance(key, t, cfg, bad, pend_arr, pend_sent, held_sent, held_arr, ages):
                 ages[b, y, xx, s] = min(t - held_sent[r, xx, s], D)
 
 
+@nb.njit(cache=True, parallel=True)
+def _relay_ages(t, D, ages, side, lastfire, lastfire_ring):
+    """Relayed diagonals: first keep this step's W and E ages and each cell's last fire
+    before t in rings (depth D + 1), then overwrite the diagonal ages with the relayed
+    ones: the frame from the N (S) neighbour held at t was sent at tau = t - age; it
+    carries the relay's W and E as the relay perceived them at its last fire sigma
+    before tau, so the diagonal is t - sigma + side[sigma] old."""
+    B, H, W, _ = ages.shape
+    R = D + 1
+    cur = t % R
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            side[cur, b, y, xx, 0] = ages[b, y, xx, SLOT_W]
+            side[cur, b, y, xx, 1] = ages[b, y, xx, SLOT_E]
+            lastfire_ring[cur, b, y, xx] = lastfire[b, y, xx]
+    for r in nb.prange(B * H):
+        b = r // H
+        y = r % H
+        for xx in range(W):
+            for k in range(2):
+                relay, dw, de, ry = SLOT_N, SLOT_NW, SLOT_NE, y - 1
+                if k == 1:
+                    relay, dw, de, ry = SLOT_S, SLOT_SW, SLOT_SE, y + 1
+                if ry < 0 or ry >= H:
+                    continue
+                tau = t - ages[b, y, xx, relay]
+                sigma = lastfire_ring[tau % R, b, ry, xx]
+                if t - sigma >= D:
+                    ages[b, y, xx, dw] = D
+                    ages[b, y, xx, de] = D
+                else:
+                    ages[b, y, xx, dw] = min(t - sigma + side[sigma % R, b, ry, xx, 0], D)
+                    ages[b, y, xx, de] = min(t - sigma + side[sigma % R, b, ry, xx, 1], D)
+
+
 @nb.njit(cache=True)
 def _fire_rates(key, spread, rates):
     B, H, W = rates.shape
@@ -208,6 +259,11 @@ class Wires:
         self.phase = np.random.default_rng(self.key + 1).random(shape)
         self.gen = np.random.default_rng(self.key)
         self.shape = shape
+        self.relay = spec.links == "relay"
+        if self.relay:      # the relays' W and E ages and last fires of the last depth steps
+            self.side = np.zeros((R, B, H, W, 2), np.uint8)
+            self.lastfire = np.zeros(shape, np.int32)       # the boot-time exchange counts as a fire at 0
+            self.lastfire_ring = np.zeros((R, B, H, W), np.int32)
 
     def fresh(self) -> Wires:
         """The same links from step 0 again (another rollout on the same wires)."""
@@ -222,12 +278,19 @@ class Wires:
         """Fill ages (B, H, W, 8) uint8 for step t (steps must come in order from 0)."""
         _advance(self.key, t, self.cfg, self.bad, self.pend_arr, self.pend_sent, self.held_sent,
                  self.held_arr, ages)
+        if self.relay:
+            _relay_ages(t, self.spec.max_delay, ages, self.side, self.lastfire, self.lastfire_ring)
 
     def fire(self, t: int) -> np.ndarray:
         if self.spec.clock == "periodic":       # a tick whenever rate * t + phase crosses an integer
             r = self.rates.astype(np.float64)
             return np.floor(r * t + self.phase) > np.floor(r * (t - 1) + self.phase)
         return self.gen.random(self.shape, dtype=np.float32) < self.rates
+
+    def fired(self, t: int, mask: np.ndarray) -> None:
+        """The cells that fired at step t (after advance(t)): what they relay from t + 1 on."""
+        if self.relay:
+            self.lastfire[mask] = t
 
 
 # ------------------------------------------------------------------------------ delayed kernels
