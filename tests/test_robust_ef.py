@@ -32,13 +32,13 @@ def paper_ef():
 
 
 @pytest.mark.parametrize("name,cfg,bound", [
-    ("no latency", AsyncConfig(), 4.5e-4),                                      # measured 3.79e-4
-    ("latency 1.0", AsyncConfig(latency=1.0), 4.5e-4),                          # 4.00e-4
-    ("relay links, latency 0.5", AsyncConfig(links=LINKS_RELAY, latency=0.5), 6e-4),   # 4.85e-4
+    ("no latency", AsyncConfig(), 4.2e-4),                                      # measured 3.55e-4
+    ("latency 1.0", AsyncConfig(latency=1.0), 4.2e-4),                          # 3.57e-4
+    ("relay links, latency 0.5", AsyncConfig(links=LINKS_RELAY, latency=0.5), 5e-4),   # 4.09e-4
 ])
 def test_robust_ef_holds_the_lizard_on_the_wires(robust_ef, name, cfg, bound):
     """Missed target, held where it is: within 1.25x of the float robust model (1.98e-4 and
-    1.96e-4, so about 2.5e-4) was asked at latencies 0 and 1; it is at 1.9x and 2.0x."""
+    1.96e-4, so about 2.5e-4) was asked at latencies 0 and 1; it is at 1.8x at both."""
     got = _mean(robust_ef, cfg)
     assert got <= bound, (name, got)
 
