@@ -46,9 +46,9 @@ import numpy as np
 
 from sim import rng
 from sim.errors import UserError
-from sim.rules import LINKS, SLOT_E, SLOT_N, SLOT_NE, SLOT_NW, SLOT_S, SLOT_SE, SLOT_SW, SLOT_W
 from sim.jit import compiled_variant
 from sim.model import ALIVE_THRESHOLD, ALPHA, FIRE_RATE, NEIGHBOUR_OFFSETS
+from sim.rules import LINKS, SLOT_E, SLOT_N, SLOT_NE, SLOT_NW, SLOT_S, SLOT_SE, SLOT_SW, SLOT_W
 
 LATENCY_KINDS = ("const", "uniform", "exp")
 LATENCY_DISTS = LATENCY_KINDS + ("mix",)   # mix: a kind and a level drawn per rollout
