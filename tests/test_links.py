@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sim import model as M
+from sim import rules as R
 from sim import weights
 from train import bptt as core
 from train import links as L
@@ -140,9 +141,9 @@ def _reference_relay_ages(spec: L.LinkSpec, key: int, fires: np.ndarray) -> np.n
     for t in range(steps):
         carried[t] = copy
         for b, y, x in zip(*np.nonzero(fires[t])):
-            copy[b, y, x] = (t - direct[t, b, y, x, 3], t - direct[t, b, y, x, 4])
+            copy[b, y, x] = (t - direct[t, b, y, x, R.SLOT_W], t - direct[t, b, y, x, R.SLOT_E])
         for b, y, x in np.ndindex(B, H, W):
-            for relay, dy, diag in ((1, -1, (0, 2)), (6, 1, (5, 7))):
+            for relay, dy, diag in ((R.SLOT_N, -1, (R.SLOT_NW, R.SLOT_NE)), (R.SLOT_S, 1, (R.SLOT_SW, R.SLOT_SE))):
                 if 0 <= y + dy < H:
                     tau = t - direct[t, b, y, x, relay]
                     for k in range(2):
@@ -163,7 +164,9 @@ def test_relayed_diagonals_are_as_old_as_the_relays_copy(spec):
         w.advance(t, got[t])
         w.fired(t, fires[t])
     np.testing.assert_array_equal(got, _reference_relay_ages(spec, 7, fires))
-    diag, orth = got[5:, :, 1:-1][..., [0, 2, 5, 7]], got[5:, :, 1:-1][..., [1, 3, 4, 6]]
+    inner = got[5:, :, 1:-1]
+    diag = inner[..., [R.SLOT_NW, R.SLOT_NE, R.SLOT_SW, R.SLOT_SE]]
+    orth = inner[..., [R.SLOT_N, R.SLOT_W, R.SLOT_E, R.SLOT_S]]
     assert diag.mean() > orth.mean() + 0.5       # a relay adds the wait for its next fire
 
 
