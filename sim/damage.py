@@ -65,6 +65,15 @@ class Damage:
         return f"{self.kind}:{','.join(_fmt(a) for a in self.args)}@{self.step}"
 
 
+def slip(state: np.ndarray, mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The state (H, W, C) with the tissue under the mask moved by dx columns and dy rows:
+    each masked cell takes the state of the cell (-dx, -dy) away, the grid wrapping
+    round. Nothing is wiped: the masked part is out of line with the rest (a slip)."""
+    out = state.copy()
+    out[mask] = np.roll(state, (dy, dx), (0, 1))[mask]
+    return out
+
+
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 

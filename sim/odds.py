@@ -7,7 +7,9 @@ seeds of `sim.run --damage` measures that probability coarsely (30 seeds: +-14 %
 cut state under many fresh fire orders: the cells' exponential clocks have no memory,
 so a fresh engine started on the cut state is the same random process as the run
 going on. It prints the share that comes back in place (`regrowth_mse` at or below
-the bound) with a 95 % Wilson interval.
+the bound) with a 95 % Wilson interval. With --slip the damage wipes nothing: the
+tissue under it is moved by a cell or more, and the share is of the runs where it
+moved back rather than the rest of the pattern following it.
 
     python -m sim.odds --model lizard_regenerating --damage circle:20,20,8@1000 --seeds 10 --orders 20
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .atomic import atomic_write
-from .damage import DamageError, parse_damage
+from .damage import DamageError, parse_damage, slip as slipped
 from .engines import AsyncEngine
 from .errors import ArgParser, UserError, cli_entry
 from .model import seed_state
@@ -50,8 +52,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: int, size: int = 40,
-                  bound: float = 1e-3, progress: Callable[[float], None] | None = None) -> dict:
-    """For grown seeds 0..seeds-1: grow to the damage's step, cut, regrow `after` steps
+                  bound: float = 1e-3, progress: Callable[[float], None] | None = None,
+                  slip: tuple[int, int] | None = None) -> dict:
+    """For grown seeds 0..seeds-1: grow to the damage's step, cut (or, with `slip` (dx, dy),
+    move the damaged cells' tissue by that many cells instead), regrow `after` steps
     under `orders` fresh fire orders; the regrowth_mse of every run and the share in place."""
     cut = parse_damage(damage)
     mask = cut.mask(size, size)
@@ -60,7 +64,7 @@ def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: i
         grown = AsyncEngine(seed_state(size, size), params, s, AsyncConfig())
         grown.advance(cut.step)
         before = grown.state.copy()
-        wound = before * (~mask)[..., None]
+        wound = before * (~mask)[..., None] if slip is None else slipped(before, mask, *slip)
         for r in range(orders):
             e = AsyncEngine(wound.copy(), params, ORDER_SEEDS + s * MAX_ORDERS + r, AsyncConfig())
             e.advance(after)
@@ -71,7 +75,8 @@ def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: i
     k, n = int(ok.sum()), int(ok.size)
     lo, hi = wilson(k, n)
     return {"damage": cut.spec, "after": after, "size": size, "bound": bound, "seeds": seeds,
-            "orders": orders, "in_place": k, "runs": n, "share": k / n, "interval": [lo, hi],
+            "orders": orders, "slip": None if slip is None else list(slip), "in_place": k, "runs": n,
+            "share": k / n, "interval": [lo, hi],
             "in_place_per_seed": ok.sum(1).tolist(), "regrowth_mse": mse.tolist()}
 
 
@@ -83,6 +88,10 @@ def _parser() -> ArgParser:
                     "default model)")
     ap.add_argument("--damage", default="circle:20,20,8@1000",
                     help="the cut, as sim.run's --damage (default: circle:20,20,8@1000, the centre)")
+    ap.add_argument("--slip", default=None, metavar="DX,DY",
+                    help="instead of wiping the damage's cells, move their tissue by DX columns and DY "
+                         "rows (e.g. 0,-1: one row up; a negative DX as --slip=-1,0): does the slipped "
+                         "part move back, or the rest follow it? (default: wipe)")
     ap.add_argument("--after", type=int, default=600, help="steps of regrowth before the pattern is "
                     "compared with the one that was cut (default: 600)")
     ap.add_argument("--seeds", type=int, default=10, help="grown seeds 0..N-1 (default: 10)")
@@ -112,19 +121,29 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--damage: {e}") from None
     if not cut.mask(a.size, a.size).any():
         raise UserError(f"--damage {a.damage}: cuts no cell of the {a.size}x{a.size} grid")
+    slip = None
+    if a.slip is not None:
+        try:
+            slip = tuple(int(v) for v in a.slip.split(","))
+        except ValueError:
+            slip = ()
+        if len(slip) != 2 or slip == (0, 0) or max(abs(v) for v in slip) > a.size // 2:
+            raise UserError(f"--slip {a.slip}: expected two whole numbers DX,DY, not both 0, "
+                            f"each at most {a.size // 2} cells")
     if a.json:
         check_output(a.json, "--json")
     model, path = load_model(a.model)
     bar = Progress(a.seeds * a.orders, "runs") if Progress.wanted(a.progress) else None
     try:
         r = regrowth_odds(Params.from_model(model), a.damage, a.after, a.seeds, a.orders, a.size, a.bound,
-                          bar.update if bar else None)
+                          bar.update if bar else None, slip)
     finally:
         if bar:
             bar.close()
     r["model"] = path
     lo, hi = r["interval"]
-    print(f"{path}, {r['damage']}, {a.after} steps after: {r['in_place']}/{r['runs']} in place "
+    what = r["damage"] + ("" if slip is None else f" slipped by {slip[0]},{slip[1]}")
+    print(f"{path}, {what}, {a.after} steps after: {r['in_place']}/{r['runs']} in place "
           f"({100 * r['share']:.1f} %, 95 % interval {100 * lo:.1f}-{100 * hi:.1f} %); per grown seed: "
           + " ".join(str(v) for v in r["in_place_per_seed"]) + f" of {a.orders}")
     if a.json:

@@ -46,7 +46,20 @@ def test_a_head_cut_regrows_in_place_under_every_order(paper, tmp_path, capsys):
     assert r["in_place"] == 4 and max(r["regrowth_mse"][0]) < 1e-4 and r["model"].endswith("lizard_regenerating.npz")
 
 
+def test_a_slipped_middle_drags_the_lizard_a_slipped_head_moves_back(paper):
+    """--slip: the paper's lizard with its middle moved up a row follows it, every seed and
+    order (the whole lizard ends a row up); with a disc of its head moved up a row the
+    head moves back (docs/regrowth.md, "A slipped middle drags the lizard")."""
+    mid = regrowth_odds(paper, "circle:20,20,8@1000", 600, seeds=2, orders=2, slip=(0, -1))
+    assert mid["in_place"] == 0 and min(min(r) for r in mid["regrowth_mse"]) > 5e-3 and mid["slip"] == [0, -1]
+    head = regrowth_odds(paper, "circle:12,6,6@1000", 600, seeds=2, orders=2, slip=(0, -1))
+    assert head["in_place"] == 4 and max(max(r) for r in head["regrowth_mse"]) < 1e-4
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--slip", "0,0"], "--slip"),
+    (["--slip", "1"], "--slip"),
+    (["--slip", "a,b"], "--slip"),
     (["--orders", "0"], "--orders"),
     (["--seeds", "-1"], "--seeds"),
     (["--bound", "nan"], "--bound"),

@@ -21,8 +21,9 @@ from sim.grid import run_sync
 from train.config import TrainConfig
 from train.checkpoint import checkpoint_path
 from train.cli import main
-from train.loop import (cut_in_groups, make_circle_masks, make_damage, make_half_masks, path_cells,
-                        pick_reseed_and_cuts, train)
+from train.cuts import (apply_cut, cut_in_groups, make_circle_masks, make_damage, make_half_masks, path_cells,
+                        pick_reseed_and_cuts)
+from train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -244,16 +245,45 @@ def test_straight_cuts_take_a_third_to_a_half_beyond_a_line():
 
 def test_mixed_damage_is_circles_and_straight_cuts_circle_keeps_the_paper_stream():
     gen = np.random.default_rng(3)
-    np.testing.assert_array_equal(make_damage(gen, "circle", 40, 72, 72),
-                                  make_circle_masks(np.random.default_rng(3), 40, 72, 72))
+    masks, moves = make_damage(gen, "circle", 40, 72, 72)
+    np.testing.assert_array_equal(masks, make_circle_masks(np.random.default_rng(3), 40, 72, 72))
+    assert not moves.any()
     ref = np.random.default_rng(3)
     make_circle_masks(ref, 40, 72, 72)
     assert gen.random() == ref.random()   # no draw more than the paper's
     circles = make_circle_masks(np.random.default_rng(5), 400, 72, 72)
-    mixed = make_damage(np.random.default_rng(5), "mixed", 400, 72, 72)
+    mixed, moves = make_damage(np.random.default_rng(5), "mixed", 400, 72, 72)
     same = np.all(mixed == circles, axis=(1, 2))
     assert 150 < np.count_nonzero(same) < 250     # about half stay the paper's circles
     assert mixed[~same].mean(axis=(1, 2)).min() > 0.25   # the rest are the big straight cuts
+    assert not moves.any()
+
+
+def test_slips_move_a_small_disc_by_one_cell_and_wipe_nothing():
+    """--damage-shapes slip: a third of the cuts are discs of radius 3.6-9 cells whose
+    tissue is moved by one of the eight one-cell moves; the rest are the mixed cuts.
+    only-slips: every cut such a disc."""
+    circles = make_circle_masks(np.random.default_rng(5), 600, 72, 72)
+    masks, moves = make_damage(np.random.default_rng(5), "slip", 600, 72, 72)
+    slip = moves.any(axis=1)
+    circle = ~slip & np.all(masks == circles, axis=(1, 2))
+    assert 150 < slip.sum() < 250 and 150 < circle.sum() < 250
+    assert masks[~slip & ~circle].mean(axis=(1, 2)).min() > 0.25     # straight cuts
+    r_px = np.sqrt(masks[slip].sum(axis=(1, 2)) / np.pi)
+    assert r_px.min() > 3.6 * 0.8 and r_px.max() < 9.0 * 1.1
+    assert np.abs(moves).max() == 1 and {tuple(m) for m in moves[slip]} == {
+        (a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)}
+    only, moves = make_damage(np.random.default_rng(5), "only-slips", 300, 72, 72)
+    assert np.all(np.abs(moves).max(axis=1) == 1)
+    r_px = np.sqrt(only.sum(axis=(1, 2)) / np.pi)
+    assert r_px.min() > 3.6 * 0.8 and r_px.max() < 9.0 * 1.1
+    x = np.random.default_rng(1).normal(size=(12, 12, 16)).astype(np.float32)
+    disc = np.zeros((12, 12), bool)
+    disc[4:8, 3:7] = True
+    slipped = apply_cut(x, disc, np.array([-1, 0]))
+    np.testing.assert_array_equal(slipped[~disc], x[~disc])                  # outside: untouched
+    np.testing.assert_array_equal(slipped[4:8, 3:7], x[5:9, 3:7])            # inside: the row below
+    np.testing.assert_array_equal(apply_cut(x, disc, np.zeros(2, np.int64)), x * (~disc)[..., None])
 
 
 # ------------------------------------------------------------------ training

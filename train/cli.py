@@ -69,9 +69,11 @@ def _parser() -> ArgParser:
     ap.add_argument("--damage-n", type=int, default=DAMAGE_N,
                     help="regenerating: samples damaged per batch (default: %(default)s)")
     ap.add_argument("--damage-shapes", choices=DAMAGE_SHAPES, default="circle",
-                    help="regenerating: circle (the paper's cuts) or mixed (each cut a circle or, with "
-                         "even odds, a straight cut taking a third to a half of the picture; default: "
-                         "%(default)s)")
+                    help="regenerating: circle (the paper's cuts), mixed (each cut a circle or, with "
+                         "even odds, a straight cut taking a third to a half of the picture), slip (a "
+                         "circle, a straight cut or, a third of the time, a small disc of tissue moved by "
+                         "one cell, which must move back) or only-slips (every cut such a disc; "
+                         "default: %(default)s)")
     ap.add_argument("--cut-copies", type=int, default=1, metavar="K",
                     help="regenerating: each cut is run K times in the batch, from the same wound under "
                          "different fire orders, so that one gradient step holds the runs that regrow in "

@@ -15,7 +15,7 @@ from .links import LinkSpec
 KINDS = ("growing", "persistent", "regenerating")
 CKPT_VERSION = 1
 DAMAGE_N = 3
-DAMAGE_SHAPES = ("circle", "mixed")
+DAMAGE_SHAPES = ("circle", "mixed", "slip", "only-slips")
 NOISE_ON = ("all", "regrowing")   # which samples' updates --state-noise disturbs
 SCHEDULE_KEYS = ("lr", "lr_drop_at", "lr_after", "min_steps", "max_steps",   # --resume may change these
                  "damage_n", "damage_shapes", "cut_copies", "regrow_visits", "distill", "state_range", "noise_on",
@@ -45,7 +45,7 @@ class TrainConfig:
     min_steps: int = 64
     max_steps: int = 95
     damage_n: int = DAMAGE_N
-    damage_shapes: str = "circle"    # mixed: half the cuts straight (train.loop.make_damage)
+    damage_shapes: str = "circle"    # mixed: half straight; slip: a third slipped discs; only-slips (train.cuts)
     cut_copies: int = 1              # each cut run this many times from the same wound (forks)
     regrow_visits: int = 0           # a damaged sample is neither reseeded nor cut again for this many visits
     init: str | None = None          # start from this model's weights (fine-tuning)

@@ -8,7 +8,8 @@ lr 2e-3 then 2e-4 after 2,000 iterations, every gradient tensor divided by
   persistent   a pool of 1,024 states: sample 8 without replacement, sort by
                loss (worst first), replace the worst by the seed, write back;
   regenerating as persistent, and the 3 best are damaged by a random circle
-               (--damage-shapes mixed: or, with even odds, a straight cut).
+               (--damage-shapes mixed: or, with even odds, a straight cut; slip: or a
+               disc of tissue moved by one cell, train.cuts).
                With --regrow-visits K a cut sample is spared both the seed and
                another cut for its next K visits (pick_reseed_and_cuts).
 With --path-loss W the picture is also compared with the target along each rollout
@@ -50,80 +51,13 @@ from . import bptt as core
 from .checkpoint import TrainState, checkpoint_path, load_checkpoint, save_checkpoint, target_digest
 from .config import TrainConfig
 from .curves import save_pictures
+from .cuts import cut_in_groups, make_damage, path_cells, pick_reseed_and_cuts
 from .links import Wires
 from .qat import FakeQuant
 
 # --state-range keeps hidden channels inside the int8 range of Q2.5, the hidden format the
 # quantiser always tries (codegen.quantize): wider states are clipped on the integer grid
 HIDDEN_RANGE = F.STATE_MAX * 2.0 ** -F.LEGACY_HIDDEN_FRAC
-
-
-def make_circle_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
-    """The notebook's damage: (n, h, w) bool, True inside a circle with centre
-    U(-0.5, 0.5)^2 and radius U(0.1, 0.4) in coordinates linspace(-1, 1)."""
-    x = np.linspace(-1.0, 1.0, w)[None, None, :]
-    y = np.linspace(-1.0, 1.0, h)[None, :, None]
-    center = rng.random((2, n, 1, 1)) - 0.5
-    r = rng.random((n, 1, 1)) * 0.3 + 0.1
-    x, y = (x - center[0]) / r, (y - center[1]) / r
-    return x * x + y * y < 1.0
-
-
-def make_half_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
-    """Straight cuts: (n, h, w) bool, True beyond a line at a uniform angle whose
-    distance from the grid's centre is U(-0.15, 0.35) in the coordinates of
-    make_circle_masks, so that a cut takes from a third to a little over half of the
-    picture: the right half of the lizard is the angle 0 at distance 0."""
-    x = np.linspace(-1.0, 1.0, w)[None, None, :]
-    y = np.linspace(-1.0, 1.0, h)[None, :, None]
-    a = rng.uniform(0.0, 2.0 * np.pi, (n, 1, 1))
-    d = rng.uniform(-0.15, 0.35, (n, 1, 1))
-    return x * np.cos(a) + y * np.sin(a) > d
-
-
-def make_damage(rng: np.random.Generator, shapes: str, n: int, h: int, w: int) -> np.ndarray:
-    """The cuts of a batch: the paper's circles, or ("mixed") each one a circle or a
-    straight cut with even odds. The circles' draws come first, so "circle" keeps the
-    paper's random stream."""
-    masks = make_circle_masks(rng, n, h, w)
-    if shapes == "mixed":
-        straight = rng.random(n) < 0.5
-        halves = make_half_masks(rng, n, h, w)
-        masks[straight] = halves[straight]
-    return masks
-
-
-def pick_reseed_and_cuts(left: np.ndarray, n_cut: int) -> tuple[int, np.ndarray]:
-    """Which sample of a batch sorted worst first is replaced by the seed, and which are
-    cut. The paper's recipe: the worst, and the n_cut best. Samples still regrowing from
-    an earlier cut (left > 0, --regrow-visits) are spared both: a lizard that regrows
-    wrong is the batch's worst, and reseeding it would hide exactly what training must
-    see. If every sample is regrowing the worst is reseeded all the same."""
-    free = np.flatnonzero(left == 0)
-    reseed = int(free[0]) if free.size else 0
-    cut = np.array([i for i in free[::-1] if i != reseed][:n_cut], np.int64)
-    return reseed, np.sort(cut)
-
-
-def cut_in_groups(x0: np.ndarray, cut: np.ndarray, dmg: np.ndarray, copies: int) -> None:
-    """Cut the samples x0[cut] in place, one mask of dmg per group of `copies` consecutive
-    samples, each group's samples all taking its first one's state: runs from one wound
-    under different fire orders (--cut-copies; with 1 the paper's one cut per sample)."""
-    heads = x0[cut[::copies]].copy()
-    for i, slot in enumerate(cut):
-        x0[slot] = heads[i // copies] * (~dmg[i // copies])[..., None]
-
-
-def path_cells(batch: int, H: int, W: int, reseed: int, cut: np.ndarray, dmg: np.ndarray | None,
-               copies: int) -> np.ndarray:
-    """The cells --path-loss compares along a rollout (batch, H, W): none of the new seed
-    (it is still growing), a cut sample's cells outside its cut (the tissue the cut
-    spared must stay where it is), every cell of the others."""
-    cells = np.ones((batch, H, W), np.bool_)
-    cells[reseed] = False
-    for i, slot in enumerate(cut):
-        cells[slot] = ~dmg[i // copies]
-    return cells
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: int = 100,
@@ -191,8 +125,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, checkpoint_every: i
                     noise.samples[cut] = True
                 x0[reseed] = seed
                 if cut.size:
-                    dmg = make_damage(gen, cfg.damage_shapes, -(-cut.size // cfg.cut_copies), H, W)
-                    cut_in_groups(x0, cut, dmg, cfg.cut_copies)
+                    dmg, moves = make_damage(gen, cfg.damage_shapes, -(-cut.size // cfg.cut_copies), H, W)
+                    cut_in_groups(x0, cut, dmg, cfg.cut_copies, moves)
                 if cfg.path_loss > 0:
                     path_mask = path_cells(cfg.batch, H, W, reseed, cut, dmg if cut.size else None, cfg.cut_copies)
                 left = np.maximum(left - 1, 0)
