@@ -50,9 +50,9 @@ def make_damage(rng: np.random.Generator, shapes: str, n: int, h: int,
     """The cuts of a batch: masks (n, h, w) and moves (n, 2). The paper's circles, or
     ("mixed") each one a circle or a straight cut with even odds, or ("slip") a circle,
     a straight cut or a slipped disc with odds of a third each, or ("only-slips") each
-    one a slipped disc. A wipe's move is (0, 0);
-    a slip's is one of SLIP_MOVES. The circles' draws come first, so "circle" keeps the
-    paper's random stream, and "mixed" the stream it had before slips."""
+    one a slipped disc. A wipe's move is (0, 0); a slip's is one of SLIP_MOVES. The
+    circles' draws come first, so "circle" keeps the paper's random stream, and "mixed"
+    the stream it had before slips."""
     masks = make_circle_masks(rng, n, h, w)
     moves = np.zeros((n, 2), np.int64)
     if shapes == "only-slips":
