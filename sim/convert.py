@@ -14,6 +14,12 @@ ORDER is never guessed, it is each format's documented default or --order):
 
 Interleaved models are reordered with model.interleaved_to_concat; the output is
 always the concat order, written atomically by weights.save.
+
+--update-scale C multiplies the output layer (w2, b2), so every update is C times
+as large: the states where the update is zero, the grown pattern among them, stay
+the same, and the pattern moves C times as fast. Each of an async swarm's fires then
+carries C times the noise of the fire order: a smaller C averages it over more
+fires (docs/regrowth.md, "Smaller updates").
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from .model import (CHANNELS, HIDDEN, ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHA
 PROG = "nca-convert"
 FORMATS = ("webgl", "tfjs", "npz")
 ORDERS = {"concat": ORDER_CONCAT, "interleaved": ORDER_INTERLEAVED}
+MAX_UPDATE_SCALE = 4.0         # a bound on typing errors: the paper's lizard already breaks some seeds at 1.4
 # The order a format's files are in by the format's definition (None: must be given).
 DEFAULT_ORDER: dict[str, str | None] = {"webgl": "concat", "tfjs": "interleaved", "npz": None}
 WEBGL_LAYERS = ((PERCEPTION, HIDDEN), (HIDDEN, CHANNELS))   # (in_ch, out_ch) of layers 0 and 1
@@ -315,9 +322,12 @@ def _emoji_target(name: str) -> str | None:
 
 
 def convert(input_path: str | os.PathLike, output_path: str | os.PathLike, fmt: str | None = None,
-            order: str | None = None, target: str | None = None, kind: str | None = None) -> W.Model:
+            order: str | None = None, target: str | None = None, kind: str | None = None,
+            update_scale: float | None = None) -> W.Model:
     """Convert one model file and save it; returns the saved Model. Raises UserError."""
     src, dst = Path(input_path), Path(output_path)
+    if update_scale is not None and not (math.isfinite(update_scale) and 0 < update_scale <= MAX_UPDATE_SCALE):
+        _fail(f"--update-scale must be a number in (0, {MAX_UPDATE_SCALE:g}], got {update_scale}")
     if fmt is not None and fmt not in FORMATS:
         _fail(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if order is not None and order not in ORDERS:
@@ -368,6 +378,9 @@ def convert(input_path: str | os.PathLike, output_path: str | os.PathLike, fmt: 
     params = W.validate_params(params, str(src))   # finite, shapes, float32
     if order == "interleaved":
         params["w1"] = interleaved_to_concat(params["w1"])
+    if update_scale is not None:
+        for k in ("w2", "b2"):
+            params[k] = (params[k].astype(np.float64) * update_scale).astype(np.float32)
 
     if target is not None:
         try:
@@ -383,8 +396,11 @@ def convert(input_path: str | os.PathLike, output_path: str | os.PathLike, fmt: 
         target=target if target is not None else meta.get("target"),
         iterations=_int_or_zero(meta.get("iterations", 0)),
         origin=f"{PROG} {fmt} {src.name} order={order}"
+               + (f" update-scale={update_scale:g}" if update_scale is not None else "")
                + (f" (was: {meta['origin']})" if meta.get("origin") else ""),
     )
+    if update_scale is not None:
+        new_meta["update_scales"] = list(meta.get("update_scales", [])) + [update_scale]
     model = W.Model(params, new_meta)
     try:
         W.save(dst, model)
@@ -413,8 +429,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target", help="target recorded in the metadata: a name (lizard, ...) or image path")
     ap.add_argument("--kind", choices=("growing", "persistent", "regenerating", "converted"),
                     help="kind recorded in the metadata (default: converted; a project .npz keeps its own)")
+    ap.add_argument("--update-scale", type=float, default=None, metavar="C",
+                    help="multiply the output layer by C: every update C times as large, the grown "
+                         "pattern the same (e.g. 0.4: slower, and a cut regrows in place more often "
+                         "for a model trained on slips; docs/regrowth.md)")
     args = ap.parse_args(argv)
-    model = convert(args.input, args.output, args.format, args.order, args.target, args.kind)
+    model = convert(args.input, args.output, args.format, args.order, args.target, args.kind,
+                    args.update_scale)
     print(f"wrote {args.output}: {model.meta['origin']}, kind={model.meta['kind']}, "
           f"target={model.meta['target']}")
     return 0

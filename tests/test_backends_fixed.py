@@ -25,7 +25,7 @@ from sim.swarm import SimPySwarm
 
 REPO = Path(__file__).resolve().parent.parent
 LIZARD_QAT = REPO / "weights" / "lizard_regenerating_qat.npz"
-LIZARD = REPO / "weights" / "lizard_regenerating.npz"
+LIZARD = REPO / "weights" / "lizard_regenerating_paper.npz"   # the float model the fixed-point ones descend from
 LIZARD_EF = REPO / "weights" / "lizard_regenerating_ef.npz"
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
                                reason="the firmware backend compiles the C with gcc and make")

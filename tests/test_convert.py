@@ -14,7 +14,9 @@ import pytest
 
 from sim import convert as C
 from sim import weights as W
-from sim.model import ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES, concat_to_interleaved, interleaved_to_concat
+from sim.model import (ALPHA, ORDER_CONCAT, ORDER_INTERLEAVED, PARAM_SHAPES, concat_to_interleaved, gradient_kernels,
+                       interleaved_to_concat)
+from sim.spec import step64
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -277,6 +279,43 @@ def test_project_npz_is_revalidated_and_keeps_its_history(tmp_path, capsys):
     assert (m.meta["kind"], m.meta["target"], m.meta["iterations"]) == ("growing", "lizard", 8000)
     assert m.meta["loss_history"] == [0.5, 0.1]
     assert "nca-train" in m.meta["origin"]
+
+
+def test_update_scale_multiplies_every_update_and_keeps_the_rest(tmp_path, capsys):
+    """--update-scale C: the output layer times C, so one step moves every fired cell C
+    times as far (the alive rule permitting) and a state where the update is zero stays
+    one; the scale is recorded, and a second one adds to the list."""
+    params = random_params(13)
+    src = W.save(tmp_path / "in.npz", W.Model(params, W.default_meta(kind="regenerating", target="lizard")))
+    rc, out, err = run(capsys, src, tmp_path / "o.npz", "--update-scale", "0.4")
+    assert rc == 0, err
+    assert "update-scale=0.4" in out
+    m = W.load(tmp_path / "o.npz")
+    for k in ("w1", "b1"):
+        assert m.params[k].tobytes() == params[k].tobytes()
+    for k in ("w2", "b2"):
+        np.testing.assert_array_equal(m.params[k], (params[k].astype(np.float64) * 0.4).astype(np.float32))
+    assert m.meta["update_scales"] == [0.4] and "update-scale=0.4" in m.meta["origin"]
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.5, (12, 12, 16))
+    x[..., ALPHA] = 1.0                                        # every cell alive, before and after
+    kx, ky = gradient_kernels(0.0)
+    fire = rng.random((12, 12)) < 0.5
+    _, t1 = step64(x, params, kx, ky, fire)
+    _, t2 = step64(x, m.params, kx, ky, fire)
+    np.testing.assert_allclose(t2 - x, 0.4 * (t1 - x), rtol=1e-5, atol=1e-6)   # float32 weights
+    rc, _, err = run(capsys, tmp_path / "o.npz", tmp_path / "o2.npz", "--update-scale", "0.5")
+    assert rc == 0, err
+    assert W.load(tmp_path / "o2.npz").meta["update_scales"] == [0.4, 0.5]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "5"])
+def test_a_bad_update_scale_is_a_one_line_error(tmp_path, capsys, bad):
+    src = W.save(tmp_path / "in.npz", W.Model(random_params(14), W.default_meta()))
+    (tmp_path / "o.npz").write_bytes(b"previous")
+    rc, _, err = run(capsys, src, tmp_path / "o.npz", f"--update-scale={bad}")
+    assert_user_error(rc, err, "--update-scale")
+    assert (tmp_path / "o.npz").read_bytes() == b"previous"
 
 
 def test_project_npz_tagged_interleaved_is_converted(tmp_path, capsys):

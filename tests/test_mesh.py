@@ -232,7 +232,7 @@ def test_the_host_tool_stops_and_restarts_a_grid(q, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- the 40x40 grid (slow)
-FLOAT_ASYNC_LOSS = 1.88e-4      # lizard_regenerating on the float async engine, 40x40, step 1,000, seeds 0-4
+FLOAT_ASYNC_LOSS = 1.88e-4      # lizard_regenerating_paper (the EF lizard's float source) on the float async engine, 40x40, step 1,000, seeds 0-4
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def test_a_genome_flashed_into_one_board_reaches_every_board(old, new):
 def test_a_genome_that_says_so_keeps_the_boards_states(old):
     """A genome whose header says the boards keep their states (here the same lizard
     without error feedback): no board starts again, the run goes on, every wake replays."""
-    plain = quantized(load_model(model_path("lizard_regenerating"))[0])
+    plain = quantized(load_model(model_path("lizard_regenerating_paper"))[0])
     with Mesh(old, 5, 5, seed=2, seed_xy=(2, 2), config=MeshConfig(wake_ms=100)) as m:
         m.advance(40)
         alive = (m.float_states()[..., 3] > 0.1).sum()

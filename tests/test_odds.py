@@ -11,6 +11,12 @@ from sim.weights import load_model
 
 @pytest.fixture(scope="module")
 def paper():
+    """The paper-recipe lizard, the default before the slip-trained one (docs/regrowth.md)."""
+    return Params.from_model(load_model("lizard_regenerating_paper")[0])
+
+
+@pytest.fixture(scope="module")
+def shipped():
     return Params.from_model(load_model("lizard_regenerating")[0])
 
 
@@ -25,7 +31,7 @@ def test_wilson_interval_holds_the_share_and_stays_in_0_1():
         wilson(0, 0)
 
 
-def test_the_centre_cut_of_the_papers_lizard_goes_both_ways(paper):
+def test_the_centre_cut_of_the_paper_recipe_lizard_goes_both_ways(paper):
     """The same grown lizard, cut at the centre, comes back in place under some fire
     orders and one row off under others (docs/regrowth.md); the runs replay exactly."""
     r = regrowth_odds(paper, "circle:20,20,8@1000", 600, seeds=2, orders=8)
@@ -36,7 +42,14 @@ def test_the_centre_cut_of_the_papers_lizard_goes_both_ways(paper):
     assert r == regrowth_odds(paper, "circle:20,20,8@1000", 600, seeds=2, orders=8)
 
 
-def test_a_head_cut_regrows_in_place_under_every_order(paper, tmp_path, capsys):
+def test_the_shipped_lizard_regrows_a_centre_cut_in_place_under_most_orders(shipped):
+    """The slip-trained lizard with updates 0.4 as large (docs/regrowth.md, "Smaller
+    updates"): measured 15 of 16 (7 and 8 per grown seed), the miss 4.0e-3 off."""
+    r = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=2, orders=8)
+    assert r["in_place"] >= 15 and min(r["in_place_per_seed"]) >= 7, r["in_place_per_seed"]
+
+
+def test_a_head_cut_regrows_in_place_under_every_order(tmp_path, capsys):
     out = tmp_path / "o.json"
     assert main(["--model", "lizard_regenerating", "--damage", "circle:12,6,7@1000", "--seeds", "1",
                  "--orders", "4", "--json", str(out)]) == 0
@@ -46,13 +59,14 @@ def test_a_head_cut_regrows_in_place_under_every_order(paper, tmp_path, capsys):
     assert r["in_place"] == 4 and max(r["regrowth_mse"][0]) < 1e-4 and r["model"].endswith("lizard_regenerating.npz")
 
 
-def test_a_slipped_middle_drags_the_lizard_a_slipped_head_moves_back(paper):
-    """--slip: the paper's lizard with its middle moved up a row follows it, every seed and
-    order (the whole lizard ends a row up); with a disc of its head moved up a row the
-    head moves back (docs/regrowth.md, "A slipped middle drags the lizard")."""
-    mid = regrowth_odds(paper, "circle:20,20,8@1000", 600, seeds=2, orders=2, slip=(0, -1))
+def test_a_slipped_middle_drags_the_lizard_a_slipped_head_moves_back(shipped):
+    """--slip: the shipped lizard with its middle moved up a row follows it, every seed and
+    order (the whole lizard ends a row up), as the paper's did; with a disc of its head
+    moved up a row the head moves back (docs/regrowth.md, "A slipped middle drags the
+    lizard")."""
+    mid = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=2, orders=2, slip=(0, -1))
     assert mid["in_place"] == 0 and min(min(r) for r in mid["regrowth_mse"]) > 5e-3 and mid["slip"] == [0, -1]
-    head = regrowth_odds(paper, "circle:12,6,6@1000", 600, seeds=2, orders=2, slip=(0, -1))
+    head = regrowth_odds(shipped, "circle:12,6,6@1000", 600, seeds=2, orders=2, slip=(0, -1))
     assert head["in_place"] == 4 and max(max(r) for r in head["regrowth_mse"]) < 1e-4
 
 

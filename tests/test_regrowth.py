@@ -28,22 +28,42 @@ def _regrowth(model, engine: str, spec: str, seed: int, backend: str = "float") 
 
 
 @pytest.fixture(scope="module")
-def paper():
+def shipped():
     return load("lizard_regenerating")
+
+
+@pytest.fixture(scope="module")
+def paper():
+    """The paper-recipe lizard, shipped as the default before the slip-trained one."""
+    return load("lizard_regenerating_paper")
 
 
 @pytest.mark.parametrize("engine", ["async", "sync"])
 @pytest.mark.parametrize("place", list(SMALL_CUTS))
-def test_head_tail_and_a_leg_come_back_exactly(paper, engine, place):
-    """Measured at most 6.3e-6 (async) and 2.3e-6 (sync) over the seeds."""
-    got = [_regrowth(paper, engine, SMALL_CUTS[place], s)["regrowth_mse"] for s in SEEDS]
+def test_head_tail_and_a_leg_come_back_exactly(shipped, engine, place):
+    """Measured at most 4.4e-6 (async) and 1.4e-6 (sync) over the seeds."""
+    got = [_regrowth(shipped, engine, SMALL_CUTS[place], s)["regrowth_mse"] for s in SEEDS]
     assert max(got) <= EXACT, (place, got)
 
 
-def test_the_right_half_comes_back_exactly_on_the_72x72_grid(paper):
-    """Measured at most 1.3e-5. (On the async swarm seed 1 misses: 1.1e-2.)"""
-    got = [_regrowth(paper, "sync", RIGHT_HALF, s)["regrowth_mse"] for s in SEEDS]
+@pytest.mark.parametrize("engine", ["async", "sync"])
+def test_the_right_half_comes_back_exactly(shipped, engine):
+    """Measured at most 3.0e-4 (async) and 5.9e-5 (sync). (The paper-recipe lizard missed
+    seed 1 on the async swarm: 1.1e-2.)"""
+    got = [_regrowth(shipped, engine, RIGHT_HALF, s)["regrowth_mse"] for s in SEEDS]
     assert max(got) <= EXACT, got
+
+
+def test_the_centre_cut_comes_back_in_place(shipped):
+    """On the 72x72 grid every seed (at most 2.3e-4); on the async swarm nine of ten, and
+    the tenth, seed 8, is not moved but late: 2.4e-3 at step 1,600, in place by 3,000
+    (1.2e-5; docs/regrowth.md)."""
+    sync = [_regrowth(shipped, "sync", "circle:20,20,8", s)["regrowth_mse"] for s in SEEDS]
+    assert max(sync) <= EXACT, sync
+    runs = [_regrowth(shipped, "async", "circle:20,20,8", s) for s in SEEDS]
+    late = [s for s, r in zip(SEEDS, runs) if r["regrowth_mse"] > EXACT]
+    assert late == [8], [r["regrowth_mse"] for r in runs]
+    assert (runs[8]["regrowth_shift"]["dy"], runs[8]["regrowth_shift"]["dx"]) == (0, 0)
 
 
 @pytest.mark.parametrize("place", [*SMALL_CUTS, "the right half"])
@@ -57,9 +77,10 @@ def test_the_firmware_cell_regrows_within_one_and_a_half_times_the_bound(place):
     assert max(got) <= 1.5 * EXACT, (place, got)
 
 
-def test_a_centre_cut_can_bring_the_lizard_back_one_row_higher(paper):
-    """The miss, held where it is: on seed 0 the lizard regrows whole but one row higher
-    (1.4e-2 as cut; 3.0e-4 moved back down), while seed 2 comes back in place."""
+def test_the_paper_recipe_lizard_can_come_back_one_row_higher(paper):
+    """What the slip-trained lizard fixes: on seed 0 the paper-recipe lizard regrows whole
+    but one row higher (1.4e-2 as cut; 3.0e-4 moved back down), while seed 2 comes back
+    in place."""
     moved = _regrowth(paper, "async", "circle:20,20,8", 0)
     assert moved["regrowth_mse"] > 1e-2
     assert (moved["regrowth_shift"]["dy"], moved["regrowth_shift"]["dx"]) == (1, 0)

@@ -5,6 +5,7 @@
     nca-train --init M.npz --state-noise 1 --out M_noise.npz   # then, for the firmware:
     nca-train --init M_noise.npz --qat [--error-feedback] --out M_qat.npz
     nca-train --tune-biases --init M_qat.npz --out M_qat.npz
+    nca-train --odds-es --init M.npz --es-steps 40 --out M_es.npz   # the regrowth odds themselves
 
 The loop is train.loop; this module parses, checks (one-line errors, exit 2) and
 turns SIGTERM into a checkpoint and a clean stop.
@@ -30,6 +31,7 @@ from .checkpoint import target_digest
 from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, NOISE_ON, TrainConfig
 from .links import CLOCKS, LATENCY_DISTS, WIRINGS
 from .loop import HIDDEN_RANGE, train
+from .odds_es import OddsES, odds_es
 from .tune import tune_output_biases
 
 
@@ -144,6 +146,30 @@ def _parser() -> ArgParser:
                          "regrowth after a cut kept (train.tune); writes the tuned model to --out")
     ap.add_argument("--tune-sweeps", type=int, default=4, metavar="N",
                     help="with --tune-biases: at most N sweeps over the 16 channels (default: %(default)s)")
+    es = ap.add_argument_group("evolution strategies on the regrowth odds (train.odds_es)")
+    es.add_argument("--odds-es", action="store_true",
+                    help="instead of training: move the --init model's output layer along an estimate of the "
+                         "gradient of how often a cut lizard regrows in place on the async swarm, from "
+                         "antithetic pairs of random moves scored on the same wounds and fire orders")
+    d = OddsES()
+    es.add_argument("--es-steps", type=int, default=d.steps, help="steps (default: %(default)s)")
+    es.add_argument("--es-directions", type=int, default=d.directions,
+                    help="antithetic pairs per step (default: %(default)s)")
+    es.add_argument("--es-runs", type=int, default=d.runs,
+                    help="wounds per step, a multiple of the cuts (default: %(default)s)")
+    es.add_argument("--es-sigma", type=float, default=d.sigma,
+                    help="size of the random moves, in each array's spread (default: %(default)s)")
+    es.add_argument("--es-step-length", type=float, default=d.step_length,
+                    help="length of each update, in each array's spread (default: %(default)s)")
+    es.add_argument("--es-pattern", type=float, default=d.pattern,
+                    help="weight of the grown picture's -log10 loss beside the regrowth score "
+                         "(default: %(default)s)")
+    es.add_argument("--es-after", type=int, default=d.after,
+                    help="steps of regrowth before a run is scored (default: %(default)s)")
+    es.add_argument("--es-cut", action="append", default=None, metavar="DAMAGE",
+                    help="a cut, as sim.run's --damage, all at one step; repeat for more (default: "
+                         + " and ".join(d.cuts) + ")")
+    es.add_argument("--es-workers", type=int, default=2, help="processes (default: %(default)s)")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT.ckpt.npz; --iterations, the learning-rate settings, "
@@ -187,6 +213,38 @@ def _tune_biases(args: Any) -> int:
     return 0
 
 
+def _odds_es(args: Any) -> int:
+    """nca-train --odds-es: train.odds_es on the --init model, written to --out every 10 steps."""
+    if not args.init:
+        raise UserError("--odds-es needs --init MODEL (a grown, regenerating model)")
+    if args.qat or args.resume or args.distill or args.state_noise or args.tune_biases:
+        raise UserError("--odds-es does not train by gradient: drop --qat, --distill, --state-noise, "
+                        "--tune-biases and --resume (continue a run with --init its output)")
+    if args.es_workers < 1:
+        raise UserError(f"--es-workers must be >= 1, got {args.es_workers}")
+    cfg = OddsES(steps=args.es_steps, directions=args.es_directions, runs=args.es_runs,
+                 sigma=args.es_sigma, step_length=args.es_step_length, pattern=args.es_pattern,
+                 after=args.es_after, cuts=tuple(args.es_cut or OddsES().cuts), seed=args.seed)
+    cfg.validate()
+    out = Path(args.out) if args.out else _default_out(args.target, args.kind)
+    _check_writable(out)
+    model = load_model(paths.model_path(args.init))
+    target = load_target(args.target)
+    stopping = {"flag": False}
+
+    def on_term(signum, frame):
+        stopping["flag"] = True
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        odds_es(model, target, cfg, workers=args.es_workers, log=lambda s: print(s, flush=True),
+                stop=lambda: stopping["flag"], save=lambda m: save_model(out, m))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    print(f"saved {out}", flush=True)
+    return 0
+
+
 def _default_out(target: str, kind: str) -> Path:
     """<name>_<kind>.npz in weights/ (a checkout) or here (an installed package): the
     emoji's name, or the picture file's stem."""
@@ -198,6 +256,8 @@ def _default_out(target: str, kind: str) -> Path:
 def _main(argv: Sequence[str] | None = None) -> int:
     """nca-train entry point."""
     args = _parser().parse_args(argv)
+    if args.odds_es:
+        return _odds_es(args)
     if args.tune_biases:
         return _tune_biases(args)
     cfg = TrainConfig(target=args.target, kind=args.kind, iterations=args.iterations,

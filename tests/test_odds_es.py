@@ -1,0 +1,108 @@
+"""nca-train --odds-es: the estimate, the score, the moves, the run's replay and its errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim import weights
+from sim.errors import UserError
+from sim.simulate import shifted
+from train.cli import main
+from train.odds_es import OddsES, Moves, antithetic_gradient, run_score
+
+TINY = ["--es-steps", "2", "--es-directions", "2", "--es-runs", "2", "--es-after", "30",
+        "--es-cut", "circle:20,20,8@120", "--es-cut", "rect:20,0,39,39@120", "--es-workers", "1"]
+
+
+def test_antithetic_gradient_is_exact_on_a_linear_fitness():
+    a = np.array([0.5, -2.0, 1.0, 0.0])
+    sigma = 0.03
+    eps = np.eye(4) * 2.0          # four orthogonal moves of length 2 = sqrt(N): the estimate is a
+    diffs = np.array([(a @ (sigma * e) - a @ (-sigma * e)) / 2 for e in eps])
+    np.testing.assert_allclose(antithetic_gradient(diffs, eps, sigma), a, rtol=1e-12)
+
+
+def test_antithetic_gradient_estimates_in_expectation():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(8)
+    eps = rng.standard_normal((20000, 8))
+    diffs = eps @ a * 0.01
+    g = antithetic_gradient(diffs, eps, 0.01)
+    assert np.corrcoef(g, a)[0, 1] > 0.99
+
+
+def test_run_score_tells_in_place_from_moved():
+    rng = np.random.default_rng(1)
+    before = np.zeros((40, 40, 16), np.float32)
+    before[10:30, 12:28, :4] = rng.random((20, 16, 4))
+    assert run_score(before, before) == 1.0
+    assert run_score(shifted(before, 1, 0), before) == -1.0
+    assert run_score(shifted(before, 0, -1), before) == -1.0
+    half = before.copy()
+    half[20:] = shifted(before, 1, 0)[20:]          # half of it moved: in between
+    assert -1.0 < run_score(half, before) < 1.0
+
+
+def test_moves_touch_only_the_output_layer():
+    m = weights.load("lizard_regenerating")
+    mv = Moves(m)
+    assert mv.dim == m.params["w2"].size + m.params["b2"].size
+    same = mv.model(np.zeros(mv.dim))
+    for k in m.params:
+        np.testing.assert_array_equal(same.params[k], m.params[k])
+    z = np.zeros(mv.dim)
+    z[0] = 1.0
+    z[-1] = -2.0
+    moved = mv.model(z)
+    for k in ("w1", "b1"):
+        np.testing.assert_array_equal(moved.params[k], m.params[k])
+    assert moved.params["w2"].flat[0] == pytest.approx(m.params["w2"].flat[0] + m.params["w2"].std(), rel=1e-5)
+    assert moved.params["b2"][-1] == pytest.approx(m.params["b2"][-1] - 2 * m.params["b2"].std(), rel=1e-5)
+    assert np.count_nonzero(moved.params["w2"] != m.params["w2"]) == 1
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"runs": 3}, "multiple of the 2 cuts"),
+    ({"sigma": 0.0}, "--es-sigma"),
+    ({"step_length": float("nan")}, "--es-step-length"),
+    ({"pattern": -1.0}, "--es-pattern"),
+    ({"cuts": ("circle:60,60,3@100",)}, "cuts no cell"),
+    ({"cuts": ("circle:20,20,8@100", "rect:20,0,39,39@200")}, "same step"),
+    ({"cuts": ("circle:20,20@100",)}, "--es-cuts"),
+    ({"steps": 0}, "steps must be >= 1"),
+])
+def test_settings_are_checked(kw, words):
+    with pytest.raises(UserError, match=words):
+        OddsES(**kw).validate()
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    out = tmp_path / "o.npz"
+    for extra, words in ((["--odds-es"], "--init"),
+                         (["--odds-es", "--init", "lizard_regenerating", "--qat"], "does not train"),
+                         (["--odds-es", "--init", "lizard_regenerating", "--es-runs", "3"], "--es-runs"),
+                         (["--odds-es", "--init", "lizard_regenerating", "--es-workers", "0"], "--es-workers")):
+        assert main([*extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and words in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_run_replays_exactly_and_continues_where_it_stopped(tmp_path, capsys):
+    a, b, c = (tmp_path / n for n in ("a.npz", "b.npz", "c.npz"))
+    assert main(["--odds-es", "--init", "lizard_regenerating", *TINY, "--seed", "3", "--out", str(a)]) == 0
+    assert main(["--odds-es", "--init", "lizard_regenerating", *TINY, "--seed", "3", "--out", str(b)]) == 0
+    log = capsys.readouterr().out
+    assert "step 1:" in log and "step 2:" in log
+    ma, mb, m0 = weights.load(a), weights.load(b), weights.load("lizard_regenerating")
+    for k in m0.params:
+        np.testing.assert_array_equal(ma.params[k], mb.params[k])
+    assert not np.array_equal(ma.params["w2"], m0.params["w2"])
+    np.testing.assert_array_equal(ma.params["w1"], m0.params["w1"])
+    runs = ma.meta["odds_es"]
+    assert len(runs) == 1 and runs[0]["steps_done"] == 2 and runs[0]["seed"] == 3
+    assert [h["step"] for h in runs[0]["history"]] == [1, 2]
+    assert main(["--odds-es", "--init", str(a), *TINY, "--seed", "3", "--out", str(c)]) == 0
+    assert "step 3:" in capsys.readouterr().out
+    runs = weights.load(c).meta["odds_es"]
+    assert [r["first_step"] for r in runs] == [1, 3]

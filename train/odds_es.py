@@ -1,0 +1,219 @@
+"""Evolution strategies on the regrowth odds (nca-train --odds-es).
+
+Whether a cut lizard regrows in place or a cell off is decided by the order its
+cells fire in during the first 20-160 steps after the cut. Both endings are fixed
+points, and the gradient through one rollout sharpens whichever one it lands on
+(docs/regrowth.md, "What limits it"). The share of fire orders that end in place
+moves smoothly with the weights even where single runs jump, so this estimates its
+gradient from the runs themselves: antithetic pairs of random moves of the output
+layer (w2, b2), both signs scored on the same wounds under the same fire orders
+(common random numbers), on the async engine the swarm runs.
+
+A step grows `runs // len(cuts)` lizards with the current weights from fresh grown
+seeds, cuts each with every cut, and scores every perturbed model on every wound by
+how much nearer the regrown picture is to the one before the cut than to the one
+before the cut moved by a cell: clip(log10(d_moved / d_in_place), -2, 2) / 2, in
+[-1, 1] (1: in place). `pattern` adds that weight times -log10 of the picture loss of
+a lizard grown with the perturbed weights, so the grown pattern is held too. The
+update is a fixed length along the estimate, in units of each array's spread at the
+start (a normalised step: the estimate's size is mostly noise).
+
+Every draw comes from `seed` and the step number, so a run replays exactly and one
+continued from its own output (`--init` its model: the steps done are in its
+metadata) goes on with fresh wounds. The seeds grown here are apart from the tests'
+and from sim.odds' (0-9999).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+
+import numpy as np
+
+from sim.damage import DamageError, parse_damage
+from sim.engines import AsyncEngine
+from sim.errors import UserError
+from sim.model import seed_state
+from sim.rules import AsyncConfig
+from sim.simulate import loss_vs, regrowth_mse, shifted
+from sim.spec import Params
+from sim.weights import Model
+
+META_KEY = "odds_es"
+GROWN_SEEDS = 10_000        # grown seed of step k, lizard g: GROWN_SEEDS + k * 64 + g
+ORDER_SEEDS = 5_000_000     # fire order after cut c of that lizard: ORDER_SEEDS + grown * 10 + c
+PATTERN_SEEDS = 20_000      # the lizard grown with each perturbed model at step k: PATTERN_SEEDS + k
+MOVED = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+
+
+@dataclass(frozen=True)
+class OddsES:
+    """One run's settings (recorded in the model's metadata)."""
+    steps: int = 40
+    directions: int = 20                 # antithetic pairs per step
+    runs: int = 12                       # wounds per step (grown lizards x cuts)
+    sigma: float = 0.01                  # perturbation, in units of each array's spread
+    step_length: float = 0.1             # update length, in the same units
+    pattern: float = 0.2                 # weight of -log10(grown picture loss)
+    after: int = 500                     # steps of regrowth scored
+    size: int = 40
+    cuts: tuple[str, ...] = ("circle:20,20,8@1000", "rect:20,0,39,39@1000")   # one step for all
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name, lo in (("steps", 1), ("directions", 1), ("after", 1), ("size", 8)):
+            if getattr(self, name) < lo:
+                raise UserError(f"--odds-es: {name} must be >= {lo}, got {getattr(self, name)}")
+        if not 1 <= len(self.cuts) <= 9:
+            raise UserError(f"--es-cuts: one to nine cuts, got {len(self.cuts)}")
+        if self.runs < len(self.cuts) or self.runs % len(self.cuts):
+            raise UserError(f"--es-runs must be a multiple of the {len(self.cuts)} cuts, got {self.runs}")
+        if self.runs // len(self.cuts) > 64:
+            raise UserError(f"--es-runs: at most 64 grown lizards a step, got {self.runs // len(self.cuts)}")
+        for name in ("sigma", "step_length"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise UserError(f"--es-{name.replace('_', '-')} must be a number > 0, got {v}")
+        if not (np.isfinite(self.pattern) and self.pattern >= 0):
+            raise UserError(f"--es-pattern must be a number >= 0, got {self.pattern}")
+        for c in self.cuts:
+            try:
+                mask = parse_damage(c).mask(self.size, self.size)
+            except DamageError as e:
+                raise UserError(f"--es-cuts: {e}") from None
+            if not mask.any():
+                raise UserError(f"--es-cuts {c}: cuts no cell of the {self.size}x{self.size} grid")
+        if len({parse_damage(c).step for c in self.cuts}) > 1:
+            raise UserError("--es-cuts: every cut must be at the same step (one grown lizard takes them all)")
+
+    @property
+    def grow(self) -> int:
+        return parse_damage(self.cuts[0]).step
+
+
+def run_score(state: np.ndarray, before: np.ndarray) -> float:
+    """1 when the regrown picture is the old one, -1 when it is the old one moved a cell."""
+    a = np.asarray(state, np.float64)[..., :4]
+    b = np.asarray(before, np.float64)[..., :4]
+    d_in = regrowth_mse(state, before)
+    d_moved = min(float(np.mean((shifted(a, dy, dx) - b) ** 2)) for dy, dx in MOVED)
+    return float(np.clip(np.log10(max(d_moved, 1e-12) / max(d_in, 1e-12)), -2.0, 2.0) / 2.0)
+
+
+def antithetic_gradient(diffs: np.ndarray, eps: np.ndarray, sigma: float) -> np.ndarray:
+    """The estimate of grad F from pairs: diffs[i] = (F(z + sigma eps_i) - F(z - sigma eps_i)) / 2."""
+    return (np.asarray(diffs, np.float64)[:, None] * eps).sum(0) / (len(diffs) * sigma)
+
+
+class Moves:
+    """The output layer as a vector z, in units of each array's spread in `base`."""
+    KEYS = ("w2", "b2")
+
+    def __init__(self, base: Model):
+        self.base = base
+        self.arrays = {k: np.asarray(base.params[k], np.float64) for k in self.KEYS}
+        self.scale = {k: float(self.arrays[k].std()) or 1.0 for k in self.KEYS}
+        self.dim = sum(a.size for a in self.arrays.values())
+
+    def model(self, z: np.ndarray) -> Model:
+        params = dict(self.base.params)
+        at = 0
+        for k in self.KEYS:
+            a = self.arrays[k]
+            params[k] = (a + self.scale[k] * z[at:at + a.size].reshape(a.shape)).astype(np.float32)
+            at += a.size
+        return Model(params, self.base.meta)
+
+
+def grown(params: Params, seed: int, steps: int, size: int) -> np.ndarray:
+    e = AsyncEngine(seed_state(size, size), params, seed, AsyncConfig())
+    e.advance(steps)
+    return e.state.copy()
+
+
+def _score(job: tuple) -> tuple[float, float, int]:
+    """One model on every wound: (mean score, grown picture loss or nan, runs in place)."""
+    model, wounds, after, pattern_seed, grow_steps, target = job
+    p = Params.from_model(model)
+    scores, in_place = [], 0
+    for wound, before, order in wounds:
+        e = AsyncEngine(wound.copy(), p, order, AsyncConfig())
+        e.advance(after)
+        scores.append(run_score(e.state, before))
+        in_place += regrowth_mse(e.state, before) <= 1e-3
+    loss = np.nan
+    if target is not None:
+        loss = loss_vs(grown(p, pattern_seed, grow_steps, target.shape[0]), target)
+    return float(np.mean(scores)), float(loss), in_place
+
+
+def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
+            log: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False,
+            save: Callable[[Model], None] | None = None, save_every: int = 10) -> Model:
+    """cfg.steps steps of the estimate from `model`; the result carries the run in its metadata
+    (and `save` gets it every `save_every` steps and at the end, or when `stop` says so)."""
+    cfg.validate()
+    if target.shape[:2] != (cfg.size, cfg.size):
+        raise UserError(f"--odds-es: the target is {target.shape[0]}x{target.shape[1]}, the grid "
+                        f"{cfg.size}x{cfg.size}")
+    earlier = list(model.meta.get(META_KEY, []))
+    first = sum(int(e["steps_done"]) for e in earlier) + 1
+    moves = Moves(model)
+    masks = [parse_damage(c).mask(cfg.size, cfg.size) for c in cfg.cuts]
+    z = np.zeros(moves.dim)
+    norm = None
+    done = 0
+    history: list[dict] = []
+    pat = target if cfg.pattern > 0 else None
+
+    def result() -> Model:
+        m = moves.model(z)
+        entry = {**asdict(cfg), "cuts": list(cfg.cuts), "first_step": first, "steps_done": done,
+                 "history": history}
+        return Model(m.params, {**model.meta, META_KEY: earlier + [entry]})
+
+    ctx = get_context("spawn")    # numba kernels in a forked child of a threaded parent can hang
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+        for k in range(first, first + cfg.steps):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([cfg.seed, k])
+            current = moves.model(z)
+            p = Params.from_model(current)
+            wounds = []
+            for g in range(cfg.runs // len(cfg.cuts)):
+                s = GROWN_SEEDS + k * 64 + g
+                before = grown(p, s, cfg.grow, cfg.size)
+                wounds += [(before * (~m)[..., None], before, ORDER_SEEDS + s * 10 + c)
+                           for c, m in enumerate(masks)]
+            eps = rng.standard_normal((cfg.directions, moves.dim))
+            jobs = [(current, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat)]
+            for e in eps:
+                jobs += [(moves.model(z + sign * cfg.sigma * e), wounds, cfg.after, PATTERN_SEEDS + k,
+                          cfg.grow, pat) for sign in (1, -1)]
+            out = list(pool.map(_score, jobs))
+            fit = np.array([s - cfg.pattern * np.log10(max(l, 1e-12)) if pat is not None else s
+                            for s, l, _ in out[1:]])
+            diffs = (fit[0::2] - fit[1::2]) / 2
+            g = antithetic_gradient(diffs, eps, cfg.sigma)
+            gn = float(np.linalg.norm(g))
+            norm = gn if norm is None else 0.9 * norm + 0.1 * gn
+            if norm > 0:
+                z = z + (cfg.step_length / norm) * g
+            done += 1
+            score, loss, ok = out[0]
+            history.append({"step": k, "score": score, "in_place": ok, "runs": len(wounds),
+                            "pattern_loss": None if np.isnan(loss) else loss, "mean_abs_diff": float(np.abs(diffs).mean())})
+            log(f"step {k}: before it, score {score:+.3f} ({ok}/{len(wounds)} in place after {cfg.after} "
+                f"steps), picture loss {loss:.2e}; |diff| {np.abs(diffs).mean():.4f}; "
+                f"moved {np.linalg.norm(z):.3f} spreads; {time.perf_counter() - t0:.0f} s")
+            if save is not None and (done % save_every == 0 or stop()):
+                save(result())
+            if stop():
+                break
+    final = result()
+    if save is not None:
+        save(final)
+    return final
