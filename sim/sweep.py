@@ -393,8 +393,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     out = Path(a.out)
     against = targets[0] if len(set(targets)) == 1 else "their targets (" + ", ".join(targets) + ")"
-    title = (f"{', '.join(names)} vs {against}: loss after {a.steps} steps, {a.size}x{a.size} cells\n"
-             f"{a.engine} engine, {_settings_text(a)}, {a.seeds} seed{'s' if a.seeds > 1 else ''}")
+    head, what = f"{', '.join(names)} vs {against}", f"loss after {a.steps} steps, {a.size}x{a.size} cells"
+    title = (f"{head}: {what}" if len(head) + len(what) < 72 else f"{head}:\n{what}") + (  # fits the figure
+        f"\n{a.engine} engine, {_settings_text(a)}, {a.seeds} seed{'s' if a.seeds > 1 else ''}")
     heat = plot_heatmap(rows, latencies, losses, mtbfs, a.mttr, title, names)
     lines = plot_robustness(rows, latencies, losses, mtbfs, a.mttr, names, title)
     text = csv_text(rows)
