@@ -68,8 +68,10 @@ def test_moves_touch_only_the_output_layer():
     ({"pattern": -1.0}, "--es-pattern"),
     ({"cuts": ("circle:60,60,3@100",)}, "cuts no cell"),
     ({"cuts": ("circle:20,20,8@100", "rect:20,0,39,39@200")}, "same step"),
-    ({"cuts": ("circle:20,20@100",)}, "--es-cuts"),
-    ({"steps": 0}, "steps must be >= 1"),
+    ({"cuts": ("circle:20,20@100",)}, "--es-cut"),
+    ({"cuts": ()}, "one to nine"),
+    ({"steps": 0}, "--es-steps must be >= 1"),
+    ({"directions": 0}, "--es-directions"),
 ])
 def test_settings_are_checked(kw, words):
     with pytest.raises(UserError, match=words):

@@ -45,7 +45,7 @@ from sim.weights import Model
 META_KEY = "odds_es"
 GROWN_SEEDS = 10_000        # grown seed of step k, lizard g: GROWN_SEEDS + k * 64 + g
 ORDER_SEEDS = 5_000_000     # fire order after cut c of that lizard: ORDER_SEEDS + grown * 10 + c
-PATTERN_SEEDS = 20_000      # the lizard grown with each perturbed model at step k: PATTERN_SEEDS + k
+PATTERN_SEEDS = 2_000_000   # the lizard grown with each perturbed model at step k: PATTERN_SEEDS + k
 MOVED = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
@@ -66,9 +66,10 @@ class OddsES:
     def validate(self) -> None:
         for name, lo in (("steps", 1), ("directions", 1), ("after", 1), ("size", 8)):
             if getattr(self, name) < lo:
-                raise UserError(f"--odds-es: {name} must be >= {lo}, got {getattr(self, name)}")
+                flag = "--odds-es: the grid size" if name == "size" else f"--es-{name}"
+                raise UserError(f"{flag} must be >= {lo}, got {getattr(self, name)}")
         if not 1 <= len(self.cuts) <= 9:
-            raise UserError(f"--es-cuts: one to nine cuts, got {len(self.cuts)}")
+            raise UserError(f"--es-cut: one to nine cuts, got {len(self.cuts)}")
         if self.runs < len(self.cuts) or self.runs % len(self.cuts):
             raise UserError(f"--es-runs must be a multiple of the {len(self.cuts)} cuts, got {self.runs}")
         if self.runs // len(self.cuts) > 64:
@@ -83,11 +84,11 @@ class OddsES:
             try:
                 mask = parse_damage(c).mask(self.size, self.size)
             except DamageError as e:
-                raise UserError(f"--es-cuts: {e}") from None
+                raise UserError(f"--es-cut: {e}") from None
             if not mask.any():
-                raise UserError(f"--es-cuts {c}: cuts no cell of the {self.size}x{self.size} grid")
+                raise UserError(f"--es-cut {c}: cuts no cell of the {self.size}x{self.size} grid")
         if len({parse_damage(c).step for c in self.cuts}) > 1:
-            raise UserError("--es-cuts: every cut must be at the same step (one grown lizard takes them all)")
+            raise UserError("--es-cut: every cut must be at the same step (one grown lizard takes them all)")
 
     @property
     def grow(self) -> int:
