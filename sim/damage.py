@@ -65,6 +65,11 @@ class Damage:
         return f"{self.kind}:{','.join(_fmt(a) for a in self.args)}@{self.step}"
 
 
+def wipe(state: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The state (H, W, C) with every channel of the cells under the mask zeroed (a cut)."""
+    return state * (~mask)[..., None]
+
+
 def slip(state: np.ndarray, mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """The state (H, W, C) with the tissue under the mask moved by dx columns and dy rows:
     each masked cell takes the state of the cell (-dx, -dy) away, the grid wrapping

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .atomic import atomic_write
-from .damage import DamageError, parse_damage, slip as slipped
+from .damage import DamageError, parse_damage, slip as slipped, wipe
 from .engines import AsyncEngine
 from .errors import ArgParser, UserError, cli_entry
 from .model import seed_state
@@ -64,7 +64,7 @@ def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: i
         grown = AsyncEngine(seed_state(size, size), params, s, AsyncConfig())
         grown.advance(cut.step)
         before = grown.state.copy()
-        wound = before * (~mask)[..., None] if slip is None else slipped(before, mask, *slip)
+        wound = wipe(before, mask) if slip is None else slipped(before, mask, *slip)
         for r in range(orders):
             e = AsyncEngine(wound.copy(), params, ORDER_SEEDS + s * MAX_ORDERS + r, AsyncConfig())
             e.advance(after)

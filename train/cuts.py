@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.damage import slip
+from sim.damage import slip, wipe
 
 # the eight one-cell moves a slip draws from: (rows, columns)
 SLIP_MOVES = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)], np.int64)
@@ -76,7 +76,7 @@ def apply_cut(x: np.ndarray, mask: np.ndarray, move: np.ndarray) -> np.ndarray:
     """One sample (h, w, c) cut: wiped under the mask, or, for a move (rows, columns) other
     than (0, 0), the tissue under the mask slipped by the move (sim.damage.slip)."""
     if not move.any():
-        return x * (~mask)[..., None]
+        return wipe(x, mask)
     return slip(x, mask, dx=int(move[1]), dy=int(move[0]))
 
 

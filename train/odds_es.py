@@ -33,7 +33,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from sim.damage import DamageError, parse_damage
+from sim.damage import DamageError, parse_damage, wipe
 from sim.engines import AsyncEngine
 from sim.errors import UserError
 from sim.model import seed_state
@@ -187,7 +187,7 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
             for g in range(cfg.runs // len(cfg.cuts)):
                 s = GROWN_SEEDS + k * 64 + g
                 before = grown(p, s, cfg.grow, cfg.size)
-                wounds += [(before * (~m)[..., None], before, ORDER_SEEDS + s * 10 + c)
+                wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
             jobs = [(current, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat)]
