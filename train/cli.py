@@ -16,7 +16,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,17 @@ def _odds_es(args: Any) -> int:
     _check_writable(out)
     model = load_model(paths.model_path(args.init))
     target = load_target(args.target)
+    with _sigterm_stops() as stop:
+        odds_es(model, target, cfg, workers=args.es_workers, log=lambda s: print(s, flush=True),
+                stop=stop, save=lambda m: save_model(out, m))
+    print(f"saved {out}", flush=True)
+    return 0
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[Callable[[], bool]]:
+    """While inside: SIGTERM does not kill, it sets what the yielded callable returns, so the
+    run checkpoints (or saves) and stops as after Ctrl-C."""
     stopping = {"flag": False}
 
     def on_term(signum, frame):
@@ -237,12 +249,9 @@ def _odds_es(args: Any) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        odds_es(model, target, cfg, workers=args.es_workers, log=lambda s: print(s, flush=True),
-                stop=lambda: stopping["flag"], save=lambda m: save_model(out, m))
+        yield lambda: stopping["flag"]
     finally:
         signal.signal(signal.SIGTERM, old)
-    print(f"saved {out}", flush=True)
-    return 0
 
 
 def _default_out(target: str, kind: str) -> Path:
@@ -279,17 +288,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else _default_out(args.target, args.kind)
     _check_writable(out)
     load_target(cfg.target)    # a bad target fails now, with its own one-line message
-    stopping = {"flag": False}
-
-    def on_term(signum, frame):   # SIGTERM: checkpoint and stop like Ctrl-C
-        stopping["flag"] = True
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
+    with _sigterm_stops() as stop:
         train(cfg, out, resume=args.resume, checkpoint_every=args.checkpoint_every,
-              keep_checkpoint=args.keep_checkpoint, stop=lambda: stopping["flag"])
-    finally:
-        signal.signal(signal.SIGTERM, old)
+              keep_checkpoint=args.keep_checkpoint, stop=stop)
     return 0
 
 
