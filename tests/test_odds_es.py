@@ -47,18 +47,18 @@ def test_moves_touch_only_the_output_layer():
     m = weights.load("lizard_regenerating")
     mv = Moves(m)
     assert mv.dim == m.params["w2"].size + m.params["b2"].size
-    same = mv.model(np.zeros(mv.dim))
+    same = mv.params(np.zeros(mv.dim))
     for k in m.params:
-        np.testing.assert_array_equal(same.params[k], m.params[k])
+        np.testing.assert_array_equal(same[k], m.params[k])
     z = np.zeros(mv.dim)
     z[0] = 1.0
     z[-1] = -2.0
-    moved = mv.model(z)
+    moved = mv.params(z)
     for k in ("w1", "b1"):
-        np.testing.assert_array_equal(moved.params[k], m.params[k])
-    assert moved.params["w2"].flat[0] == pytest.approx(m.params["w2"].flat[0] + m.params["w2"].std(), rel=1e-5)
-    assert moved.params["b2"][-1] == pytest.approx(m.params["b2"][-1] - 2 * m.params["b2"].std(), rel=1e-5)
-    assert np.count_nonzero(moved.params["w2"] != m.params["w2"]) == 1
+        np.testing.assert_array_equal(moved[k], m.params[k])
+    assert moved["w2"].flat[0] == pytest.approx(m.params["w2"].flat[0] + m.params["w2"].std(), rel=1e-5)
+    assert moved["b2"][-1] == pytest.approx(m.params["b2"][-1] - 2 * m.params["b2"].std(), rel=1e-5)
+    assert np.count_nonzero(moved["w2"] != m.params["w2"]) == 1
 
 
 @pytest.mark.parametrize("kw, words", [

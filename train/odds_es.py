@@ -46,6 +46,7 @@ META_KEY = "odds_es"
 GROWN_SEEDS = 10_000        # grown seed of step k, lizard g: GROWN_SEEDS + k * 64 + g
 ORDER_SEEDS = 5_000_000     # fire order after cut c of that lizard: ORDER_SEEDS + grown * 10 + c
 PATTERN_SEEDS = 2_000_000   # the lizard grown with each perturbed model at step k: PATTERN_SEEDS + k
+IN_PLACE = 1e-3             # regrowth_mse of a run counted in place (the regrowth target's bound)
 MOVED = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
@@ -80,14 +81,16 @@ class OddsES:
                 raise UserError(f"--es-{name.replace('_', '-')} must be a number > 0, got {v}")
         if not (np.isfinite(self.pattern) and self.pattern >= 0):
             raise UserError(f"--es-pattern must be a number >= 0, got {self.pattern}")
+        steps = set()
         for c in self.cuts:
             try:
-                mask = parse_damage(c).mask(self.size, self.size)
+                cut = parse_damage(c)
             except DamageError as e:
                 raise UserError(f"--es-cut: {e}") from None
-            if not mask.any():
+            if not cut.mask(self.size, self.size).any():
                 raise UserError(f"--es-cut {c}: cuts no cell of the {self.size}x{self.size} grid")
-        if len({parse_damage(c).step for c in self.cuts}) > 1:
+            steps.add(cut.step)
+        if len(steps) > 1:
             raise UserError("--es-cut: every cut must be at the same step (one grown lizard takes them all)")
 
     @property
@@ -95,13 +98,22 @@ class OddsES:
         return parse_damage(self.cuts[0]).step
 
 
-def run_score(state: np.ndarray, before: np.ndarray) -> float:
-    """1 when the regrown picture is the old one, -1 when it is the old one moved a cell."""
+def distances(state: np.ndarray, before: np.ndarray) -> tuple[float, float]:
+    """The regrown picture's RGBA difference to the old one (`regrowth_mse`), and to the old
+    one moved by a cell, whichever of the eight moves is nearest."""
     a = np.asarray(state, np.float64)[..., :4]
     b = np.asarray(before, np.float64)[..., :4]
-    d_in = regrowth_mse(state, before)
     d_moved = min(float(np.mean((shifted(a, dy, dx) - b) ** 2)) for dy, dx in MOVED)
+    return regrowth_mse(state, before), d_moved
+
+
+def score_of(d_in: float, d_moved: float) -> float:
     return float(np.clip(np.log10(max(d_moved, 1e-12) / max(d_in, 1e-12)), -2.0, 2.0) / 2.0)
+
+
+def run_score(state: np.ndarray, before: np.ndarray) -> float:
+    """1 when the regrown picture is the old one, -1 when it is the old one moved a cell."""
+    return score_of(*distances(state, before))
 
 
 def antithetic_gradient(diffs: np.ndarray, eps: np.ndarray, sigma: float) -> np.ndarray:
@@ -119,14 +131,14 @@ class Moves:
         self.scale = {k: float(self.arrays[k].std()) or 1.0 for k in self.KEYS}
         self.dim = sum(a.size for a in self.arrays.values())
 
-    def model(self, z: np.ndarray) -> Model:
+    def params(self, z: np.ndarray) -> dict[str, np.ndarray]:
         params = dict(self.base.params)
         at = 0
         for k in self.KEYS:
             a = self.arrays[k]
             params[k] = (a + self.scale[k] * z[at:at + a.size].reshape(a.shape)).astype(np.float32)
             at += a.size
-        return Model(params, self.base.meta)
+        return params
 
 
 def grown(params: Params, seed: int, steps: int, size: int) -> np.ndarray:
@@ -137,14 +149,14 @@ def grown(params: Params, seed: int, steps: int, size: int) -> np.ndarray:
 
 def _score(job: tuple) -> tuple[float, float, int]:
     """One model on every wound: (mean score, grown picture loss or nan, runs in place)."""
-    model, wounds, after, pattern_seed, grow_steps, target = job
-    p = Params.from_model(model)
+    p, wounds, after, pattern_seed, grow_steps, target = job
     scores, in_place = [], 0
     for wound, before, order in wounds:
         e = AsyncEngine(wound.copy(), p, order, AsyncConfig())
         e.advance(after)
-        scores.append(run_score(e.state, before))
-        in_place += regrowth_mse(e.state, before) <= 1e-3
+        d_in, d_moved = distances(e.state, before)
+        scores.append(score_of(d_in, d_moved))
+        in_place += d_in <= IN_PLACE
     loss = np.nan
     if target is not None:
         loss = loss_vs(grown(p, pattern_seed, grow_steps, target.shape[0]), target)
@@ -171,18 +183,16 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
     pat = target if cfg.pattern > 0 else None
 
     def result() -> Model:
-        m = moves.model(z)
         entry = {**asdict(cfg), "cuts": list(cfg.cuts), "first_step": first, "steps_done": done,
                  "history": history}
-        return Model(m.params, {**model.meta, META_KEY: earlier + [entry]})
+        return Model(moves.params(z), {**model.meta, META_KEY: earlier + [entry]})
 
     ctx = get_context("spawn")    # numba kernels in a forked child of a threaded parent can hang
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
         for k in range(first, first + cfg.steps):
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, k])
-            current = moves.model(z)
-            p = Params.from_model(current)
+            p = Params.from_arrays(moves.params(z))
             wounds = []
             for g in range(cfg.runs // len(cfg.cuts)):
                 s = GROWN_SEEDS + k * 64 + g
@@ -190,10 +200,10 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
                 wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
-            jobs = [(current, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat)]
+            jobs = [(p, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat)]
             for e in eps:
-                jobs += [(moves.model(z + sign * cfg.sigma * e), wounds, cfg.after, PATTERN_SEEDS + k,
-                          cfg.grow, pat) for sign in (1, -1)]
+                jobs += [(Params.from_arrays(moves.params(z + sign * cfg.sigma * e)), wounds, cfg.after,
+                          PATTERN_SEEDS + k, cfg.grow, pat) for sign in (1, -1)]
             out = list(pool.map(_score, jobs))
             fit = np.array([s - cfg.pattern * np.log10(max(l, 1e-12)) if pat is not None else s
                             for s, l, _ in out[1:]])
@@ -206,14 +216,15 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
             done += 1
             score, loss, ok = out[0]
             history.append({"step": k, "score": score, "in_place": ok, "runs": len(wounds),
-                            "pattern_loss": None if np.isnan(loss) else loss, "mean_abs_diff": float(np.abs(diffs).mean())})
+                            "pattern_loss": None if np.isnan(loss) else loss,
+                            "mean_abs_diff": float(np.abs(diffs).mean())})
             log(f"step {k}: before it, score {score:+.3f} ({ok}/{len(wounds)} in place after {cfg.after} "
                 f"steps), picture loss {loss:.2e}; |diff| {np.abs(diffs).mean():.4f}; "
                 f"moved {np.linalg.norm(z):.3f} spreads; {time.perf_counter() - t0:.0f} s")
-            if save is not None and (done % save_every == 0 or stop()):
-                save(result())
             if stop():
                 break
+            if save is not None and done % save_every == 0 and done < cfg.steps:
+                save(result())
     final = result()
     if save is not None:
         save(final)
