@@ -27,7 +27,7 @@ WEIGHTS = _folder("weights")
 FIRMWARE = _folder("firmware")
 TARGETS = WEIGHTS / "targets"
 DEFAULT_MODEL = WEIGHTS / "lizard_regenerating.npz"
-BOARD_MODEL = WEIGHTS / "lizard_regenerating_ef.npz"     # the mesh's default: fine-tuned for the boards' integers
+BOARD_MODEL = WEIGHTS / "lizard_regenerating_robust_ef.npz"   # the mesh's default: the firmware's model, updates scaled for the wires
 FIXTURE_MODEL = WEIGHTS / "fixture_blob.npz"
 
 

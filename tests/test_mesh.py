@@ -14,7 +14,7 @@ from boards.mesh import Mesh, MeshConfig, MeshError
 from boards.protocol import decode_payload
 from codegen.quantize import quantized
 from codegen.toolchain import mesh_firmware, missing_tools
-from sim.paths import model_path
+from sim.paths import BOARD_MODEL, model_path
 from sim.weights import load_model
 
 pytestmark = pytest.mark.skipif(bool(missing_tools("mega2560")), reason="needs gcc-avr, avr-libc, libsimavr-dev")
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(bool(missing_tools("mega2560")), reason="needs g
 
 @pytest.fixture(scope="module")
 def q():
-    return quantized(load_model(model_path("lizard_regenerating_ef"))[0])
+    """The mesh's default model, the one the host tool starts a grid with."""
+    return quantized(load_model(BOARD_MODEL)[0])
 
 
 def placed_everywhere(m: Mesh) -> bool:
@@ -164,7 +165,7 @@ def test_sim_run_engine_mesh_reports_the_boards_and_power_cycles_the_damage(tmp_
     assert rc == 0, err
     m = json.loads(js.read_text())
     b = m["mesh"]
-    assert m["engine"] == "mesh" and m["model"].endswith("lizard_regenerating_ef.npz")
+    assert m["engine"] == "mesh" and m["model"].endswith("lizard_regenerating_robust_ef.npz")
     assert b["boards_running"] == b["boards_placed"] == 64 and b["misplaced"] == 0
     assert b["wakes_replayed"] > 500 and b["replay_mismatches"] == 0
     assert b["corrupt"] > 0 and b["byte_corrupt"] == 0.002
@@ -232,7 +233,7 @@ def test_the_host_tool_stops_and_restarts_a_grid(q, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- the 40x40 grid (slow)
-FLOAT_ASYNC_LOSS = 1.88e-4      # lizard_regenerating_paper (the EF lizard's float source) on the float async engine, 40x40, step 1,000, seeds 0-4
+FLOAT_ASYNC_LOSS = 1.88e-4      # lizard_regenerating_paper (the EF lizards' float source) on the float async engine, 40x40, step 1,000, seeds 0-4
 
 
 @pytest.mark.slow
