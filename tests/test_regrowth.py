@@ -67,7 +67,7 @@ def test_the_centre_cut_comes_back_in_place(shipped):
 
 
 @pytest.mark.parametrize("place", list(SMALL_CUTS))
-def test_the_robust_firmware_cell_regrows_small_cuts_within_one_and_a_half_times_the_bound(place):
+def test_the_robust_firmware_cell_brings_small_cuts_back_exactly(place):
     """lizard_regenerating_robust_ef (updates x 0.3): measured at most 4.1e-5, under the
     firmware's model's 1.6e-4 (its pattern flickers less); its centre and right-half cuts
     come back late or a row off (docs/regrowth.md)."""
