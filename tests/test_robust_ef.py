@@ -2,7 +2,7 @@
 the firmware's model with its updates scaled by 0.3) on the fixed-point swarm: the SimPy
 engine with codegen's golden model in every cell, 40x40, seeds 0-4, loss against the
 target at step 1,000, against the float robust model on the async engine
-(docs/robust-models.md has the figures). Slow: about four minutes."""
+(docs/robust-models.md has the figures). Slow: about five minutes."""
 from __future__ import annotations
 
 import numpy as np
