@@ -51,6 +51,14 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def advanced(state: np.ndarray, params: Params, seed: int, steps: int) -> np.ndarray:
+    """`state` after `steps` steps of the async swarm (default clocks) under the fire order of
+    `seed`: a lizard grown from the seed state, or a wound regrown."""
+    e = AsyncEngine(state.copy(), params, seed, AsyncConfig())
+    e.advance(steps)
+    return e.state.copy()
+
+
 def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: int, size: int = 40,
                   bound: float = 1e-3, progress: Callable[[float], None] | None = None,
                   slip: tuple[int, int] | None = None) -> dict:
@@ -61,14 +69,10 @@ def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: i
     mask = cut.mask(size, size)
     mse = np.empty((seeds, orders))
     for s in range(seeds):
-        grown = AsyncEngine(seed_state(size, size), params, s, AsyncConfig())
-        grown.advance(cut.step)
-        before = grown.state.copy()
+        before = advanced(seed_state(size, size), params, s, cut.step)
         wound = wipe(before, mask) if slip is None else slipped(before, mask, *slip)
         for r in range(orders):
-            e = AsyncEngine(wound.copy(), params, ORDER_SEEDS + s * MAX_ORDERS + r, AsyncConfig())
-            e.advance(after)
-            mse[s, r] = regrowth_mse(e.state, before)
+            mse[s, r] = regrowth_mse(advanced(wound, params, ORDER_SEEDS + s * MAX_ORDERS + r, after), before)
             if progress is not None:
                 progress(s * orders + r + 1)
     ok = mse <= bound

@@ -34,10 +34,9 @@ from multiprocessing import get_context
 import numpy as np
 
 from sim.damage import DamageError, parse_damage, wipe
-from sim.engines import AsyncEngine
 from sim.errors import UserError
 from sim.model import seed_state
-from sim.rules import AsyncConfig
+from sim.odds import advanced
 from sim.simulate import loss_vs, regrowth_mse, shifted
 from sim.spec import Params
 from sim.weights import Model
@@ -141,25 +140,17 @@ class Moves:
         return params
 
 
-def grown(params: Params, seed: int, steps: int, size: int) -> np.ndarray:
-    e = AsyncEngine(seed_state(size, size), params, seed, AsyncConfig())
-    e.advance(steps)
-    return e.state.copy()
-
-
 def _score(job: tuple) -> tuple[float, float, int]:
     """One model on every wound: (mean score, grown picture loss or nan, runs in place)."""
     p, wounds, after, pattern_seed, grow_steps, target = job
     scores, in_place = [], 0
     for wound, before, order in wounds:
-        e = AsyncEngine(wound.copy(), p, order, AsyncConfig())
-        e.advance(after)
-        d_in, d_moved = distances(e.state, before)
+        d_in, d_moved = distances(advanced(wound, p, order, after), before)
         scores.append(score_of(d_in, d_moved))
         in_place += d_in <= IN_PLACE
     loss = np.nan
     if target is not None:
-        loss = loss_vs(grown(p, pattern_seed, grow_steps, target.shape[0]), target)
+        loss = loss_vs(advanced(seed_state(*target.shape[:2]), p, pattern_seed, grow_steps), target)
     return float(np.mean(scores)), float(loss), in_place
 
 
@@ -196,7 +187,7 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
             wounds = []
             for g in range(cfg.runs // len(cfg.cuts)):
                 s = GROWN_SEEDS + k * 64 + g
-                before = grown(p, s, cfg.grow, cfg.size)
+                before = advanced(seed_state(cfg.size, cfg.size), p, s, cfg.grow)
                 wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
