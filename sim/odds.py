@@ -9,9 +9,12 @@ so a fresh engine started on the cut state is the same random process as the run
 going on. It prints the share that comes back in place (`regrowth_mse` at or below
 the bound) with a 95 % Wilson interval. With --slip the damage wipes nothing: the
 tissue under it is moved by a cell or more, and the share is of the runs where it
-moved back rather than the rest of the pattern following it.
+moved back rather than the rest of the pattern following it. --first-seed measures on
+grown seeds no test uses; --then looks again, later, at each run that missed, to tell a
+late regrowth from a moved one.
 
     python -m sim.odds --model lizard_regenerating --damage circle:20,20,8@1000 --seeds 10 --orders 20
+    python -m sim.odds --first-seed 100 --seeds 100 --orders 10 --then 600
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .model import seed_state
 from .outputs import check_output, write_output
 from .progress import Progress
 from .rules import AsyncConfig
-from .simulate import MAX_SIZE, regrowth_mse
+from .simulate import MAX_SIZE, regrowth_mse, regrowth_shift
 from .spec import Params
 from .weights import load_model
 
@@ -61,27 +64,43 @@ def advanced(state: np.ndarray, params: Params, seed: int, steps: int) -> np.nda
 
 def regrowth_odds(params: Params, damage: str, after: int, seeds: int, orders: int, size: int = 40,
                   bound: float = 1e-3, progress: Callable[[float], None] | None = None,
-                  slip: tuple[int, int] | None = None) -> dict:
-    """For grown seeds 0..seeds-1: grow to the damage's step, cut (or, with `slip` (dx, dy),
-    move the damaged cells' tissue by that many cells instead), regrow `after` steps
-    under `orders` fresh fire orders; the regrowth_mse of every run and the share in place."""
+                  slip: tuple[int, int] | None = None, first_seed: int = 0, then: int = 0) -> dict:
+    """For grown seeds first_seed..first_seed+seeds-1: grow to the damage's step, cut (or,
+    with `slip` (dx, dy), move the damaged cells' tissue by that many cells instead),
+    regrow `after` steps under `orders` fresh fire orders; the regrowth_mse of every run
+    and the share in place. With `then`, each run not in place goes on `then` steps more
+    and is told apart: late (in place by then), moved (the best whole-grid move of
+    `regrowth_shift` is not none) or off in place."""
     cut = parse_damage(damage)
     mask = cut.mask(size, size)
     mse = np.empty((seeds, orders))
-    for s in range(seeds):
+    misses = []
+    for i, s in enumerate(range(first_seed, first_seed + seeds)):
         before = advanced(seed_state(size, size), params, s, cut.step)
         wound = wipe(before, mask) if slip is None else slipped(before, mask, *slip)
         for r in range(orders):
-            mse[s, r] = regrowth_mse(advanced(wound, params, ORDER_SEEDS + s * MAX_ORDERS + r, after), before)
+            e = AsyncEngine(wound.copy(), params, ORDER_SEEDS + s * MAX_ORDERS + r, AsyncConfig())
+            e.advance(after)
+            mse[i, r] = regrowth_mse(e.state, before)
+            if then and mse[i, r] > bound:
+                e.advance(after + then)
+                later, shift = regrowth_mse(e.state, before), regrowth_shift(e.state, before)
+                kind = "late" if later <= bound else "moved" if (shift["dy"], shift["dx"]) != (0, 0) else "off"
+                misses.append({"seed": s, "order": r, "regrowth_mse": float(mse[i, r]), "then": later,
+                               "shift": shift, "kind": kind})
             if progress is not None:
-                progress(s * orders + r + 1)
+                progress(i * orders + r + 1)
     ok = mse <= bound
     k, n = int(ok.sum()), int(ok.size)
     lo, hi = wilson(k, n)
-    return {"damage": cut.spec, "after": after, "size": size, "bound": bound, "seeds": seeds,
-            "orders": orders, "slip": None if slip is None else list(slip), "in_place": k, "runs": n,
-            "share": k / n, "interval": [lo, hi],
-            "in_place_per_seed": ok.sum(1).tolist(), "regrowth_mse": mse.tolist()}
+    out = {"damage": cut.spec, "after": after, "size": size, "bound": bound, "first_seed": first_seed,
+           "seeds": seeds, "orders": orders, "slip": None if slip is None else list(slip), "in_place": k,
+           "runs": n, "share": k / n, "interval": [lo, hi],
+           "in_place_per_seed": ok.sum(1).tolist(), "regrowth_mse": mse.tolist()}
+    if then:
+        out["then"] = then
+        out["misses"] = misses
+    return out
 
 
 def _parser() -> ArgParser:
@@ -98,8 +117,14 @@ def _parser() -> ArgParser:
                          "part move back, or the rest follow it? (default: wipe)")
     ap.add_argument("--after", type=int, default=600, help="steps of regrowth before the pattern is "
                     "compared with the one that was cut (default: 600)")
-    ap.add_argument("--seeds", type=int, default=10, help="grown seeds 0..N-1 (default: 10)")
+    ap.add_argument("--seeds", type=int, default=10, help="how many grown seeds (default: 10)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first grown seed, so that seeds no "
+                    "test uses can be measured (default: 0)")
     ap.add_argument("--orders", type=int, default=20, help="fresh fire orders per grown seed (default: 20)")
+    ap.add_argument("--then", type=int, default=0, metavar="STEPS",
+                    help="each run not in place goes on STEPS more steps and is counted as late (in place "
+                         "by then), moved (a whole-grid move brings it closer) or off in place (default: 0, "
+                         "no second look)")
     ap.add_argument("--size", type=int, default=40, help="grid side (default: 40)")
     ap.add_argument("--bound", type=float, default=1e-3, help="in place: regrowth_mse at or below this "
                     "(default: 1e-3)")
@@ -114,6 +139,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     """python -m sim.odds entry point."""
     a = _parser().parse_args(argv)
     for flag, v, lo, hi in (("--after", a.after, 1, 10**6), ("--seeds", a.seeds, 1, 10**4),
+                            ("--first-seed", a.first_seed, 0, 10**5), ("--then", a.then, 0, 10**6),
                             ("--orders", a.orders, 1, MAX_ORDERS), ("--size", a.size, 8, MAX_SIZE)):
         if not lo <= v <= hi:
             raise UserError(f"{flag} must be in [{lo}, {hi}], got {v}")
@@ -140,7 +166,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     bar = Progress(a.seeds * a.orders, "runs") if Progress.wanted(a.progress) else None
     try:
         r = regrowth_odds(Params.from_model(model), a.damage, a.after, a.seeds, a.orders, a.size, a.bound,
-                          bar.update if bar else None, slip)
+                          bar.update if bar else None, slip, a.first_seed, a.then)
     finally:
         if bar:
             bar.close()
@@ -150,6 +176,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     print(f"{path}, {what}, {a.after} steps after: {r['in_place']}/{r['runs']} in place "
           f"({100 * r['share']:.1f} %, 95 % interval {100 * lo:.1f}-{100 * hi:.1f} %); per grown seed: "
           + " ".join(str(v) for v in r["in_place_per_seed"]) + f" of {a.orders}")
+    if a.then:
+        kinds = [m["kind"] for m in r["misses"]]
+        print(f"of the {len(kinds)} not in place, {a.then} steps later: {kinds.count('late')} in place (late), "
+              f"{kinds.count('moved')} moved, {kinds.count('off')} off in place")
     if a.json:
         write_output(a.json, "--json", lambda q: atomic_write(q, lambda f: json.dump(r, f, indent=1), binary=False))
         print(f"wrote {a.json}")

@@ -70,12 +70,27 @@ def test_a_slipped_middle_drags_the_lizard_a_slipped_head_moves_back(shipped):
     assert head["in_place"] == 4 and max(max(r) for r in head["regrowth_mse"]) < 1e-4
 
 
+def test_a_second_look_tells_a_late_regrowth_from_a_moved_one(paper, shipped):
+    """--then: the paper-recipe lizard's misses are the lizard a row or a column off; the shipped
+    lizard's one miss of grown seed 100 (a seed no other test uses) is late, in place
+    600 steps later (docs/regrowth.md, "The last misses")."""
+    p = regrowth_odds(paper, "circle:20,20,8@1000", 600, seeds=2, orders=8, then=600)
+    assert p["misses"] and all(m["kind"] == "moved" and abs(m["shift"]["dy"]) + abs(m["shift"]["dx"]) == 1
+                               and m["shift"]["mse"] <= 1e-3 for m in p["misses"])
+    assert p["runs"] - p["in_place"] == len(p["misses"])
+    s = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=1, orders=10, first_seed=100, then=600)
+    assert s["first_seed"] == 100 and [(m["seed"], m["order"], m["kind"]) for m in s["misses"]] == [(100, 8, "late")]
+    assert s["misses"][0]["then"] < 1e-3 < s["misses"][0]["regrowth_mse"]
+
+
 @pytest.mark.parametrize("args, words", [
     (["--slip", "0,0"], "--slip"),
     (["--slip", "1"], "--slip"),
     (["--slip", "a,b"], "--slip"),
     (["--orders", "0"], "--orders"),
     (["--seeds", "-1"], "--seeds"),
+    (["--first-seed", "-1"], "--first-seed"),
+    (["--then", "-5"], "--then"),
     (["--bound", "nan"], "--bound"),
     (["--damage", "square:1,2@3"], "--damage"),
     (["--damage", "circle:90,90,3@10"], "cuts no cell"),
