@@ -41,6 +41,7 @@ from .weights import load_model
 PROG = "python -m sim.odds"
 ORDER_SEEDS = 1_000_000      # fresh orders' seeds: ORDER_SEEDS + grown seed * MAX_ORDERS + order
 MAX_ORDERS = 10_000
+GROWN_SEEDS = 10_000         # grown seeds 0..GROWN_SEEDS-1 (train.odds_es grows its own above them)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -139,10 +140,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     """python -m sim.odds entry point."""
     a = _parser().parse_args(argv)
     for flag, v, lo, hi in (("--after", a.after, 1, 10**6), ("--seeds", a.seeds, 1, 10**4),
-                            ("--first-seed", a.first_seed, 0, 10**5), ("--then", a.then, 0, 10**6),
+                            ("--first-seed", a.first_seed, 0, GROWN_SEEDS - 1), ("--then", a.then, 0, 10**6),
                             ("--orders", a.orders, 1, MAX_ORDERS), ("--size", a.size, 8, MAX_SIZE)):
         if not lo <= v <= hi:
             raise UserError(f"{flag} must be in [{lo}, {hi}], got {v}")
+    if a.first_seed + a.seeds > GROWN_SEEDS:
+        raise UserError(f"--first-seed + --seeds must be at most {GROWN_SEEDS} (grown seeds 0-{GROWN_SEEDS - 1}), "
+                        f"got {a.first_seed + a.seeds}")
     if not (math.isfinite(a.bound) and a.bound > 0):
         raise UserError(f"--bound must be a number > 0, got {a.bound}")
     try:

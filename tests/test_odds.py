@@ -91,6 +91,7 @@ def test_a_second_look_tells_a_late_regrowth_from_a_moved_one(paper, shipped):
     (["--seeds", "-1"], "--seeds"),
     (["--first-seed", "-1"], "--first-seed"),
     (["--then", "-5"], "--then"),
+    (["--first-seed", "9995", "--seeds", "10"], "--first-seed + --seeds"),
     (["--bound", "nan"], "--bound"),
     (["--damage", "square:1,2@3"], "--damage"),
     (["--damage", "circle:90,90,3@10"], "cuts no cell"),

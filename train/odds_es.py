@@ -36,13 +36,13 @@ import numpy as np
 from sim.damage import DamageError, parse_damage, wipe
 from sim.errors import UserError
 from sim.model import seed_state
-from sim.odds import advanced
+from sim.odds import GROWN_SEEDS as ODDS_SEEDS, advanced
 from sim.simulate import loss_vs, regrowth_mse, shifted
 from sim.spec import Params
 from sim.weights import Model
 
 META_KEY = "odds_es"
-GROWN_SEEDS = 10_000        # grown seed of step k, lizard g: GROWN_SEEDS + k * 64 + g
+GROWN_SEEDS = ODDS_SEEDS     # grown seed of step k, lizard g: GROWN_SEEDS + k * 64 + g, above sim.odds'
 ORDER_SEEDS = 5_000_000     # fire order after cut c of that lizard: ORDER_SEEDS + grown * 10 + c
 PATTERN_SEEDS = 2_000_000   # the lizard grown with each perturbed model at step k: PATTERN_SEEDS + k
 IN_PLACE = 1e-3             # regrowth_mse of a run counted in place (the regrowth target's bound)
