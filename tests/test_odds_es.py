@@ -8,7 +8,7 @@ from sim import weights
 from sim.errors import UserError
 from sim.simulate import shifted
 from train.cli import main
-from train.odds_es import OddsES, Moves, antithetic_gradient, run_score
+from train.odds_es import MSE_RANGE, OddsES, Moves, antithetic_gradient, distances, run_score, score_of
 
 TINY = ["--es-steps", "2", "--es-directions", "2", "--es-runs", "2", "--es-after", "30",
         "--es-cut", "circle:20,20,8@120", "--es-cut", "rect:20,0,39,39@120", "--es-workers", "1"]
@@ -43,6 +43,22 @@ def test_run_score_tells_in_place_from_moved():
     assert -1.0 < run_score(half, before) < 1.0
 
 
+def test_mse_score_counts_how_far_a_run_has_got():
+    rng = np.random.default_rng(2)
+    before = np.zeros((40, 40, 16), np.float32)
+    before[10:30, 12:28, :4] = rng.random((20, 16, 4))
+    late = before.copy()
+    late[19:21, 19:21, 3] *= 0.5                    # in place, a patch still faint
+    later = before.copy()
+    later[19:22, 19:22, 3] *= 0.5
+    # the place score cannot tell the two late runs apart; the mse score ranks them
+    assert run_score(late, before) == run_score(later, before) == 1.0
+    s_late, s_later = (score_of(*distances(x, before), "mse") for x in (late, later))
+    assert MSE_RANGE[0] < s_later < s_late < MSE_RANGE[1]
+    assert score_of(*distances(before, before), "mse") == MSE_RANGE[1]
+    assert score_of(*distances(shifted(before, 1, 0), before), "mse") == MSE_RANGE[0]
+
+
 def test_moves_touch_only_the_output_layer():
     m = weights.load("lizard_regenerating")
     mv = Moves(m)
@@ -72,6 +88,7 @@ def test_moves_touch_only_the_output_layer():
     ({"cuts": ()}, "one to nine"),
     ({"steps": 0}, "--es-steps must be >= 1"),
     ({"directions": 0}, "--es-directions"),
+    ({"score": "odds"}, "--es-score must be one of place, mse"),
 ])
 def test_settings_are_checked(kw, words):
     with pytest.raises(UserError, match=words):
@@ -108,3 +125,16 @@ def test_a_run_replays_exactly_and_continues_where_it_stopped(tmp_path, capsys):
     assert "step 3:" in capsys.readouterr().out
     runs = weights.load(c).meta["odds_es"]
     assert [r["first_step"] for r in runs] == [1, 3]
+
+
+def test_the_mse_score_is_recorded_and_steers_the_run(tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    one = [*TINY[:1], "1", *TINY[2:]]
+    assert main(["--odds-es", "--init", "lizard_regenerating", *one, "--seed", "3", "--out", str(a)]) == 0
+    assert main(["--odds-es", "--init", "lizard_regenerating", *one, "--seed", "3", "--es-score", "mse",
+                 "--out", str(b)]) == 0
+    capsys.readouterr()
+    ma, mb = weights.load(a), weights.load(b)
+    assert ma.meta["odds_es"][0]["score"] == "place" and mb.meta["odds_es"][0]["score"] == "mse"
+    assert not np.array_equal(ma.params["w2"], mb.params["w2"])     # the same moves, other fitness
+    assert 2.0 <= mb.meta["odds_es"][0]["history"][0]["score"] <= 5.0

@@ -32,7 +32,7 @@ from .checkpoint import target_digest
 from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, NOISE_ON, TrainConfig
 from .links import CLOCKS, LATENCY_DISTS, WIRINGS
 from .loop import HIDDEN_RANGE, train
-from .odds_es import OddsES, odds_es
+from .odds_es import SCORES as ES_SCORES, OddsES, odds_es
 from .tune import tune_output_biases
 
 
@@ -170,6 +170,10 @@ def _parser() -> ArgParser:
     es.add_argument("--es-cut", action="append", default=None, metavar="DAMAGE",
                     help="a cut, as sim.run's --damage, all at one step; repeat for more (default: "
                          + " and ".join(d.cuts) + ")")
+    es.add_argument("--es-score", choices=ES_SCORES, default=d.score,
+                    help="place: how much nearer each regrown picture is to the old one than to it moved "
+                         "a cell; mse: -log10 of its difference to the old one, so late runs count too "
+                         "(default: %(default)s)")
     es.add_argument("--es-workers", type=int, default=2, help="processes (default: %(default)s)")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
@@ -225,7 +229,8 @@ def _odds_es(args: Any) -> int:
         raise UserError(f"--es-workers must be >= 1, got {args.es_workers}")
     cfg = OddsES(steps=args.es_steps, directions=args.es_directions, runs=args.es_runs,
                  sigma=args.es_sigma, step_length=args.es_step_length, pattern=args.es_pattern,
-                 after=args.es_after, cuts=tuple(args.es_cut or OddsES().cuts), seed=args.seed)
+                 after=args.es_after, cuts=tuple(args.es_cut or OddsES().cuts), seed=args.seed,
+                 score=args.es_score)
     cfg.validate()
     out = Path(args.out) if args.out else _default_out(args.target, args.kind)
     _check_writable(out)

@@ -13,7 +13,10 @@ A step grows `runs // len(cuts)` lizards with the current weights from fresh gro
 seeds, cuts each with every cut, and scores every perturbed model on every wound by
 how much nearer the regrown picture is to the one before the cut than to the one
 before the cut moved by a cell: clip(log10(d_moved / d_in_place), -2, 2) / 2, in
-[-1, 1] (1: in place). `pattern` adds that weight times -log10 of the picture loss of
+[-1, 1] (1: in place). That score sees where a run ends, not how far it has got: a
+run that is in place but late scores as one that is done. `score="mse"` scores
+clip(-log10(d_in_place), 2, 5) instead, so every run's distance to the old picture
+counts, and a run that moves scores as one a hundred times too far. `pattern` adds that weight times -log10 of the picture loss of
 a lizard grown with the perturbed weights, so the grown pattern is held too. The
 update is a fixed length along the estimate, in units of each array's spread at the
 start (a normalised step: the estimate's size is mostly noise).
@@ -46,6 +49,8 @@ GROWN_SEEDS = ODDS_SEEDS     # grown seed of step k, lizard g: GROWN_SEEDS + k *
 ORDER_SEEDS = 5_000_000     # fire order after cut c of that lizard: ORDER_SEEDS + grown * 10 + c
 PATTERN_SEEDS = 2_000_000   # the lizard grown with each perturbed model at step k: PATTERN_SEEDS + k
 IN_PLACE = 1e-3             # regrowth_mse of a run counted in place (the regrowth target's bound)
+SCORES = ("place", "mse")
+MSE_RANGE = (2.0, 5.0)      # score="mse": -log10(regrowth_mse) clipped, 1e-2 (moved) .. 1e-5 (done)
 MOVED = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
@@ -62,12 +67,15 @@ class OddsES:
     size: int = 40
     cuts: tuple[str, ...] = ("circle:20,20,8@1000", "rect:20,0,39,39@1000")   # one step for all
     seed: int = 0
+    score: str = "place"                 # or "mse" (the module's docstring)
 
     def validate(self) -> None:
         for name, lo in (("steps", 1), ("directions", 1), ("after", 1), ("size", 8)):
             if getattr(self, name) < lo:
                 flag = "--odds-es: the grid size" if name == "size" else f"--es-{name}"
                 raise UserError(f"{flag} must be >= {lo}, got {getattr(self, name)}")
+        if self.score not in SCORES:
+            raise UserError(f"--es-score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if not 1 <= len(self.cuts) <= 9:
             raise UserError(f"--es-cut: one to nine cuts, got {len(self.cuts)}")
         if self.runs < len(self.cuts) or self.runs % len(self.cuts):
@@ -106,7 +114,9 @@ def distances(state: np.ndarray, before: np.ndarray) -> tuple[float, float]:
     return regrowth_mse(state, before), d_moved
 
 
-def score_of(d_in: float, d_moved: float) -> float:
+def score_of(d_in: float, d_moved: float, score: str = "place") -> float:
+    if score == "mse":
+        return float(np.clip(-np.log10(max(d_in, 1e-12)), *MSE_RANGE))
     return float(np.clip(np.log10(max(d_moved, 1e-12) / max(d_in, 1e-12)), -2.0, 2.0) / 2.0)
 
 
@@ -142,11 +152,11 @@ class Moves:
 
 def _score(job: tuple) -> tuple[float, float, int]:
     """One model on every wound: (mean score, grown picture loss or nan, runs in place)."""
-    p, wounds, after, pattern_seed, grow_steps, target = job
+    p, wounds, after, pattern_seed, grow_steps, target, score = job
     scores, in_place = [], 0
     for wound, before, order in wounds:
         d_in, d_moved = distances(advanced(wound, p, order, after), before)
-        scores.append(score_of(d_in, d_moved))
+        scores.append(score_of(d_in, d_moved, score))
         in_place += d_in <= IN_PLACE
     loss = np.nan
     if target is not None:
@@ -191,10 +201,10 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
                 wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
-            jobs = [(p, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat)]
+            jobs = [(p, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score)]
             for e in eps:
                 jobs += [(Params.from_arrays(moves.params(z + sign * cfg.sigma * e)), wounds, cfg.after,
-                          PATTERN_SEEDS + k, cfg.grow, pat) for sign in (1, -1)]
+                          PATTERN_SEEDS + k, cfg.grow, pat, cfg.score) for sign in (1, -1)]
             out = list(pool.map(_score, jobs))
             fit = np.array([s - cfg.pattern * np.log10(max(l, 1e-12)) if pat is not None else s
                             for s, l, _ in out[1:]])
