@@ -16,10 +16,11 @@ before the cut moved by a cell: clip(log10(d_moved / d_in_place), -2, 2) / 2, in
 [-1, 1] (1: in place). That score sees where a run ends, not how far it has got: a
 run that is in place but late scores as one that is done. `score="mse"` scores
 clip(-log10(d_in_place), 2, 5) instead, so every run's distance to the old picture
-counts, and a run that moves scores as one a hundred times too far. `pattern` adds that weight times -log10 of the picture loss of
-a lizard grown with the perturbed weights, so the grown pattern is held too. The
-update is a fixed length along the estimate, in units of each array's spread at the
-start (a normalised step: the estimate's size is mostly noise).
+counts, and a run that moves scores as one a hundred times too far. `pattern` adds
+that weight times -log10 of the picture loss of a lizard grown with the perturbed
+weights, so the grown pattern is held too. The update is a fixed length along the
+estimate, in units of each array's spread at the start (a normalised step: the
+estimate's size is mostly noise).
 
 Every draw comes from `seed` and the step number, so a run replays exactly and one
 continued from its own output (`--init` its model: the steps done are in its
