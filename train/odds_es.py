@@ -202,10 +202,10 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
                 wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
-            jobs = [(p, wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score)]
+            same = (wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score)   # every model's job
+            jobs = [(p, *same)]
             for e in eps:
-                jobs += [(Params.from_arrays(moves.params(z + sign * cfg.sigma * e)), wounds, cfg.after,
-                          PATTERN_SEEDS + k, cfg.grow, pat, cfg.score) for sign in (1, -1)]
+                jobs += [(Params.from_arrays(moves.params(z + sign * cfg.sigma * e)), *same) for sign in (1, -1)]
             out = list(pool.map(_score, jobs))
             fit = np.array([s - cfg.pattern * np.log10(max(l, 1e-12)) if pat is not None else s
                             for s, l, _ in out[1:]])
