@@ -43,8 +43,9 @@ def test_the_centre_cut_of_the_paper_recipe_lizard_goes_both_ways(paper):
 
 
 def test_the_shipped_lizard_regrows_a_centre_cut_in_place_under_most_orders(shipped):
-    """The slip-trained lizard with updates 0.4 as large (docs/regrowth.md, "Smaller
-    updates"): measured 15 of 16 (7 and 8 per grown seed), the miss 4.0e-3 off."""
+    """The slip-trained lizard with updates 0.4 as large and its output layer moved by
+    evolution strategies (docs/regrowth.md): measured 15 of 16 (7 and 8 per grown seed),
+    the miss 2.6e-3 off."""
     r = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=2, orders=8)
     assert r["in_place"] >= 15 and min(r["in_place_per_seed"]) >= 7, r["in_place_per_seed"]
 
@@ -72,14 +73,14 @@ def test_a_slipped_middle_drags_the_lizard_a_slipped_head_moves_back(shipped):
 
 def test_a_second_look_tells_a_late_regrowth_from_a_moved_one(paper, shipped):
     """--then: the paper-recipe lizard's misses are the lizard a row or a column off; the shipped
-    lizard's one miss of grown seed 100 (a seed no other test uses) is late, in place
+    lizard's one miss of grown seed 116 (a seed no other test uses) is late, in place
     600 steps later (docs/regrowth.md, "The last misses")."""
     p = regrowth_odds(paper, "circle:20,20,8@1000", 600, seeds=2, orders=8, then=600)
     assert p["misses"] and all(m["kind"] == "moved" and abs(m["shift"]["dy"]) + abs(m["shift"]["dx"]) == 1
                                and m["shift"]["mse"] <= 1e-3 for m in p["misses"])
     assert p["runs"] - p["in_place"] == len(p["misses"])
-    s = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=1, orders=10, first_seed=100, then=600)
-    assert s["first_seed"] == 100 and [(m["seed"], m["order"], m["kind"]) for m in s["misses"]] == [(100, 8, "late")]
+    s = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=1, orders=10, first_seed=116, then=600)
+    assert s["first_seed"] == 116 and [(m["seed"], m["order"], m["kind"]) for m in s["misses"]] == [(116, 2, "late")]
     assert s["misses"][0]["then"] < 1e-3 < s["misses"][0]["regrowth_mse"]
 
 
