@@ -41,29 +41,28 @@ def paper():
 @pytest.mark.parametrize("engine", ["async", "sync"])
 @pytest.mark.parametrize("place", list(SMALL_CUTS))
 def test_head_tail_and_a_leg_come_back_exactly(shipped, engine, place):
-    """Measured at most 2.5e-6 (async) and 7.1e-7 (sync) over the seeds."""
+    """Measured at most 4.4e-6 (async) and 1.3e-6 (sync) over the seeds."""
     got = [_regrowth(shipped, engine, SMALL_CUTS[place], s)["regrowth_mse"] for s in SEEDS]
     assert max(got) <= EXACT, (place, got)
 
 
 @pytest.mark.parametrize("engine", ["async", "sync"])
 def test_the_right_half_comes_back_exactly(shipped, engine):
-    """Measured at most 4.0e-5 (async) and 6.5e-6 (sync). (The paper-recipe lizard missed
+    """Measured at most 7.6e-5 (async) and 1.5e-5 (sync). (The paper-recipe lizard missed
     seed 1 on the async swarm: 1.1e-2.)"""
     got = [_regrowth(shipped, engine, RIGHT_HALF, s)["regrowth_mse"] for s in SEEDS]
     assert max(got) <= EXACT, got
 
 
 def test_the_centre_cut_comes_back_in_place(shipped):
-    """On the 72x72 grid every seed (at most 2.0e-4); on the async swarm nine of ten, and
-    the tenth, seed 8, is not moved but late: 2.5e-3 at step 1,600, in place by 2,200
-    (2.9e-4; docs/regrowth.md)."""
+    """Every seed on both grids: measured at most 5.8e-4 (async) and 2.4e-4 (sync). The
+    shipped lizard before it, with updates 1/0.9 as large, brought seed 8 back late:
+    2.5e-3 at step 1,600 (docs/regrowth.md)."""
     sync = [_regrowth(shipped, "sync", "circle:20,20,8", s)["regrowth_mse"] for s in SEEDS]
     assert max(sync) <= EXACT, sync
     runs = [_regrowth(shipped, "async", "circle:20,20,8", s) for s in SEEDS]
-    late = [s for s, r in zip(SEEDS, runs) if r["regrowth_mse"] > EXACT]
-    assert late == [8], [r["regrowth_mse"] for r in runs]
-    assert (runs[8]["regrowth_shift"]["dy"], runs[8]["regrowth_shift"]["dx"]) == (0, 0)
+    assert max(r["regrowth_mse"] for r in runs) <= EXACT, [r["regrowth_mse"] for r in runs]
+    assert all((r["regrowth_shift"]["dy"], r["regrowth_shift"]["dx"]) == (0, 0) for r in runs)
 
 
 @pytest.mark.parametrize("place", list(SMALL_CUTS))
