@@ -43,9 +43,9 @@ def test_the_centre_cut_of_the_paper_recipe_lizard_goes_both_ways(paper):
 
 
 def test_the_shipped_lizard_regrows_a_centre_cut_in_place_under_most_orders(shipped):
-    """The slip-trained lizard with updates 0.4 as large and its output layer moved by
-    evolution strategies (docs/regrowth.md): measured 15 of 16 (7 and 8 per grown seed),
-    the miss 2.6e-3 off."""
+    """The slip-trained lizard with updates 0.4 as large, its output layer moved by
+    evolution strategies, then x 0.9 (docs/regrowth.md): measured 15 of 16 (7 and 8 per
+    grown seed), the miss 3.1e-3 off."""
     r = regrowth_odds(shipped, "circle:20,20,8@1000", 600, seeds=2, orders=8)
     assert r["in_place"] >= 15 and min(r["in_place_per_seed"]) >= 7, r["in_place_per_seed"]
 
