@@ -10,6 +10,8 @@ from sim.simulate import shifted
 from train.cli import main
 from train.odds_es import MSE_RANGE, OddsES, Moves, antithetic_gradient, distances, run_score, score_of
 
+# A model with no evolution-strategies history: a run from it numbers its steps from 1.
+START = "lizard_regenerating_slips"
 TINY = ["--es-steps", "2", "--es-directions", "2", "--es-runs", "2", "--es-after", "30",
         "--es-cut", "circle:20,20,8@120", "--es-cut", "rect:20,0,39,39@120", "--es-workers", "1"]
 
@@ -60,7 +62,7 @@ def test_mse_score_counts_how_far_a_run_has_got():
 
 
 def test_moves_touch_only_the_output_layer():
-    m = weights.load("lizard_regenerating_slips")
+    m = weights.load(START)
     mv = Moves(m)
     assert mv.dim == m.params["w2"].size + m.params["b2"].size
     same = mv.params(np.zeros(mv.dim))
@@ -98,9 +100,9 @@ def test_settings_are_checked(kw, words):
 def test_cli_errors_are_one_line(capsys, tmp_path):
     out = tmp_path / "o.npz"
     for extra, words in ((["--odds-es"], "--init"),
-                         (["--odds-es", "--init", "lizard_regenerating_slips", "--qat"], "does not train"),
-                         (["--odds-es", "--init", "lizard_regenerating_slips", "--es-runs", "3"], "--es-runs"),
-                         (["--odds-es", "--init", "lizard_regenerating_slips", "--es-workers", "0"], "--es-workers")):
+                         (["--odds-es", "--init", START, "--qat"], "does not train"),
+                         (["--odds-es", "--init", START, "--es-runs", "3"], "--es-runs"),
+                         (["--odds-es", "--init", START, "--es-workers", "0"], "--es-workers")):
         assert main([*extra, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and words in err and "Traceback" not in err
@@ -109,11 +111,11 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
 
 def test_a_run_replays_exactly_and_continues_where_it_stopped(tmp_path, capsys):
     a, b, c = (tmp_path / n for n in ("a.npz", "b.npz", "c.npz"))
-    assert main(["--odds-es", "--init", "lizard_regenerating_slips", *TINY, "--seed", "3", "--out", str(a)]) == 0
-    assert main(["--odds-es", "--init", "lizard_regenerating_slips", *TINY, "--seed", "3", "--out", str(b)]) == 0
+    assert main(["--odds-es", "--init", START, *TINY, "--seed", "3", "--out", str(a)]) == 0
+    assert main(["--odds-es", "--init", START, *TINY, "--seed", "3", "--out", str(b)]) == 0
     log = capsys.readouterr().out
     assert "step 1:" in log and "step 2:" in log
-    ma, mb, m0 = weights.load(a), weights.load(b), weights.load("lizard_regenerating_slips")
+    ma, mb, m0 = weights.load(a), weights.load(b), weights.load(START)
     for k in m0.params:
         np.testing.assert_array_equal(ma.params[k], mb.params[k])
     assert not np.array_equal(ma.params["w2"], m0.params["w2"])
@@ -130,8 +132,8 @@ def test_a_run_replays_exactly_and_continues_where_it_stopped(tmp_path, capsys):
 def test_the_mse_score_is_recorded_and_steers_the_run(tmp_path, capsys):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     one = [*TINY[:1], "1", *TINY[2:]]
-    assert main(["--odds-es", "--init", "lizard_regenerating_slips", *one, "--seed", "3", "--out", str(a)]) == 0
-    assert main(["--odds-es", "--init", "lizard_regenerating_slips", *one, "--seed", "3", "--es-score", "mse",
+    assert main(["--odds-es", "--init", START, *one, "--seed", "3", "--out", str(a)]) == 0
+    assert main(["--odds-es", "--init", START, *one, "--seed", "3", "--es-score", "mse",
                  "--out", str(b)]) == 0
     capsys.readouterr()
     ma, mb = weights.load(a), weights.load(b)
