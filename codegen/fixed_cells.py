@@ -1,6 +1,6 @@
-"""The "fixed" cell backend of the SimPy swarm: every cell computed by the golden
-model of the firmware's integer arithmetic (`codegen.golden`, numba), one call
-per wake-up.
+"""The "fixed" cell backend of the SimPy and async swarms: every cell computed by the
+golden model of the firmware's integer arithmetic (`codegen.golden`, numba), one
+call per wake-up (on the async engine, from inside its numba event loop).
 
 It takes the swarm's float32 arrays as they are: every state it writes is on the
 state grid (q/128 for RGBA, q/32 for the hidden channels: exact in float32; with
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.cell_backends import CellBackend, ModelLike
+from sim.cell_backends import CellBackend, CompiledCell, ModelLike
 from sim.errors import UserError
 from sim.spec import Params
 
@@ -53,6 +53,10 @@ class FixedBackend(CellBackend):
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
         lockstep_check(self.q.fmt)
         G.tentative_f32(c, state, inbox, *self._args, self.rot, out)
+
+    def compiled(self) -> CompiledCell:
+        w1, b1, w2, b2, mult, tsh, consts = self._args
+        return G.wakeup_event, (w1, b1, w2, b2, (mult, tsh, consts, self.rot))
 
     def set_params(self, params: Params) -> None:
         """A new rotation (and, if the weights changed, a new quantised model)."""

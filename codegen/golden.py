@@ -2,7 +2,8 @@
 
 The C core (firmware/core/nca_cell.c) and its assembly kernels must equal this
 bit for bit on every input; the "fixed" swarm backend runs it. The steps and
-their formats are specified in codegen/formats.py. All arithmetic is int64 here;
+their formats are specified in codegen/formats.py. All arithmetic is int64 here
+(but the first layer's sums, int32 as on ARM: exact within formats.ACC1_LIMIT);
 the formats' bounds guarantee that the firmware's narrower registers (int32,
 AVR __int24, int16 accumulators) never overflow, so the results are equal.
 
@@ -90,15 +91,20 @@ def dense(p, w1, b1, w2, b2, consts, acc, h):
     ks = consts[1]
     bs = consts[2]
     rs = consts[3]
+    # The first layer in int32, rows outer: the sums are exact and within 2^23
+    # (formats.ACC1_LIMIT), so neither the width nor the order changes them, and the
+    # narrow products vectorise.
+    a = np.zeros(HIDDEN, np.int32)
+    for i in range(PERCEPTION):
+        pi = np.int32(p[i])
+        for j in range(HIDDEN):
+            a[j] += np.int32(w1[i, j]) * pi
     for m in range(CHANNELS):
         acc[m] = np.int64(b2[m])
     for g in range(HIDDEN // _GROUP):
         for u in range(_GROUP):
             j = g * _GROUP + u
-            a = np.int64(0)
-            for i in range(PERCEPTION):
-                a += np.int64(w1[i, j]) * p[i]
-            v = _rshift(a, ks) + (np.int64(b1[j]) << bs)
+            v = _rshift(np.int64(a[j]), ks) + (np.int64(b1[j]) << bs)
             h[j] = 0 if v < 0 else (min(v, _HMAX))
         for m in range(CHANNELS):
             t = np.int64(0)
@@ -277,6 +283,14 @@ def tentative_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, out):
     tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, y)
     for ch in range(CHANNELS):
         out[c, ch] = _to_f32(y[ch], consts, ch)
+
+
+@nb.njit(cache=True)
+def wakeup_event(c, state, inbox, w1, b1, w2, b2, rest, nbhd, p, dx):
+    """wakeup_f32 with `sim.rules.cell_wakeup`'s arguments, for the async engine's event
+    loop (`sim.events`): rest = (mult, tsh, consts, rot); the float scratch nbhd, p and dx
+    go unused."""
+    return wakeup_f32(c, state, inbox, w1, b1, w2, b2, rest[0], rest[1], rest[2], rest[3])
 
 
 def rgb(state: np.ndarray) -> np.ndarray:

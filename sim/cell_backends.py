@@ -21,6 +21,10 @@ Two operations, both on cell `c` only:
   with no alive rule (the post-update rule needs the neighbours' new alphas,
   which only the swarm's next phase delivers).
 
+And, where the backend is numba code, `compiled()`: `update` in the form the async
+engine's event loop calls (`sim.events`), which runs the grid without a SimPy process
+a cell.
+
 New backends subclass `CellBackend`; `sim.assemble.register_backend` gives one a name.
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ from .weights import Model
 DORMANT, ZEROED, UPDATED = 0, 1, 2
 
 ModelLike = Model | Params
+CompiledCell = tuple[Callable, tuple]
+"""(numba wake-up function, its weight arguments): see `CellBackend.compiled`."""
 
 
 class BackendError(UserError, ValueError):
@@ -60,6 +66,12 @@ class CellBackend:
     def set_params(self, params: Params) -> None:
         """Switch every cell to a new model or rotation from now on."""
         raise NotImplementedError(f"backend {self.name!r} cannot change its model at run time")
+
+    def compiled(self) -> CompiledCell | None:
+        """The cell as the numba event loop of the async engine (`sim.events`) can call
+        it: a numba function of `sim.rules.cell_wakeup`'s signature and the five weight
+        arguments it takes there; None for a backend that is not numba code."""
+        return None
 
 
 class FloatBackend(CellBackend):
@@ -84,6 +96,9 @@ class FloatBackend(CellBackend):
 
     def set_params(self, params: Params) -> None:
         self.params = params
+
+    def compiled(self) -> CompiledCell:
+        return cell_wakeup, self.params.astuple()
 
 
 def as_params(model: ModelLike, angle: float | None = None) -> Params:

@@ -7,8 +7,9 @@ board mesh drive any of them alike:
   async     event-driven cells with their own clocks, message latency and loss,
             failures and restarts (`sim.events.AsyncSwarm`); one step = one time unit;
   simpy     the same asynchronous swarm with every cell a SimPy process
-            (`sim.swarm.SimPySwarm`), equal to `async` bit for bit; the only engine
-            whose cells can be computed by another backend (fixed point, firmware, boards).
+            (`sim.swarm.SimPySwarm`), equal to `async` bit for bit; its cells can be
+            computed by any backend (fixed point, firmware, boards), the async engine's
+            by numba ones only (the float model and the fixed-point golden model).
 """
 from __future__ import annotations
 
@@ -118,8 +119,10 @@ class LockstepEngine(Engine):
 class AsyncEngine(Engine):
     """Event-driven swarm; step s is time s, and advancing to s runs the events before s."""
 
-    def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig):
-        self.swarm = AsyncSwarm(state, params, seed, config)
+    def __init__(self, state: np.ndarray, params: Params, seed: int, config: AsyncConfig,
+                 cell: CellBackend | None = None):
+        self.swarm = AsyncSwarm(state, params, seed, config, cell)
+        self.backend = self.swarm.cell.name
         self._params = params
 
     def advance(self, t: float) -> None:
@@ -173,12 +176,15 @@ def make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_
     """One engine behind the interface simulate() and sim.live drive: advance(t), damage(mask),
     set_params(params), params, state, now, cell_updates, metrics(), close(), and swarm: the
     AsyncSwarm or SimPySwarm of an event engine (None for sync and lockstep). A cell
-    backend other than the float model (`cell`) runs on the simpy engine only."""
+    backend other than the float model (`cell`) runs on the simpy engine, and on the
+    async engine where it is numba code (the fixed-point golden model)."""
     config = config or AsyncConfig()
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if cell is not None and cell.name != "float" and engine != "simpy":
-        raise RunError(f"the {cell.name} cell backend runs on the simpy engine only, not --engine {engine}")
+    if cell is not None and cell.name != "float" and engine != "simpy" \
+            and not (engine == "async" and cell.compiled() is not None):
+        engines = "the async and simpy engines" if cell.compiled() is not None else "the simpy engine"
+        raise RunError(f"the {cell.name} cell backend runs on {engines} only, not --engine {engine}")
     if engine == "sync":
         return SyncEngine(state, params, seed, fire_rate)
     if engine == "lockstep":
@@ -187,7 +193,7 @@ def make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_
         return SimPyEngine(state, params, seed, config, cell)
     if engine == MESH_ENGINE:
         raise RunError("the mesh engine runs emulated boards: sim.assemble.simulate puts it together")
-    return AsyncEngine(state, params, seed, config)
+    return AsyncEngine(state, params, seed, config, cell)
 
 
 def warm_up(engine: str, params: Params, seed: int, fire_rate: float, config: AsyncConfig,

@@ -5,9 +5,13 @@ run in the order they were scheduled; run(until=T) runs the events with time < T
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba as nb
 import numpy as np
 
+from .cell_backends import CellBackend, FloatBackend
+from .jit import compiled_variant
 from .model import ALPHA, CHANNELS, PERCEPTION
 from .rules import (CFG_LINKS, EV_FAIL, EV_MSG, EV_RESTART, EV_WAKE, LAT_CONSTANT, LINKS_RELAY, SLOT_E,
                     SLOT_W, STAT_NAMES, ST_DELIVERED, ST_DORMANT, ST_DROPPED, ST_FAILURES, ST_LOST,
@@ -248,11 +252,28 @@ def _schedule_start(seed, cfg, n, ht, hs, hp, meta, gen, wake_k):
             _push(ht, hs, hp, meta, time_to_failure(seed, cfg, c, 0), EV_FAIL, c, 0)
 
 
+_LOOPS: dict = {}
+
+
+def _loop_for(wakeup: Callable) -> Callable:
+    """The event loop around a cell's numba wake-up (`CellBackend.compiled`): `_run`
+    itself for the float model's, else `_run` compiled again with `wakeup` in its
+    place (once per wake-up function, cached on disk under its name)."""
+    if wakeup is cell_wakeup:
+        return _run
+    if wakeup not in _LOOPS:
+        _LOOPS[wakeup] = compiled_variant(_run.py_func, "_" + wakeup.__name__, False,
+                                          replace={"cell_wakeup": wakeup})
+    return _LOOPS[wakeup]
+
+
 class AsyncSwarm:
-    """Event-driven asynchronous swarm on an H x W grid (numba reference)."""
+    """Event-driven asynchronous swarm on an H x W grid (numba reference). `cell`
+    computes the cells (default: the float model of `params`); it must be numba code
+    (`CellBackend.compiled`), as the fixed-point golden model is."""
 
     def __init__(self, state: np.ndarray, params: Params, seed: int = 0,
-                 config: AsyncConfig | None = None):
+                 config: AsyncConfig | None = None, cell: CellBackend | None = None):
         x = np.asarray(state, np.float32)
         if x.ndim != 3 or x.shape[-1] != CHANNELS:
             raise ValueError(f"state must be (H, W, {CHANNELS}), got {x.shape}")
@@ -260,6 +281,11 @@ class AsyncSwarm:
         n = self.height * self.width
         self.n = n
         self.params = params
+        self.cell = FloatBackend(params) if cell is None else cell
+        compiled = self.cell.compiled()
+        if compiled is None:
+            raise ValueError(f"the {self.cell.name} cell backend is not numba code; run it on the SimPy swarm")
+        self._loop = _loop_for(compiled[0])
         self.seed = int(seed)
         self.config = (config or AsyncConfig()).validate()
         self.cfg = self.config.asarray()
@@ -311,11 +337,11 @@ class AsyncSwarm:
 
     def run(self, until: float) -> np.ndarray:
         """Advance to time `until` (events with time < until); returns the (H, W, 16) state."""
-        w1, b1, w2, b2, kxy = self.params.astuple()
+        w1, b1, w2, b2, kxy = self.cell.compiled()[1]
         if until <= self.now:     # nothing to run; time never goes back
             return self.grid
         while True:
-            self.now = _run(float(until), self.seed, self.cfg, self.state, self.inbox, self.nbr,
+            self.now = self._loop(float(until), self.seed, self.cfg, self.state, self.inbox, self.nbr,
                             self.back, w1, b1, w2, b2, kxy, self.ht, self.hs, self.hp, self.meta,
                             self.gen, self.failed, self.asleep, self.sleep_t, self.wake_k, self.sends,
                             self.link_bad, self.fail_j, self.pool, self.pool_ref, self.pool_free, self.pool_time,
@@ -341,6 +367,7 @@ class AsyncSwarm:
     def set_params(self, params: Params) -> None:
         """New model or rotation for every cell from now on."""
         self.params = params
+        self.cell.set_params(params)
 
     def metrics(self) -> dict[str, float]:
         m = {name: int(self.stats[i]) for i, name in enumerate(STAT_NAMES)}

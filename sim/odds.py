@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .atomic import atomic_write
+from .cell_backends import BackendFactory
 from .damage import DamageError, parse_damage, slip as slipped, wipe
 from .engines import AsyncEngine
 from .errors import ArgParser, UserError, cli_entry
@@ -55,10 +56,12 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def advanced(state: np.ndarray, params: Params, seed: int, steps: int) -> np.ndarray:
+def advanced(state: np.ndarray, params: Params, seed: int, steps: int,
+             cell: BackendFactory | None = None) -> np.ndarray:
     """`state` after `steps` steps of the async swarm (default clocks) under the fire order of
-    `seed`: a lizard grown from the seed state, or a wound regrown."""
-    e = AsyncEngine(state.copy(), params, seed, AsyncConfig())
+    `seed`: a lizard grown from the seed state, or a wound regrown. `cell` builds what computes
+    the cells from `params` (default: the float model; the fixed-point golden model for one)."""
+    e = AsyncEngine(state.copy(), params, seed, AsyncConfig(), None if cell is None else cell(params, None))
     e.advance(steps)
     return e.state.copy()
 

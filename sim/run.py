@@ -73,7 +73,7 @@ def _parser() -> ArgParser:
                          "(default: %(default)s)")
     ap.add_argument("--backend", default="float",
                     help="what computes a cell (simpy engine): float, fixed (the firmware's integer "
-                         "arithmetic, codegen's golden model), firmware (the generated C, built for "
+                         "arithmetic, codegen's golden model; on the async engine too, equal and faster), firmware (the generated C, built for "
                          "this machine and called through ctypes) (default: %(default)s)")
     ap.add_argument("--model", help=f"weights .npz or a shipped model's name, e.g. lizard_regenerating_ef (default: "
                                     f"{_show(paths.DEFAULT_MODEL)}, the mesh {_show(paths.BOARD_MODEL)}; "

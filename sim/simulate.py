@@ -226,7 +226,7 @@ def simulate(model: Model | Params, engine: str = DEFAULT_ENGINE, steps: int = 1
     cannot work raise RunError before anything runs.
 
     `cell` builds the backend that computes the cells from the run's Params (simpy
-    engine; default the float model). `engine_factory(state, params, seed, config)`
+    engine, or async for numba backends; default the float model). `engine_factory(state, params, seed, config)`
     replaces the engine named by `engine` (e.g. boards in the grid, `sim.assemble`);
     simulate() closes what it returns, whatever happens.
     """

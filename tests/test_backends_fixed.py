@@ -270,9 +270,45 @@ def test_sim_run_backend_option_runs_the_integer_cell(tmp_path, backend):
     assert np.count_nonzero(sw.grid[..., ALPHA] > 0.1) > 10
 
 
-def test_sim_run_backend_needs_the_simpy_engine(capsys):
+def test_sim_run_backend_needs_an_event_engine(capsys):
     import sim.assemble
     import sim.run
     assert sim.run.main(["--backend", "fixed", "--engine", "sync", "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "simpy" in err and len(err.splitlines()) == 1
+    assert "the async and simpy engines" in err and len(err.splitlines()) == 1
+
+
+def test_sim_run_firmware_backend_is_not_run_by_the_async_engine(capsys):
+    """The generated C is called through ctypes, one cell at a time: only the SimPy
+    swarm can drive it, and the async engine says so before anything is built."""
+    import sim.run
+    assert sim.run.main(["--backend", "firmware", "--engine", "async", "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the simpy engine only" in err and len(err.splitlines()) == 1
+
+
+def test_async_swarm_refuses_a_cell_that_is_not_numba_code():
+    from sim.events import AsyncSwarm
+    from sim.cell_backends import CellBackend
+    with pytest.raises(ValueError, match="not numba code"):
+        AsyncSwarm(seed_state(8, 8), Params.from_model(blob_model()), cell=CellBackend())
+
+
+@pytest.mark.parametrize("error_feedback", [False, True])
+def test_async_engine_on_the_fixed_backend_equals_the_simpy_swarm(error_feedback):
+    """The golden model inside the async engine's numba event loop is the SimPy swarm on
+    the fixed backend bit for bit: with latency, lost messages, failing cells, a cut and
+    a turn of the perception (set_params) on the way; the same counts of what happened."""
+    from sim.assemble import simulate
+    from sim.rules import LAT_UNIFORM, AsyncConfig
+    m = with_error_feedback(blob_model()) if error_feedback else blob_model()
+    cfg = AsyncConfig(latency_kind=LAT_UNIFORM, latency=0.0, latency_high=0.6, loss=0.1, mtbf=300.0, mttr=5.0)
+    runs = [simulate(m, engine, backend="fixed", size=20, steps=90, seed=6, async_config=cfg,
+                     damage=["circle:10,10,4@40"], rotations=["90@60"], warm_up=False)
+            for engine in ("simpy", "async")]
+    np.testing.assert_array_equal(runs[0].state, runs[1].state)
+    assert runs[1].metrics["backend"] == "fixed"
+    counts = ("cell_updates", "cells_failed_now", "messages_lost", "restarts")
+    assert [runs[0].metrics["swarm"][k] for k in counts] == [runs[1].metrics["swarm"][k] for k in counts]
+    assert runs[1].metrics["swarm"]["restarts"] > 0 and runs[1].metrics["swarm"]["messages_lost"] > 0
+    assert np.count_nonzero(runs[1].state[..., ALPHA] > 0.1) > 10

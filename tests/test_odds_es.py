@@ -8,7 +8,8 @@ from sim import weights
 from sim.errors import UserError
 from sim.simulate import shifted
 from train.cli import main
-from train.odds_es import MSE_RANGE, OddsES, Moves, antithetic_gradient, distances, run_score, score_of
+from train.odds_es import (GROWN_SEEDS, MSE_RANGE, ORDER_SEEDS, OddsES, Moves, antithetic_gradient, distances,
+                            odds_es, run_score, score_of)
 
 # A model with no evolution-strategies history: a run from it numbers its steps from 1.
 START = "lizard_regenerating_slips"
@@ -91,6 +92,7 @@ def test_moves_touch_only_the_output_layer():
     ({"steps": 0}, "--es-steps must be >= 1"),
     ({"directions": 0}, "--es-directions"),
     ({"score": "odds"}, "--es-score must be one of place, mse"),
+    ({"cells": "golden"}, "--es-cells must be one of float, fixed"),
 ])
 def test_settings_are_checked(kw, words):
     with pytest.raises(UserError, match=words):
@@ -102,7 +104,8 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     for extra, words in ((["--odds-es"], "--init"),
                          (["--odds-es", "--init", START, "--qat"], "does not train"),
                          (["--odds-es", "--init", START, "--es-runs", "3"], "--es-runs"),
-                         (["--odds-es", "--init", START, "--es-workers", "0"], "--es-workers")):
+                         (["--odds-es", "--init", START, "--es-workers", "0"], "--es-workers"),
+                         (["--odds-es", "--init", START, "--es-cells", "fixed"], "fine-tuned with --qat")):
         assert main([*extra, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and words in err and "Traceback" not in err
@@ -140,3 +143,29 @@ def test_the_mse_score_is_recorded_and_steers_the_run(tmp_path, capsys):
     assert ma.meta["odds_es"][0]["score"] == "place" and mb.meta["odds_es"][0]["score"] == "mse"
     assert not np.array_equal(ma.params["w2"], mb.params["w2"])     # the same moves, other fitness
     assert 2.0 <= mb.meta["odds_es"][0]["history"][0]["score"] <= 5.0
+
+
+def test_fixed_point_cells_score_the_firmware_arithmetic():
+    """With cells="fixed" a step scores the firmware's integer cell: the base model's score
+    is the one the SimPy swarm on the fixed backend gives the same wounds under the same
+    fire orders, and not the float model's."""
+    from sim.assemble import simulate
+    from sim.damage import parse_damage, wipe
+    from sim.pictures import load_target
+    ef = weights.load_model("lizard_regenerating_ef")[0]
+    cuts = ("circle:20,20,8@120", "rect:20,0,39,39@120")
+    cfg = dict(steps=1, directions=1, runs=2, after=30, cuts=cuts, seed=5)
+    target = load_target("lizard")
+    runs = {c: odds_es(ef, target, OddsES(**cfg, cells=c), workers=1, log=lambda s: None).meta["odds_es"][0]
+            for c in ("fixed", "float")}
+    assert runs["fixed"]["cells"] == "fixed"
+    grown = GROWN_SEEDS + 1 * 64
+    before = simulate(ef, "simpy", backend="fixed", steps=120, seed=grown, warm_up=False).state
+    scores = []
+    for c, cut in enumerate(cuts):
+        wound = wipe(before, parse_damage(cut).mask(40, 40))
+        after = simulate(ef, "simpy", backend="fixed", state=wound, steps=30, seed=ORDER_SEEDS + grown * 10 + c,
+                         warm_up=False).state
+        scores.append(run_score(after, before))
+    assert runs["fixed"]["history"][0]["score"] == pytest.approx(float(np.mean(scores)), abs=1e-12)
+    assert runs["fixed"]["history"][0]["score"] != runs["float"]["history"][0]["score"]

@@ -32,7 +32,7 @@ from .checkpoint import target_digest
 from .config import DAMAGE_N, DAMAGE_SHAPES, KINDS, NOISE_ON, TrainConfig
 from .links import CLOCKS, LATENCY_DISTS, WIRINGS
 from .loop import HIDDEN_RANGE, train
-from .odds_es import SCORES as ES_SCORES, OddsES, odds_es
+from .odds_es import CELLS as ES_CELLS, SCORES as ES_SCORES, OddsES, odds_es
 from .tune import tune_output_biases
 
 
@@ -174,6 +174,10 @@ def _parser() -> ArgParser:
                     help="place: how much nearer each regrown picture is to the old one than to it moved "
                          "a cell; mse: -log10 of its difference to the old one, so late runs count too "
                          "(default: %(default)s)")
+    es.add_argument("--es-cells", choices=tuple(ES_CELLS), default=d.cells,
+                    help="what computes the scored swarms' cells: float, or fixed (the firmware's integer "
+                         "arithmetic, each move quantised in the format a --qat fine-tuning recorded) "
+                         "(default: %(default)s)")
     es.add_argument("--es-workers", type=int, default=2, help="processes (default: %(default)s)")
     ap.add_argument("--out", help="output .npz (default: weights/<target>_<kind>.npz)")
     ap.add_argument("--resume", action="store_true",
@@ -230,7 +234,7 @@ def _odds_es(args: Any) -> int:
     cfg = OddsES(steps=args.es_steps, directions=args.es_directions, runs=args.es_runs,
                  sigma=args.es_sigma, step_length=args.es_step_length, pattern=args.es_pattern,
                  after=args.es_after, cuts=tuple(args.es_cut or OddsES().cuts), seed=args.seed,
-                 score=args.es_score)
+                 score=args.es_score, cells=args.es_cells)
     cfg.validate()
     out = Path(args.out) if args.out else _default_out(args.target, args.kind)
     _check_writable(out)

@@ -18,7 +18,10 @@ run that is in place but late scores as one that is done. `score="mse"` scores
 clip(-log10(d_in_place), 2, 5) instead, so every run's distance to the old picture
 counts, and a run that moves scores as one a hundred times too far. `pattern` adds
 that weight times -log10 of the picture loss of a lizard grown with the perturbed
-weights, so the grown pattern is held too. The update is a fixed length along the
+weights, so the grown pattern is held too. `cells="fixed"` runs every scored swarm on
+the firmware's integer arithmetic (the golden model inside the async engine), each
+perturbed model quantised in the format its quantisation-aware fine-tuning recorded,
+so the estimate sees the rounding's own noise. The update is a fixed length along the
 estimate, in units of each array's spread at the start (a normalised step: the
 estimate's size is mostly noise).
 
@@ -32,11 +35,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 
 import numpy as np
 
+from codegen.fixed_cells import fixed_backend
+from codegen.quantize import recorded_format
+from sim.cell_backends import BackendFactory
 from sim.damage import DamageError, parse_damage, wipe
 from sim.errors import UserError
 from sim.model import seed_state
@@ -53,6 +59,7 @@ IN_PLACE = 1e-3             # regrowth_mse of a run counted in place (the regrow
 SCORES = ("place", "mse")
 MSE_RANGE = (2.0, 5.0)      # score="mse": -log10(regrowth_mse) clipped, 1e-2 (moved) .. 1e-5 (done)
 MOVED = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+CELLS: dict[str, BackendFactory | None] = {"float": None, "fixed": fixed_backend}   # what computes the cells
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class OddsES:
     cuts: tuple[str, ...] = ("circle:20,20,8@1000", "rect:20,0,39,39@1000")   # one step for all
     seed: int = 0
     score: str = "place"                 # or "mse" (the module's docstring)
+    cells: str = "float"                 # or "fixed" (the module's docstring)
 
     def validate(self) -> None:
         for name, lo in (("steps", 1), ("directions", 1), ("after", 1), ("size", 8)):
@@ -77,6 +85,8 @@ class OddsES:
                 raise UserError(f"{flag} must be >= {lo}, got {getattr(self, name)}")
         if self.score not in SCORES:
             raise UserError(f"--es-score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.cells not in CELLS:
+            raise UserError(f"--es-cells must be one of {', '.join(CELLS)}, got {self.cells!r}")
         if not 1 <= len(self.cuts) <= 9:
             raise UserError(f"--es-cut: one to nine cuts, got {len(self.cuts)}")
         if self.runs < len(self.cuts) or self.runs % len(self.cuts):
@@ -141,6 +151,11 @@ class Moves:
         self.scale = {k: float(self.arrays[k].std()) or 1.0 for k in self.KEYS}
         self.dim = sum(a.size for a in self.arrays.values())
 
+    def as_params(self, z: np.ndarray) -> Params:
+        """params(z) for the engines, with the base model's metadata (its recorded
+        fixed-point format, which the fixed-point cells quantise in)."""
+        return replace(Params.from_arrays(self.params(z)), meta=self.base.meta)
+
     def params(self, z: np.ndarray) -> dict[str, np.ndarray]:
         params = dict(self.base.params)
         at = 0
@@ -153,15 +168,15 @@ class Moves:
 
 def _score(job: tuple) -> tuple[float, float, int]:
     """One model on every wound: (mean score, grown picture loss or nan, runs in place)."""
-    p, wounds, after, pattern_seed, grow_steps, target, score = job
+    p, wounds, after, pattern_seed, grow_steps, target, score, cell = job
     scores, in_place = [], 0
     for wound, before, order in wounds:
-        d_in, d_moved = distances(advanced(wound, p, order, after), before)
+        d_in, d_moved = distances(advanced(wound, p, order, after, cell), before)
         scores.append(score_of(d_in, d_moved, score))
         in_place += d_in <= IN_PLACE
     loss = np.nan
     if target is not None:
-        loss = loss_vs(advanced(seed_state(*target.shape[:2]), p, pattern_seed, grow_steps), target)
+        loss = loss_vs(advanced(seed_state(*target.shape[:2]), p, pattern_seed, grow_steps, cell), target)
     return float(np.mean(scores)), float(loss), in_place
 
 
@@ -174,6 +189,10 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
     if target.shape[:2] != (cfg.size, cfg.size):
         raise UserError(f"--odds-es: the target is {target.shape[0]}x{target.shape[1]}, the grid "
                         f"{cfg.size}x{cfg.size}")
+    cell = CELLS[cfg.cells]
+    if cell is not None and recorded_format(model.meta) is None:
+        raise UserError("--es-cells fixed needs a model fine-tuned with --qat: each move is quantised "
+                        "in the format that fine-tuning recorded")
     earlier = list(model.meta.get(META_KEY, []))
     first = sum(int(e["steps_done"]) for e in earlier) + 1
     moves = Moves(model)
@@ -194,18 +213,18 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
         for k in range(first, first + cfg.steps):
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, k])
-            p = Params.from_arrays(moves.params(z))
+            p = moves.as_params(z)
             wounds = []
             for g in range(cfg.runs // len(cfg.cuts)):
                 s = GROWN_SEEDS + k * 64 + g
-                before = advanced(seed_state(cfg.size, cfg.size), p, s, cfg.grow)
+                before = advanced(seed_state(cfg.size, cfg.size), p, s, cfg.grow, cell)
                 wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
-            same = (wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score)   # every model's job
+            same = (wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score, cell)   # every model's job
             jobs = [(p, *same)]
             for e in eps:
-                jobs += [(Params.from_arrays(moves.params(z + sign * cfg.sigma * e)), *same) for sign in (1, -1)]
+                jobs += [(moves.as_params(z + sign * cfg.sigma * e), *same) for sign in (1, -1)]
             out = list(pool.map(_score, jobs))
             fit = np.array([s - cfg.pattern * np.log10(max(l, 1e-12)) if pat is not None else s
                             for s, l, _ in out[1:]])
