@@ -46,9 +46,10 @@ class FixedBackend(CellBackend):
         self.q = q
         self._args = q.arrays()
         self.rot = G.rotation_array(angle)
+        self._work = G.work_arrays()
 
     def update(self, c: int, state: np.ndarray, inbox: np.ndarray) -> int:
-        return G.wakeup_f32(c, state, inbox, *self._args, self.rot)
+        return G.wakeup_f32_into(c, state, inbox, *self._args, self.rot, self._work)
 
     def tentative(self, c: int, state: np.ndarray, inbox: np.ndarray, out: np.ndarray) -> None:
         lockstep_check(self.q.fmt)
@@ -56,7 +57,7 @@ class FixedBackend(CellBackend):
 
     def compiled(self) -> CompiledCell:
         w1, b1, w2, b2, mult, tsh, consts = self._args
-        return G.wakeup_event, (w1, b1, w2, b2, (mult, tsh, consts, self.rot))
+        return G.wakeup_event, (w1, b1, w2, b2, (mult, tsh, consts, self.rot, self._work))
 
     def set_params(self, params: Params) -> None:
         """A new rotation (and, if the weights changed, a new quantised model)."""

@@ -85,16 +85,33 @@ def perceive(x, nbs, rot, grad_shift, p, ef=0):
 
 
 @nb.njit(cache=True)
+def work_arrays() -> tuple[np.ndarray, ...]:
+    """The integer scratch of one update, reused from one to the next by the *_into
+    functions (allocating it each time costs as much as the arithmetic): own state x
+    (int16), neighbour states (int8), the new state (int16), perception, output
+    accumulators, hidden values (int64) and first-layer sums (int32)."""
+    return (np.empty(CHANNELS, np.int16), np.empty((8, CHANNELS), np.int8), np.empty(CHANNELS, np.int16),
+            np.empty(PERCEPTION, np.int64), np.empty(CHANNELS, np.int64), np.empty(HIDDEN, np.int64),
+            np.empty(HIDDEN, np.int32))
+
+
+@nb.njit(cache=True)
 def dense(p, w1, b1, w2, b2, consts, acc, h):
     """acc[16] (int64) = the int16 output accumulators after all 32 groups; h[128] gets
     the hidden values (for inspection)."""
+    dense_into(p, w1, b1, w2, b2, consts, acc, h, np.empty(HIDDEN, np.int32))
+
+
+@nb.njit(cache=True)
+def dense_into(p, w1, b1, w2, b2, consts, acc, h, a):
+    """dense() with the first-layer sums' scratch a (int32, 128)."""
     ks = consts[1]
     bs = consts[2]
     rs = consts[3]
     # The first layer in int32, rows outer: the sums are exact and within 2^23
     # (formats.ACC1_LIMIT), so neither the width nor the order changes them, and the
     # narrow products vectorise.
-    a = np.zeros(HIDDEN, np.int32)
+    a[:] = 0
     for i in range(PERCEPTION):
         pi = np.int32(p[i])
         for j in range(HIDDEN):
@@ -132,12 +149,16 @@ def apply_delta(x, acc, mult, tsh, out, ef=0):
 def tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out):
     """out (16, x's type) = x + dx of a cell with own state x and neighbour states nbs
     (8, 16), no alive rule (lockstep phase A, and the core of an update)."""
-    p = np.empty(PERCEPTION, np.int64)
-    acc = np.empty(CHANNELS, np.int64)
-    h = np.empty(HIDDEN, np.int64)
+    ws = work_arrays()
+    tentative_into(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out, ws[3], ws[4], ws[5], ws[6])
+
+
+@nb.njit(cache=True)
+def tentative_into(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out, p, acc, h, a):
+    """tentative() with the scratch of `work_arrays` (p, acc, h, a)."""
     ef = consts[_EF]
     perceive(x, nbs, rot, consts[0], p, ef)
-    dense(p, w1, b1, w2, b2, consts, acc, h)
+    dense_into(p, w1, b1, w2, b2, consts, acc, h, a)
     apply_delta(x, acc, mult, tsh, out, ef)
 
 
@@ -145,14 +166,21 @@ def tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out):
 def update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot):
     """One wake-up (sim.rules.cell_wakeup's rules on int8 states), x updated
     in place (int8, or int16 with error feedback). Returns 0 dormant, 1 zeroed, 2 updated."""
+    ws = work_arrays()
+    return update_into(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, np.empty_like(x), ws[3], ws[4], ws[5],
+                       ws[6])
+
+
+@nb.njit(cache=True)
+def update_into(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out, p, acc, h, a):
+    """update() with the scratch of `work_arrays` (out of x's type, p, acc, h, a)."""
     ef = consts[_EF]
     nbr = False
     for s in range(8):
         if nbs[s, ALPHA] > _ALIVE_Q:
             nbr = True
     if nbr or (np.int64(x[ALPHA]) >> ef) > _ALIVE_Q:
-        out = np.empty_like(x)
-        tentative(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out)
+        tentative_into(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, out, p, acc, h, a)
         keep = nbr or (np.int64(out[ALPHA]) >> ef) > _ALIVE_Q
         for c in range(CHANNELS):
             x[c] = out[c] if keep else 0
@@ -263,10 +291,15 @@ def _to_f32(q, consts, ch):
 def wakeup_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot):
     """update() of cell c of a swarm's float32 arrays (state (N, 16), inbox (N, 8, 16)),
     whose values are on the state grid (formats.quantize_state rounds any other)."""
-    x = np.empty(CHANNELS, np.int16)
-    nbs = np.empty((8, CHANNELS), np.int8)
+    return wakeup_f32_into(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, work_arrays())
+
+
+@nb.njit(cache=True)
+def wakeup_f32_into(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, ws):
+    """wakeup_f32() with the scratch ws of `work_arrays`."""
+    x, nbs = ws[0], ws[1]
     _gather(c, state, inbox, consts, x, nbs)
-    r = update(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot)
+    r = update_into(x, nbs, w1, b1, w2, b2, mult, tsh, consts, rot, ws[2], ws[3], ws[4], ws[5], ws[6])
     if r != DORMANT:
         for ch in range(CHANNELS):
             state[c, ch] = _to_f32(x[ch], consts, ch)
@@ -288,9 +321,9 @@ def tentative_f32(c, state, inbox, w1, b1, w2, b2, mult, tsh, consts, rot, out):
 @nb.njit(cache=True)
 def wakeup_event(c, state, inbox, w1, b1, w2, b2, rest, nbhd, p, dx):
     """wakeup_f32 with `sim.rules.cell_wakeup`'s arguments, for the async engine's event
-    loop (`sim.events`): rest = (mult, tsh, consts, rot); the float scratch nbhd, p and dx
-    go unused."""
-    return wakeup_f32(c, state, inbox, w1, b1, w2, b2, rest[0], rest[1], rest[2], rest[3])
+    loop (`sim.events`): rest = (mult, tsh, consts, rot, the scratch of `work_arrays`); the
+    float scratch nbhd, p and dx go unused."""
+    return wakeup_f32_into(c, state, inbox, w1, b1, w2, b2, rest[0], rest[1], rest[2], rest[3], rest[4])
 
 
 def rgb(state: np.ndarray) -> np.ndarray:
