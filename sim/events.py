@@ -258,12 +258,13 @@ _LOOPS: dict = {}
 def _loop_for(wakeup: Callable) -> Callable:
     """The event loop around a cell's numba wake-up (`CellBackend.compiled`): `_run`
     itself for the float model's, else `_run` compiled again with `wakeup` in its
-    place (once per wake-up function, cached on disk under its name)."""
+    place (once per wake-up function, cached on disk under its module's and its name:
+    the cache knows a compiled loop by name alone)."""
     if wakeup is cell_wakeup:
         return _run
     if wakeup not in _LOOPS:
-        _LOOPS[wakeup] = compiled_variant(_run.py_func, "_" + wakeup.__name__, False,
-                                          replace={"cell_wakeup": wakeup})
+        name = f"_{wakeup.__module__}_{wakeup.__name__}".replace(".", "_")
+        _LOOPS[wakeup] = compiled_variant(_run.py_func, name, False, replace={"cell_wakeup": wakeup})
     return _LOOPS[wakeup]
 
 

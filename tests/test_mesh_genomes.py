@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(bool(missing_tools("mega2560")), reason="needs g
 
 @pytest.fixture(scope="module")
 def old():
-    return quantized(load_model(model_path("lizard_regenerating_ef"))[0])
+    return quantized(load_model(model_path("lizard_regenerating_paper_ef"))[0])
 
 
 @pytest.fixture(scope="module")

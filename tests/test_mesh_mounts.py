@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(bool(missing_tools("mega2560")), reason="needs g
 
 @pytest.fixture(scope="module")
 def q():
-    return quantized(load_model(model_path("lizard_regenerating_ef"))[0])
+    return quantized(load_model(model_path("lizard_regenerating_paper_ef"))[0])
 
 
 def test_face_of_turns_and_mirrors_the_ports():
