@@ -1,9 +1,9 @@
 """The latency-robust error-feedback lizard (weights/lizard_regenerating_robust_ef.npz:
 lizard_regenerating_paper_ef, the paper-recipe lizard's error-feedback model, with its
-updates scaled by 0.3) on the fixed-point swarm: the async
-engine with codegen's golden model in every cell (the SimPy swarm on the fixed backend,
-bit for bit), 40x40, seeds 0-4, loss against the target at step 1,000, against the
-float robust model on the async engine (docs/robust-models.md has the figures). Slow."""
+updates scaled by 0.3) on the fixed-point swarm: the async engine with codegen's golden
+model in every cell (the SimPy swarm on the fixed backend, bit for bit), 40x40, seeds
+0-4, loss against the target at step 1,000, against the float robust model on the async
+engine (docs/robust-models.md has the figures). Slow."""
 from __future__ import annotations
 
 import numpy as np
