@@ -181,10 +181,11 @@ def make_engine(engine: str, state: np.ndarray, params: Params, seed: int, fire_
     config = config or AsyncConfig()
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if cell is not None and cell.name != "float" and engine != "simpy" \
-            and not (engine == "async" and cell.compiled() is not None):
-        engines = "the async and simpy engines" if cell.compiled() is not None else "the simpy engine"
-        raise RunError(f"the {cell.name} cell backend runs on {engines} only, not --engine {engine}")
+    if cell is not None and cell.name != "float":
+        numba = cell.compiled() is not None       # the async engine's loop can call it
+        if engine != "simpy" and not (numba and engine == "async"):
+            engines = "the async and simpy engines" if numba else "the simpy engine"
+            raise RunError(f"the {cell.name} cell backend runs on {engines} only, not --engine {engine}")
     if engine == "sync":
         return SyncEngine(state, params, seed, fire_rate)
     if engine == "lockstep":
