@@ -57,11 +57,13 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def advanced(state: np.ndarray, params: Params, seed: int, steps: int,
-             cell: BackendFactory | None = None) -> np.ndarray:
-    """`state` after `steps` steps of the async swarm (default clocks) under the fire order of
-    `seed`: a lizard grown from the seed state, or a wound regrown. `cell` builds what computes
-    the cells from `params` (default: the float model; the fixed-point golden model for one)."""
-    e = AsyncEngine(state.copy(), params, seed, AsyncConfig(), None if cell is None else cell(params, None))
+             cell: BackendFactory | None = None, config: AsyncConfig | None = None) -> np.ndarray:
+    """`state` after `steps` steps of the async swarm (`config`, default clocks and links) under
+    the fire order of `seed`: a lizard grown from the seed state, or a wound regrown. `cell`
+    builds what computes the cells from `params` (default: the float model; the fixed-point
+    golden model for one)."""
+    e = AsyncEngine(state.copy(), params, seed, config or AsyncConfig(),
+                    None if cell is None else cell(params, None))
     e.advance(steps)
     return e.state.copy()
 

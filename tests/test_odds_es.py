@@ -6,10 +6,12 @@ import pytest
 
 from sim import weights
 from sim.errors import UserError
-from sim.simulate import shifted
+from sim.pictures import load_target
+from sim.rules import AsyncConfig
+from sim.simulate import shifted, simulate
 from train.cli import main
-from train.odds_es import (GROWN_SEEDS, MSE_RANGE, ORDER_SEEDS, OddsES, Moves, antithetic_gradient, distances,
-                            odds_es, run_score, score_of)
+from train.odds_es import (GROWN_SEEDS, MSE_RANGE, ORDER_SEEDS, PATTERN_SEEDS, OddsES, Moves,
+                            antithetic_gradient, distances, odds_es, run_score, score_of)
 
 # A model with no evolution-strategies history: a run from it numbers its steps from 1.
 START = "lizard_regenerating_slips"
@@ -85,6 +87,8 @@ def test_moves_touch_only_the_output_layer():
     ({"sigma": 0.0}, "--es-sigma"),
     ({"step_length": float("nan")}, "--es-step-length"),
     ({"pattern": -1.0}, "--es-pattern"),
+    ({"pattern_latency": -0.5}, "--es-pattern-latency"),
+    ({"pattern_latency": float("inf")}, "--es-pattern-latency"),
     ({"cuts": ("circle:60,60,3@100",)}, "cuts no cell"),
     ({"cuts": ("circle:20,20,8@100", "rect:20,0,39,39@200")}, "same step"),
     ({"cuts": ("circle:20,20@100",)}, "--es-cut"),
@@ -170,3 +174,25 @@ def test_fixed_point_cells_score_the_firmware_arithmetic():
         scores.append(run_score(after, before))
     assert runs["fixed"]["history"][0]["score"] == pytest.approx(float(np.mean(scores)), abs=1e-12)
     assert runs["fixed"]["history"][0]["score"] != runs["float"]["history"][0]["score"]
+
+
+def test_the_pattern_lizard_grows_with_the_latency_asked_for(tmp_path, capsys):
+    """--es-pattern-latency: the picture term's lizard is the one the async swarm grows with
+    every message that late (same seed), recorded in the run; the wounds are unchanged."""
+    cfg = dict(steps=1, directions=1, runs=2, after=30, cuts=("circle:20,20,8@120", "rect:20,0,39,39@120"),
+               seed=5, pattern=1.0)
+    m = weights.load(START)
+    target = load_target("lizard")
+    runs = {lat: odds_es(m, target, OddsES(**cfg, pattern_latency=lat), workers=1,
+                         log=lambda s: None).meta["odds_es"][-1] for lat in (0.0, 3.0)}
+    assert runs[3.0]["pattern_latency"] == 3.0
+    for lat, run in runs.items():
+        grown = simulate(m, "async", steps=120, seed=PATTERN_SEEDS + 1, warm_up=False, target="lizard",
+                         async_config=AsyncConfig(latency=lat))
+        assert run["history"][0]["pattern_loss"] == pytest.approx(grown.metrics["loss"], rel=1e-9)
+    assert runs[3.0]["history"][0]["pattern_loss"] != runs[0.0]["history"][0]["pattern_loss"]
+    assert runs[3.0]["history"][0]["score"] == runs[0.0]["history"][0]["score"]
+    out = tmp_path / "o.npz"
+    assert main(["--odds-es", "--init", START, "--es-pattern-latency", "-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--es-pattern-latency" in err and not out.exists()

@@ -165,6 +165,9 @@ def _parser() -> ArgParser:
     es.add_argument("--es-pattern", type=float, default=d.pattern,
                     help="weight of the grown picture's -log10 loss beside the regrowth score "
                          "(default: %(default)s)")
+    es.add_argument("--es-pattern-latency", type=float, default=d.pattern_latency, metavar="STEPS",
+                    help="grow the lizard of --es-pattern with every message STEPS steps late, so the "
+                         "latency tolerance is held too (default: %(default)s)")
     es.add_argument("--es-after", type=int, default=d.after,
                     help="steps of regrowth before a run is scored (default: %(default)s)")
     es.add_argument("--es-cut", action="append", default=None, metavar="DAMAGE",
@@ -234,7 +237,7 @@ def _odds_es(args: Any) -> int:
     cfg = OddsES(steps=args.es_steps, directions=args.es_directions, runs=args.es_runs,
                  sigma=args.es_sigma, step_length=args.es_step_length, pattern=args.es_pattern,
                  after=args.es_after, cuts=tuple(args.es_cut or OddsES().cuts), seed=args.seed,
-                 score=args.es_score, cells=args.es_cells)
+                 score=args.es_score, cells=args.es_cells, pattern_latency=args.es_pattern_latency)
     cfg.validate()
     out = Path(args.out) if args.out else _default_out(args.target, args.kind)
     _check_writable(out)

@@ -18,7 +18,10 @@ run that is in place but late scores as one that is done. `score="mse"` scores
 clip(-log10(d_in_place), 2, 5) instead, so every run's distance to the old picture
 counts, and a run that moves scores as one a hundred times too far. `pattern` adds
 that weight times -log10 of the picture loss of a lizard grown with the perturbed
-weights, so the grown pattern is held too. `cells="fixed"` runs every scored swarm on
+weights, so the grown pattern is held too; with `pattern_latency` that lizard grows
+with every message that many steps late, so a speed-up of the regrowth cannot be
+bought with the latency tolerance (the wounds still regrow without latency, as the
+regrowth target is measured). `cells="fixed"` runs every scored swarm on
 the firmware's integer arithmetic (the golden model inside the async engine), each
 perturbed model quantised in the format its quantisation-aware fine-tuning recorded,
 so the estimate sees the rounding's own noise. The update is a fixed length along the
@@ -47,6 +50,7 @@ from sim.damage import DamageError, parse_damage, wipe
 from sim.errors import UserError
 from sim.model import seed_state
 from sim.odds import GROWN_SEEDS as ODDS_SEEDS, advanced
+from sim.rules import AsyncConfig
 from sim.simulate import loss_vs, regrowth_mse, shifted
 from sim.spec import Params
 from sim.weights import Model
@@ -77,6 +81,7 @@ class OddsES:
     seed: int = 0
     score: str = "place"                 # or "mse" (the module's docstring)
     cells: str = "float"                 # or "fixed" (the module's docstring)
+    pattern_latency: float = 0.0         # steps every message of the pattern's lizard is late
 
     def validate(self) -> None:
         for name, lo in (("steps", 1), ("directions", 1), ("after", 1), ("size", 8)):
@@ -99,6 +104,8 @@ class OddsES:
                 raise UserError(f"--es-{name.replace('_', '-')} must be a number > 0, got {v}")
         if not (np.isfinite(self.pattern) and self.pattern >= 0):
             raise UserError(f"--es-pattern must be a number >= 0, got {self.pattern}")
+        if not (np.isfinite(self.pattern_latency) and self.pattern_latency >= 0):
+            raise UserError(f"--es-pattern-latency must be a number >= 0, got {self.pattern_latency}")
         steps = set()
         for c in self.cuts:
             try:
@@ -168,7 +175,7 @@ class Moves:
 
 def _score(job: tuple) -> tuple[float, float, int]:
     """One model on every wound: (mean score, grown picture loss or nan, runs in place)."""
-    p, wounds, after, pattern_seed, grow_steps, target, score, cell = job
+    p, wounds, after, pattern_seed, grow_steps, target, score, cell, pattern_config = job
     scores, in_place = [], 0
     for wound, before, order in wounds:
         d_in, d_moved = distances(advanced(wound, p, order, after, cell), before)
@@ -176,7 +183,8 @@ def _score(job: tuple) -> tuple[float, float, int]:
         in_place += d_in <= IN_PLACE
     loss = np.nan
     if target is not None:
-        loss = loss_vs(advanced(seed_state(*target.shape[:2]), p, pattern_seed, grow_steps, cell), target)
+        grown = advanced(seed_state(*target.shape[:2]), p, pattern_seed, grow_steps, cell, pattern_config)
+        loss = loss_vs(grown, target)
     return float(np.mean(scores)), float(loss), in_place
 
 
@@ -221,7 +229,8 @@ def odds_es(model: Model, target: np.ndarray, cfg: OddsES, workers: int = 2,
                 wounds += [(wipe(before, m), before, ORDER_SEEDS + s * 10 + c)
                            for c, m in enumerate(masks)]
             eps = rng.standard_normal((cfg.directions, moves.dim))
-            same = (wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score, cell)   # every model's job
+            same = (wounds, cfg.after, PATTERN_SEEDS + k, cfg.grow, pat, cfg.score, cell,
+                    AsyncConfig(latency=cfg.pattern_latency))   # every model's job
             jobs = [(p, *same)]
             for e in eps:
                 jobs += [(moves.as_params(z + sign * cfg.sigma * e), *same) for sign in (1, -1)]
