@@ -163,8 +163,7 @@ def test_fixed_point_cells_score_the_firmware_arithmetic():
     runs = {c: odds_es(ef, target, OddsES(**cfg, cells=c), workers=1, log=lambda s: None).meta["odds_es"][-1]
             for c in ("fixed", "float")}
     assert runs["fixed"]["cells"] == "fixed"
-    first = 1 + sum(e["steps_done"] for e in ef.meta.get("odds_es", []))   # the step's number: its wounds
-    grown = GROWN_SEEDS + first * 64
+    grown = GROWN_SEEDS + runs["fixed"]["first_step"] * 64     # the step's number draws its wounds
     before = simulate(ef, "simpy", backend="fixed", steps=120, seed=grown, warm_up=False).state
     scores = []
     for c, cut in enumerate(cuts):
@@ -187,8 +186,8 @@ def test_the_pattern_lizard_grows_with_the_latency_asked_for(tmp_path, capsys):
                          log=lambda s: None).meta["odds_es"][-1] for lat in (0.0, 3.0)}
     assert runs[3.0]["pattern_latency"] == 3.0
     for lat, run in runs.items():
-        grown = simulate(m, "async", steps=120, seed=PATTERN_SEEDS + 1, warm_up=False, target="lizard",
-                         async_config=AsyncConfig(latency=lat))
+        grown = simulate(m, "async", steps=120, seed=PATTERN_SEEDS + run["first_step"], warm_up=False,
+                         target="lizard", async_config=AsyncConfig(latency=lat))
         assert run["history"][0]["pattern_loss"] == pytest.approx(grown.metrics["loss"], rel=1e-9)
     assert runs[3.0]["history"][0]["pattern_loss"] != runs[0.0]["history"][0]["pattern_loss"]
     assert runs[3.0]["history"][0]["score"] == runs[0.0]["history"][0]["score"]

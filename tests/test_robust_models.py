@@ -59,17 +59,16 @@ TARGETS = [
 
 @pytest.mark.parametrize("which", ["robust", "wired"])
 @pytest.mark.parametrize("name,cfg,bound", TARGETS)
-def test_robust_models_meet_the_targets(robust, wired, which, name, cfg, bound):
-    got = float(np.mean(_losses({"robust": robust, "wired": wired}[which], cfg)))
+def test_robust_models_meet_the_targets(request, which, name, cfg, bound):
+    got = float(np.mean(_losses(request.getfixturevalue(which), cfg)))
     assert got <= bound, (which, name, got)
 
 
 def test_where_each_model_breaks(robust, wired, shipped):
     """The mean loss passes 1e-2 between 4 and 5 steps of latency for the robust model
-    (3.8e-4 and 2.7e-2), between 8
-    and 10 for the wired one (1.2e-3 and 6.5e-2), and between 2 and 3 for the shipped lizard
-    (1.5e-4 and 4.7e-2; at 2.5, 9.4e-3), which was not trained with the wires; the paper's
-    breaks between 0.75 and 1."""
+    (3.8e-4 and 2.7e-2), between 8 and 10 for the wired one (1.2e-3 and 6.5e-2), and
+    between 2 and 3 for the shipped lizard (1.5e-4 and 4.7e-2; at 2.5, 9.4e-3), which was
+    not trained with the wires; the paper's breaks between 0.75 and 1."""
     assert np.mean(_losses(robust, AsyncConfig(latency=4.0))) <= 1e-3
     assert np.mean(_losses(robust, AsyncConfig(latency=5.0))) > 1e-2
     assert np.mean(_losses(wired, AsyncConfig(latency=8.0))) <= 5e-3
