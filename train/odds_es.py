@@ -102,10 +102,10 @@ class OddsES:
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise UserError(f"--es-{name.replace('_', '-')} must be a number > 0, got {v}")
-        if not (np.isfinite(self.pattern) and self.pattern >= 0):
-            raise UserError(f"--es-pattern must be a number >= 0, got {self.pattern}")
-        if not (np.isfinite(self.pattern_latency) and self.pattern_latency >= 0):
-            raise UserError(f"--es-pattern-latency must be a number >= 0, got {self.pattern_latency}")
+        for name in ("pattern", "pattern_latency"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise UserError(f"--es-{name.replace('_', '-')} must be a number >= 0, got {v}")
         steps = set()
         for c in self.cuts:
             try:
